@@ -1,0 +1,56 @@
+# churnsense: `make demo` and `make test` set themselves up; `make help` lists the rest.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+STAMP := $(VENV)/.setup-stamp
+# pip warns once per package about this machine's absent extra index folders; hide only that line.
+PIP_NOISE := is ignored: it is neither a file nor a directory
+DEMO_DIR ?= demo_out
+export BENTOML_DO_NOT_TRACK := true
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := true
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: help setup demo test test-fast bench lint format serve clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+setup: $(STAMP) ## create .venv: CPU torch first, then the project with dev and spark extras
+
+# Re-runs only when the dependency list changes; torch goes first so nothing pulls CUDA wheels.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install torch==2.13.0 2>&1 | { grep -v "$(PIP_NOISE)" || true; }
+	$(PY) -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	$(PIP) install -e ".[dev,spark]" 2>&1 | { grep -v "$(PIP_NOISE)" || true; }
+	$(PY) -c "import churnsense, features, training, models, serving, torch, mlflow, bentoml, transformers, pyspark"
+	touch $(STAMP)
+
+demo: setup ## generate data, validate, build features, train, promote, serve and batch-score it
+	$(PY) -m churnsense.demo --out $(DEMO_DIR)
+
+test: setup ## run the whole test suite (unit, integration, real server, Spark)
+	$(PY) -m pytest
+
+test-fast: setup ## skip the slow tests
+	$(PY) -m pytest -m "not slow"
+
+bench: setup ## run the benchmarks (prints ratios against in-run yardsticks)
+	$(PY) benchmarks/features.py
+
+serve: setup ## serve the newest churnsense Bento on 127.0.0.1:3000 (after `churnsense build`)
+	$(VENV)/bin/churnsense serve
+
+lint: setup ## ruff lint and format check
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+format: setup ## ruff format and fix imports
+	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
+
+clean: ## remove generated data, stores and the venv
+	rm -rf $(VENV) $(DEMO_DIR) mlruns mlflow.db .pytest_cache
