@@ -1,0 +1,1 @@
+"""Dataset spec, loading, validation, labels and the one feature engine shared by every scoring path."""

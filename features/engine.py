@@ -1,0 +1,382 @@
+"""The one feature engine: interaction events (+ customer profiles) -> one row per customer as of a date.
+
+Training, the BentoML service, the local batch job and the Spark job all call `build_customer_features`.
+It reads only events strictly before `as_of`. It is vectorised over customers (integer codes + `np.bincount`),
+so the online path calls it with one customer and 50 events and the batch path with millions of customers.
+
+The set and order of feature columns is fixed by a `FeatureSchema` (learned from training data and stored with
+the model) and by `FEATURE_VERSION` (bumped whenever the meaning of a feature changes).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from features.columns import (
+    CUSTOMER_ID,
+    EVENT_TYPE,
+    OTHER_EVENT_TYPE,
+    SENTIMENT,
+    SIGNUP_DATE,
+    TIMESTAMP,
+)
+
+FEATURE_VERSION = "1"
+DAY_NS = 86_400 * 1_000_000_000
+NEGATIVE_SENTIMENT = -0.3  # a text with score below this counts as negative in `share_negative`
+# Columns of the customers table that are never features (labels, dates, ids).
+NON_FEATURE_CUSTOMER_COLUMNS = {"customer_id", "churned", "churn_date", "signup_date"}
+
+
+@dataclass(frozen=True)
+class FeatureSchema:
+    """Which features exist and in what order. Saved with every model; the online path rebuilds it from there.
+
+    Attributes:
+        event_types: event types counted on their own (sorted); any other type is counted as "other".
+        value_columns: numeric event columns aggregated per window.
+        profile_numeric / profile_categorical: customer columns passed through as features.
+        windows: look-back windows in days, ascending; the trend compares the middle window with the one before.
+        use_events: False for one-table data sets (profile columns only).
+        use_sentiment: add text-sentiment aggregates from the `sentiment` event column.
+    """
+
+    event_types: tuple[str, ...] = ()
+    value_columns: tuple[str, ...] = ()
+    profile_numeric: tuple[str, ...] = ()
+    profile_categorical: tuple[str, ...] = ()
+    windows: tuple[int, ...] = (7, 30, 90)
+    use_events: bool = True
+    use_sentiment: bool = False
+    version: str = FEATURE_VERSION
+    excluded_event_types: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.use_events and (len(self.windows) < 2 or list(self.windows) != sorted(set(self.windows))):
+            raise ValueError(f"windows must be at least two ascending day counts, got {self.windows}")
+        if OTHER_EVENT_TYPE in self.event_types:
+            raise ValueError(f"{OTHER_EVENT_TYPE!r} is reserved for unseen event types")
+
+    @property
+    def counted_types(self) -> tuple[str, ...]:
+        return (*self.event_types, OTHER_EVENT_TYPE)
+
+    @property
+    def trend_window(self) -> int:
+        """The window whose count is compared with the equally long window just before it."""
+        return self.windows[1] if len(self.windows) > 2 else self.windows[0]
+
+    def event_feature_names(self) -> list[str]:
+        if not self.use_events:
+            return []
+        names = [f"n_events_{w}d" for w in self.windows]
+        names += ["days_since_last_event", "days_since_first_event", f"trend_events_{self.trend_window}d"]
+        for kind in self.counted_types:
+            names += [f"n_{kind}_{w}d" for w in self.windows]
+            names += [f"days_since_{kind}", f"trend_{kind}_{self.trend_window}d"]
+        longest = self.windows[-1]
+        for value in self.value_columns:
+            names += [f"sum_{value}_{w}d" for w in self.windows]
+            names += [f"mean_{value}_{longest}d", f"max_{value}_{longest}d", f"trend_{value}_{self.trend_window}d"]
+        if self.use_sentiment:
+            names += [
+                f"n_texts_{longest}d",
+                f"sentiment_mean_{longest}d",
+                f"sentiment_min_{longest}d",
+                f"sentiment_share_negative_{longest}d",
+                "sentiment_last",
+            ]
+        return names
+
+    def feature_names(self) -> list[str]:
+        """All feature columns in order: profile numeric, profile categorical, tenure, event features."""
+        tenure = ["tenure_days"] if self.use_events else []
+        return [*self.profile_numeric, *self.profile_categorical, *tenure, *self.event_feature_names()]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> FeatureSchema:
+        raw = json.loads(text)
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+
+
+def infer_schema(
+    customers: pd.DataFrame | None,
+    events: pd.DataFrame | None,
+    value_columns: tuple[str, ...] = (),
+    windows: tuple[int, ...] = (7, 30, 90),
+    exclude_event_types: tuple[str, ...] = (),
+    min_type_share: float = 0.0005,
+) -> FeatureSchema:
+    """Learn the schema from training data: event types seen often enough, and profile column kinds.
+
+    A profile column is numeric when every non-blank value parses as a number (so "29.85" strings and blanks
+    in the telco `TotalCharges` column still make a numeric feature); otherwise categorical.
+    `exclude_event_types` (e.g. the churn event) are not counted, so the label cannot leak into features.
+    """
+    numeric, categorical = [], []
+    if customers is not None:
+        for column in customers.columns:
+            if column in NON_FEATURE_CUSTOMER_COLUMNS:
+                continue
+            values = customers[column]
+            if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
+                numeric.append(column)
+                continue
+            text = values.astype("string").str.strip()
+            present = text.notna() & (text != "")
+            parsed = pd.to_numeric(text[present], errors="coerce")
+            (numeric if present.any() and parsed.notna().all() else categorical).append(column)
+    if events is None or len(events) == 0:
+        return FeatureSchema(
+            profile_numeric=tuple(numeric), profile_categorical=tuple(categorical), use_events=events is not None,
+            windows=windows,
+        )
+    shares = events[EVENT_TYPE].astype("string").value_counts(normalize=True)
+    types = sorted(
+        str(t) for t, share in shares.items()
+        if share >= min_type_share and str(t) not in exclude_event_types and str(t) != OTHER_EVENT_TYPE
+    )
+    return FeatureSchema(
+        event_types=tuple(types),
+        value_columns=tuple(value_columns),
+        profile_numeric=tuple(numeric),
+        profile_categorical=tuple(categorical),
+        windows=windows,
+        use_events=True,
+        use_sentiment=SENTIMENT in events.columns,
+        excluded_event_types=tuple(sorted(exclude_event_types)),
+    )
+
+
+def to_timestamp_ns(as_of: dt.date | dt.datetime | str | pd.Timestamp) -> int:
+    """`as_of` as int nanoseconds (naive UTC). A date means midnight at its start."""
+    stamp = pd.Timestamp(as_of)
+    if stamp.tzinfo is not None:
+        stamp = stamp.tz_convert("UTC").tz_localize(None)
+    return int(stamp.as_unit("ns").value)
+
+
+def _codes(values: pd.Series, categories: pd.Index) -> np.ndarray:
+    """Position of each value in `categories` (-1 if absent), using categorical codes when available."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        lookup = categories.get_indexer(values.cat.categories.astype(str))
+        codes = values.cat.codes.to_numpy()
+        out = lookup[codes]
+        out[codes < 0] = -1
+        return out.astype(np.int64)
+    return categories.get_indexer(values.astype(str)).astype(np.int64)
+
+
+def _profile_block(customers: pd.DataFrame | None, ids: pd.Index, schema: FeatureSchema) -> dict[str, np.ndarray]:
+    columns: dict[str, np.ndarray] = {}
+    if not schema.profile_numeric and not schema.profile_categorical:
+        return columns
+    if customers is None:
+        raise ValueError("this feature schema needs a customers table with profile columns")
+    missing = [c for c in (*schema.profile_numeric, *schema.profile_categorical) if c not in customers.columns]
+    if missing:
+        raise ValueError(f"customers table lacks profile column(s): {', '.join(missing)}")
+    frame = customers.set_index(CUSTOMER_ID)
+    if not frame.index.equals(ids):
+        frame = frame.reindex(ids)
+    for column in schema.profile_numeric:
+        values = frame[column]
+        if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+            values = pd.to_numeric(values.astype("string").str.strip().replace("", pd.NA), errors="coerce")
+        columns[column] = values.to_numpy(dtype="float64", na_value=np.nan)
+    for column in schema.profile_categorical:
+        text = frame[column].astype("string").str.strip()
+        columns[column] = text.mask(text == "").to_numpy(dtype=object, na_value=None)
+    return columns
+
+
+def _group_max(keys: np.ndarray, values: np.ndarray, size: int, fill: float | int) -> np.ndarray:
+    out = np.full(size, fill, dtype=values.dtype)
+    np.maximum.at(out, keys, values)
+    return out
+
+
+def _group_min(keys: np.ndarray, values: np.ndarray, size: int, fill: float | int) -> np.ndarray:
+    out = np.full(size, fill, dtype=values.dtype)
+    np.minimum.at(out, keys, values)
+    return out
+
+
+def _trend(recent: np.ndarray, earlier: np.ndarray) -> np.ndarray:
+    """Relative change of the recent window against the one before it; 0 when both are empty."""
+    return (recent - earlier) / (np.abs(earlier) + 1.0)
+
+
+def build_customer_features(
+    events: pd.DataFrame | None,
+    as_of: dt.date | dt.datetime | str | pd.Timestamp,
+    schema: FeatureSchema,
+    customers: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """One row per customer with the features of `schema`, using only events strictly before `as_of`.
+
+    Args:
+        events: canonical events (`customer_id`, `timestamp`, `event_type`, value columns, optional
+            `sentiment`); events at or after `as_of` are ignored. May be None for profile-only schemas.
+        as_of: the point in time the features describe.
+        schema: which features to compute and in what order.
+        customers: canonical customers (`customer_id`, optional `signup_date`, profile columns). When given,
+            it defines the rows (in its order); otherwise every customer with an event before `as_of` does.
+    Returns:
+        A frame indexed by `customer_id` (string) with exactly `schema.feature_names()` columns.
+    """
+    as_of_ns = to_timestamp_ns(as_of)
+    if customers is not None:
+        ids = pd.Index(customers[CUSTOMER_ID].astype(str), name=CUSTOMER_ID)
+    elif events is not None:
+        before = events[TIMESTAMP].to_numpy("datetime64[ns]").view("int64") < as_of_ns
+        seen = events.loc[before, CUSTOMER_ID]
+        if isinstance(seen.dtype, pd.CategoricalDtype):
+            present = np.unique(seen.cat.codes.to_numpy())
+            present = present[present >= 0]
+            ids = pd.Index(seen.cat.categories[present].astype(str), name=CUSTOMER_ID)
+        else:
+            ids = pd.Index(pd.unique(seen.astype(str)), name=CUSTOMER_ID)
+        ids = ids.sort_values()
+    else:
+        raise ValueError("give events, customers, or both")
+
+    columns = _profile_block(customers, ids, schema)
+    if schema.use_events:
+        if events is None:
+            events = pd.DataFrame(
+                {CUSTOMER_ID: pd.Series(dtype="string"), TIMESTAMP: pd.Series(dtype="datetime64[ns]"),
+                 EVENT_TYPE: pd.Series(dtype="string")}
+            )
+        signup = None
+        if customers is not None and SIGNUP_DATE in customers.columns:
+            signup = customers[SIGNUP_DATE].to_numpy("datetime64[ns]").view("int64")
+        columns.update(_event_block(events, as_of_ns, schema, ids, signup))
+    frame = pd.DataFrame(columns, index=ids)
+    # pandas infers `str` from the values, but `object` when a column is all missing (one customer, online):
+    # fix the dtype so every path gives identical frames.
+    # Column by column: DataFrame.astype(dict) rebuilds every column (~10 ms for one customer, online).
+    for column in schema.profile_categorical:
+        frame[column] = frame[column].astype("str")
+    return frame[schema.feature_names()]
+
+
+def _event_block(
+    events: pd.DataFrame, as_of_ns: int, schema: FeatureSchema, ids: pd.Index, signup_ns: np.ndarray | None
+) -> dict[str, np.ndarray]:
+    n_customers = len(ids)
+    times = events[TIMESTAMP].to_numpy("datetime64[ns]").view("int64")
+    customer = _codes(events[CUSTOMER_ID], ids)
+    # One lookup gives both the counted type and whether the type is excluded (e.g. the churn event).
+    kinds = pd.Index([*schema.event_types, *schema.excluded_event_types])
+    kind_code = _codes(events[EVENT_TYPE], kinds)
+    excluded = kind_code >= len(schema.event_types)
+    keep = (times < as_of_ns) & (customer >= 0) & ~excluded
+    customer = customer[keep]
+    age = as_of_ns - times[keep]  # > 0 ns
+    type_code = kind_code[keep]
+    n_types = len(schema.counted_types)
+    type_code[type_code < 0] = n_types - 1  # unseen types count as "other"
+
+    # Each event falls in one age bucket; cumulative sums over buckets give every window (and the window
+    # before the trend window) from a single bincount pass.
+    trend = schema.trend_window
+    edges = sorted({*schema.windows, 2 * trend})
+    n_buckets = len(edges) + 1
+    bucket = np.searchsorted(np.asarray(edges, dtype=np.int64) * DAY_NS, age, side="left")
+    window_at = {w: edges.index(w) for w in edges}
+
+    def windowed(keys: np.ndarray, size: int, weights: np.ndarray | None = None) -> np.ndarray:
+        flat = np.bincount(keys * n_buckets + bucket, weights=weights, minlength=size * n_buckets)
+        return np.cumsum(flat.reshape(size, n_buckets), axis=1)
+
+    out: dict[str, np.ndarray] = {}
+    totals = windowed(customer, n_customers).astype("float64")
+    for w in schema.windows:
+        out[f"n_events_{w}d"] = totals[:, window_at[w]]
+    newest_age = _group_min(customer, age, n_customers, np.iinfo(np.int64).max)
+    oldest_age = _group_max(customer, age, n_customers, -1)
+    never = newest_age == np.iinfo(np.int64).max
+    out["days_since_last_event"] = np.where(never, np.nan, newest_age / DAY_NS)
+    out["days_since_first_event"] = np.where(never, np.nan, oldest_age / DAY_NS)
+    recent, doubled = window_at[trend], window_at[2 * trend]
+    out[f"trend_events_{trend}d"] = _trend(totals[:, recent], totals[:, doubled] - totals[:, recent])
+
+    pair = customer * n_types + type_code
+    by_type = windowed(pair, n_customers * n_types).astype("float64").reshape(n_customers, n_types, n_buckets)
+    type_newest = _group_min(pair, age, n_customers * n_types, np.iinfo(np.int64).max).reshape(n_customers, n_types)
+    for t, kind in enumerate(schema.counted_types):
+        for w in schema.windows:
+            out[f"n_{kind}_{w}d"] = by_type[:, t, window_at[w]]
+        newest = type_newest[:, t]
+        out[f"days_since_{kind}"] = np.where(newest == np.iinfo(np.int64).max, np.nan, newest / DAY_NS)
+        out[f"trend_{kind}_{trend}d"] = _trend(by_type[:, t, recent], by_type[:, t, doubled] - by_type[:, t, recent])
+
+    longest = schema.windows[-1]
+    in_longest = age <= longest * DAY_NS
+    for value in schema.value_columns:
+        raw = events[value].to_numpy(dtype="float64")[keep]
+        present = ~np.isnan(raw)
+        # astype: np.bincount returns int64 when no event is left (one customer without history, online).
+        sums = windowed(customer, n_customers, np.where(present, raw, 0.0)).astype("float64", copy=False)
+        for w in schema.windows:
+            out[f"sum_{value}_{w}d"] = sums[:, window_at[w]]
+        mask = in_longest & present
+        n_longest = np.bincount(customer[mask], minlength=n_customers)
+        out[f"mean_{value}_{longest}d"] = np.divide(
+            sums[:, window_at[longest]], n_longest, out=np.full(n_customers, np.nan), where=n_longest > 0
+        )
+        peak = _group_max(customer[mask], raw[mask], n_customers, -np.inf)
+        out[f"max_{value}_{longest}d"] = np.where(np.isneginf(peak), np.nan, peak)
+        out[f"trend_{value}_{trend}d"] = _trend(sums[:, recent], sums[:, doubled] - sums[:, recent])
+
+    if schema.use_sentiment:
+        out.update(_sentiment_block(events, keep, customer, age, longest, n_customers))
+
+    if signup_ns is not None:
+        tenure = np.where(signup_ns == np.iinfo(np.int64).min, np.nan, (as_of_ns - signup_ns) / DAY_NS)
+        fallback = out["days_since_first_event"]
+        out["tenure_days"] = np.where(np.isnan(tenure), fallback, tenure)
+    else:
+        out["tenure_days"] = out["days_since_first_event"]
+    return out
+
+
+def _sentiment_block(
+    events: pd.DataFrame, keep: np.ndarray, customer: np.ndarray, age: np.ndarray, longest: int, n_customers: int
+) -> dict[str, np.ndarray]:
+    longest_name = f"{longest}d"
+    nan = np.full(n_customers, np.nan)
+    if SENTIMENT not in events.columns:
+        raise ValueError("this feature schema needs a `sentiment` score column on the events")
+    score = events[SENTIMENT].to_numpy(dtype="float64")[keep]
+    scored = ~np.isnan(score)
+    recent = scored & (age <= longest * DAY_NS)
+    n_texts = np.bincount(customer[recent], minlength=n_customers).astype("float64")
+    total = np.bincount(customer[recent], weights=score[recent], minlength=n_customers)
+    negative = np.bincount(customer[recent & (score < NEGATIVE_SENTIMENT)], minlength=n_customers)
+    lowest = _group_min(customer[recent], score[recent], n_customers, np.inf)
+    has = n_texts > 0
+    # Most recent scored text (any age): order by customer, then newest first (smallest age).
+    idx = np.flatnonzero(scored)
+    last = nan.copy()
+    if idx.size:
+        order = idx[np.lexsort((age[idx], customer[idx]))]
+        first_of_customer = np.r_[True, customer[order][1:] != customer[order][:-1]]
+        chosen = order[first_of_customer]
+        last[customer[chosen]] = score[chosen]
+    return {
+        f"n_texts_{longest_name}": n_texts,
+        f"sentiment_mean_{longest_name}": np.divide(total, n_texts, out=nan.copy(), where=has),
+        f"sentiment_min_{longest_name}": np.where(has, lowest, np.nan),
+        f"sentiment_share_negative_{longest_name}": np.divide(negative, n_texts, out=nan.copy(), where=has),
+        "sentiment_last": last,
+    }

@@ -1,0 +1,333 @@
+"""Read the files a dataset spec names and return them with canonical column names.
+
+Every loader returns a `Loaded(frame, rejects)`: rows that cannot be used (no customer id, a timestamp that does
+not parse, a value that is not a number) are never dropped silently; they go to `rejects` with the file, row
+number, column and reason, so a batch job can write them out and count them.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from churnsense.errors import UserError
+from features.columns import (
+    CHURN_DATE,
+    CHURNED,
+    CUSTOMER_ID,
+    EVENT_TYPE,
+    SENTIMENT,
+    SIGNUP_DATE,
+    TEXT,
+    TIMESTAMP,
+)
+from features.spec import SUPPORTED_SUFFIXES, CustomersSpec, DatasetSpec, EventsSpec, TableSpec
+
+logger = logging.getLogger(__name__)
+
+REJECT_COLUMNS = ["table", "file", "row", "customer_id", "column", "reason"]
+TRUE_LABELS = {"true", "1", "1.0", "yes", "y", "churned", "t"}
+
+
+class DataLoadError(UserError):
+    """A file the spec names cannot be read, or lacks a column the spec names. The message says which."""
+
+
+class Loaded(NamedTuple):
+    frame: pd.DataFrame
+    rejects: pd.DataFrame
+
+
+def empty_rejects() -> pd.DataFrame:
+    return pd.DataFrame({name: pd.Series(dtype="object") for name in REJECT_COLUMNS})
+
+
+def resolve_files(spec: DatasetSpec, table: TableSpec) -> list[Path]:
+    """The files behind a table's `path`: one file, a glob, or every supported file in a directory."""
+    target = spec.resolve(table.path)
+    if any(char in table.path for char in "*?["):
+        files = sorted(Path(p) for p in glob.glob(str(target)))
+    elif target.is_dir():
+        files = sorted(p for p in target.iterdir() if p.suffix.lower() in SUPPORTED_SUFFIXES)
+    else:
+        files = [target]
+    if not files:
+        raise DataLoadError(f"{target}: no data files match")
+    for file in files:
+        if not file.is_file():
+            raise DataLoadError(f"{file}: file not found")
+        if file.suffix.lower() not in SUPPORTED_SUFFIXES:
+            raise DataLoadError(f"{file}: unsupported file type {file.suffix!r} (use {', '.join(SUPPORTED_SUFFIXES)})")
+    return files
+
+
+def _is_parquet(file: Path) -> bool:
+    return file.suffix.lower() in (".parquet", ".pq")
+
+
+def available_columns(spec: DatasetSpec, table: TableSpec) -> list[str]:
+    """Column names of the first file, read without loading the data."""
+    return available_columns_of(resolve_files(spec, table)[0], table)
+
+
+def _read_csv(file: Path, options: dict[str, Any], **extra: Any) -> pd.DataFrame:
+    kwargs: dict[str, Any] = {"sep": "\t" if file.suffix.lower() == ".tsv" else ","}
+    kwargs.update(options)
+    kwargs.update(extra)
+    try:
+        return pd.read_csv(file, **kwargs)
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
+        raise DataLoadError(f"{file}: cannot parse ({error})") from None
+
+
+def read_table(
+    spec: DatasetSpec,
+    table: TableSpec,
+    columns: list[str] | None = None,
+    string_columns: tuple[str, ...] = (),
+    dictionary_columns: tuple[str, ...] = (),
+) -> pd.DataFrame:
+    """Read every file of `table` into one frame, keeping the user's column names.
+
+    Args:
+        columns: read only these (all when None). A missing one raises `DataLoadError` naming it.
+        string_columns: read as text in CSV files, so ids like "00123" keep their zeros.
+        dictionary_columns: read as pandas categoricals (cheap for ids and event types in large Parquet files).
+    Returns:
+        The files' rows concatenated in file order.
+    """
+    frames = []
+    for file in resolve_files(spec, table):
+        present = available_columns_of(file, table)
+        if columns is not None:
+            missing = [c for c in columns if c not in present]
+            if missing:
+                raise DataLoadError(f"{file}: column(s) {', '.join(map(repr, missing))} not found (has: {', '.join(present[:30])})")
+        if _is_parquet(file):
+            frames.append(_read_parquet(file, columns, dictionary_columns))
+        else:
+            dtype = {c: "string" for c in string_columns if c in present}
+            frame = _read_csv(file, table.read_options, usecols=columns, dtype=dtype or None)
+            for name in dictionary_columns:
+                if name in frame.columns:
+                    frame[name] = frame[name].astype("category")
+            frames.append(frame)
+    if len(frames) == 1:
+        return frames[0]
+    combined = pd.concat(frames, ignore_index=True)
+    for name in dictionary_columns:
+        if name in combined.columns and not isinstance(combined[name].dtype, pd.CategoricalDtype):
+            combined[name] = combined[name].astype("category")
+    return combined
+
+
+def available_columns_of(file: Path, table: TableSpec) -> list[str]:
+    if _is_parquet(file):
+        return list(pq.read_schema(file).names)
+    return list(_read_csv(file, table.read_options, nrows=0).columns)
+
+
+def _read_parquet(file: Path, columns: list[str] | None, dictionary_columns: tuple[str, ...]) -> pd.DataFrame:
+    schema = pq.read_schema(file)
+    wanted = [c for c in dictionary_columns if c in schema.names and pa.types.is_string(schema.field(c).type)]
+    try:
+        table = pq.read_table(file, columns=columns, read_dictionary=wanted or None)
+    except (OSError, pa.ArrowInvalid) as error:
+        raise DataLoadError(f"{file}: cannot read Parquet ({error})") from None
+    return table.to_pandas()
+
+
+def parse_timestamps(values: pd.Series) -> pd.Series:
+    """Parse to naive UTC `datetime64[ns]`; unparseable values become NaT (callers reject those rows)."""
+    if isinstance(values.dtype, pd.DatetimeTZDtype):
+        return values.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[ns]")
+    if pd.api.types.is_datetime64_dtype(values.dtype):
+        return values.astype("datetime64[ns]")
+    as_text = values.astype("string").str.strip()
+    parsed = pd.to_datetime(as_text, errors="coerce", utc=True, format="ISO8601")
+    retry = parsed.isna() & as_text.notna() & (as_text != "")
+    if retry.any():
+        parsed.loc[retry] = pd.to_datetime(as_text[retry], errors="coerce", utc=True, format="mixed")
+    return parsed.dt.tz_localize(None).astype("datetime64[ns]")
+
+
+def parse_churn_label(values: pd.Series, positive: Any = None) -> pd.Series:
+    """Map a label column to 0/1. `positive` is the value that means churned (default: true/1/yes)."""
+    text = values.astype("string").str.strip().str.lower()
+    if positive is None:
+        churned = text.isin(TRUE_LABELS)
+    else:
+        wanted = {str(positive).strip().lower()}
+        if isinstance(positive, bool) or str(positive).lower() in ("true", "1"):
+            wanted |= {"true", "1", "1.0"}
+        churned = text.isin(wanted)
+    return churned.fillna(False).astype("int8")
+
+
+def _reject_rows(table: str, file: str, mask: np.ndarray, ids: pd.Series, column: str, reason: str) -> pd.DataFrame:
+    rows = np.flatnonzero(mask)
+    return pd.DataFrame(
+        {
+            "table": table,
+            "file": file,
+            "row": rows,
+            "customer_id": ids.iloc[rows].astype("string").to_numpy(dtype=object),
+            "column": column,
+            "reason": reason,
+        }
+    )
+
+
+def load_customers(spec: DatasetSpec) -> Loaded:
+    """Customers with canonical names: `customer_id` (string), `churned` (0/1, when a label is declared),
+    `churn_date` / `signup_date` (datetime), then profile columns as they are.
+
+    Rows without an id, with a duplicate id, or with an unparseable date go to rejects.
+    """
+    cs: CustomersSpec | None = spec.customers
+    if cs is None:
+        raise DataLoadError("spec has no `customers` section")
+    wanted = [c for c in (cs.id, cs.label, cs.churn_date, cs.signup_date) if c]
+    frame = read_table(spec, cs, string_columns=tuple(c for c in (cs.id,) if c))
+    file = str(spec.resolve(cs.path))
+    missing = [c for c in wanted if c not in frame.columns]
+    if missing:
+        raise DataLoadError(f"{file}: column(s) {', '.join(map(repr, missing))} not found")
+    frame = frame.drop(columns=[c for c in cs.drop if c in frame.columns])
+    if cs.id:
+        ids = frame.pop(cs.id).astype("string").str.strip()
+    else:
+        ids = pd.Series(np.arange(len(frame)).astype(str), dtype="string")
+    out = pd.DataFrame({CUSTOMER_ID: ids.to_numpy()}, index=frame.index)
+    rejects = []
+    bad = ids.isna().to_numpy() | (ids == "").fillna(True).to_numpy()
+    if bad.any():
+        rejects.append(_reject_rows("customers", file, bad, ids, cs.id or "", "customer id is empty"))
+    dup = ids.duplicated(keep="first").to_numpy() & ~bad
+    if dup.any():
+        rejects.append(_reject_rows("customers", file, dup, ids, cs.id or "", "duplicate customer id (first kept)"))
+    if cs.label:
+        out[CHURNED] = parse_churn_label(frame.pop(cs.label), cs.positive).to_numpy()
+    for source, target in ((cs.churn_date, CHURN_DATE), (cs.signup_date, SIGNUP_DATE)):
+        if source:
+            raw = frame.pop(source)
+            parsed = parse_timestamps(raw)
+            unparseable = (parsed.isna() & raw.notna() & (raw.astype("string").str.strip() != "")).to_numpy()
+            if unparseable.any():
+                rejects.append(_reject_rows("customers", file, unparseable, ids, source, f"{source} is not a date"))
+            out[target] = parsed.to_numpy()
+    out = pd.concat([out, frame], axis=1)
+    keep = ~(bad | dup)
+    for extra in rejects:
+        keep[extra["row"].to_numpy()] = False
+    return Loaded(out[keep].reset_index(drop=True), _concat_rejects(rejects))
+
+
+def _stripped_categorical(values: pd.Series) -> pd.Series:
+    """`values` as a categorical of stripped strings, blanks missing (as `load_customers` treats ids).
+
+    Works on the categories, not the rows: read_table already returns dictionary-encoded ids and types, and
+    stripping or comparing millions of row strings would take seconds.
+    """
+    if not isinstance(values.dtype, pd.CategoricalDtype):
+        values = values.astype("category")
+    names = pd.Index(values.cat.categories.astype(str)).str.strip()
+    clean = names[names != ""].unique()
+    remap = np.append(clean.get_indexer(names), -1)  # blank names and missing rows (code -1) -> -1
+    codes = remap[values.cat.codes.to_numpy()]
+    return pd.Series(pd.Categorical.from_codes(codes, categories=clean), index=values.index, name=values.name)
+
+
+def load_events(spec: DatasetSpec, with_text: bool = True) -> Loaded:
+    """Events with canonical names: `customer_id` and `event_type` (categoricals), `timestamp`
+    (datetime64[ns], naive UTC), the declared value columns (float64), and `text` / `sentiment` when declared.
+
+    Rows without an id or type, with an unparseable timestamp or a non-numeric value go to rejects.
+    """
+    es: EventsSpec | None = spec.events
+    if es is None:
+        raise DataLoadError("spec has no `events` section")
+    columns = [es.id, es.time, es.type, *es.values]
+    if with_text and es.text:
+        columns.append(es.text)
+    if es.sentiment:
+        columns.append(es.sentiment)
+    columns = list(dict.fromkeys(columns))
+    frame = read_table(spec, es, columns=columns, string_columns=(es.id, es.type), dictionary_columns=(es.id, es.type))
+    file = str(spec.resolve(es.path))
+    ids = _stripped_categorical(frame[es.id])
+    types = _stripped_categorical(frame[es.type])
+    out = pd.DataFrame({CUSTOMER_ID: ids, TIMESTAMP: parse_timestamps(frame[es.time]), EVENT_TYPE: types})
+    rejects = []
+    checks = [
+        (ids.isna().to_numpy(), es.id, "customer id is empty"),
+        (out[TIMESTAMP].isna().to_numpy(), es.time, "timestamp is missing or not a date"),
+        (types.isna().to_numpy(), es.type, "event type is empty"),
+    ]
+    for name in es.values:
+        raw = frame[name]
+        numeric = pd.to_numeric(raw, errors="coerce").astype("float64")
+        checks.append(((numeric.isna() & raw.notna()).to_numpy(), name, f"{name} is not a number"))
+        out[name] = numeric.to_numpy()
+    if with_text and es.text:
+        out[TEXT] = frame[es.text].astype("string")
+    if es.sentiment:
+        out[SENTIMENT] = pd.to_numeric(frame[es.sentiment], errors="coerce").astype("float64")
+    keep = np.ones(len(out), dtype=bool)
+    for mask, column, reason in checks:
+        if mask.any():
+            rejects.append(_reject_rows("events", file, mask & keep, frame[es.id], column, reason))
+            keep &= ~mask
+    if not keep.all():
+        out = out[keep].reset_index(drop=True)
+    return Loaded(out, _concat_rejects(rejects))
+
+
+def _concat_rejects(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    parts = [p for p in parts if len(p)]
+    return pd.concat(parts, ignore_index=True) if parts else empty_rejects()
+
+
+def rating_to_sentiment(ratings: pd.Series) -> pd.Series:
+    """1-2 stars -> negative, 3 -> neutral, 4-5 -> positive; anything else -> <NA>."""
+    stars = pd.to_numeric(ratings, errors="coerce")
+    labels = pd.Series(pd.NA, index=ratings.index, dtype="string")
+    labels[stars.isin([1, 2])] = "negative"
+    labels[stars == 3] = "neutral"
+    labels[stars.isin([4, 5])] = "positive"
+    return labels
+
+
+def load_reviews(spec: DatasetSpec) -> Loaded:
+    """Labelled texts with canonical names `text` and `label` (class name as a string), plus `review_id` when
+    the spec names an id column. Ratings are mapped to negative / neutral / positive. Rows with an unknown
+    rating or an empty label go to rejects; texts are returned as they are (cleaning is the trainer's job).
+    """
+    rs = spec.reviews
+    if rs is None:
+        raise DataLoadError("spec has no `reviews` section")
+    label_column = rs.label or rs.rating
+    columns = list(dict.fromkeys(c for c in (rs.text, label_column, rs.id) if c))
+    frame = read_table(spec, rs, columns=columns, string_columns=tuple(c for c in (rs.id,) if c))
+    file = str(spec.resolve(rs.path))
+    if rs.rating:
+        labels = rating_to_sentiment(frame[rs.rating])
+        reason = f"{rs.rating} is not a 1-5 star rating"
+    else:
+        labels = frame[rs.label].astype("string").str.strip()
+        labels = labels.mask(labels == "")
+        reason = f"{rs.label} is empty"
+    out = pd.DataFrame({TEXT: frame[rs.text].astype("string"), "label": labels})
+    if rs.id:
+        out["review_id"] = frame[rs.id].astype("string")
+    ids = out["review_id"] if rs.id else pd.Series(np.arange(len(out)).astype(str))
+    bad = labels.isna().to_numpy()
+    rejects = [_reject_rows("reviews", file, bad, ids, label_column, reason)] if bad.any() else []
+    return Loaded(out[~bad].reset_index(drop=True), _concat_rejects(rejects))

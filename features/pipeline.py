@@ -1,0 +1,155 @@
+"""Glue from a dataset spec to feature tables and labelled training frames.
+
+load_data(spec) -> SpecData            # canonical customers / events + rejected rows
+schema_for(spec, data) -> FeatureSchema
+feature_table(data, schema, as_of)     # one row per customer, via features.engine
+training_frame(spec, data, schema)     # features + `churned` + `as_of`, one block per snapshot
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from churnsense.errors import UserError
+from features.columns import AS_OF, CHURNED, CUSTOMER_ID, SENTIMENT, TEXT
+from features.engine import FeatureSchema, build_customer_features, infer_schema
+from features.io import empty_rejects, load_customers, load_events
+from features.labels import label_snapshots
+from features.spec import DatasetSpec, load_spec
+
+logger = logging.getLogger(__name__)
+
+SentimentScorer = Callable[[Sequence[str]], np.ndarray]  # texts -> scores in [-1, 1]
+
+
+@dataclass
+class SpecData:
+    """What a spec's customers and events sections hold, in canonical form."""
+
+    spec: DatasetSpec
+    customers: pd.DataFrame | None
+    events: pd.DataFrame | None
+    rejects: pd.DataFrame
+
+
+def add_sentiment(events: pd.DataFrame, scorer: SentimentScorer) -> pd.DataFrame:
+    """Fill the `sentiment` column for events with non-empty text (NaN elsewhere)."""
+    if TEXT not in events.columns:
+        return events
+    text = events[TEXT].astype("string").str.strip()
+    has_text = (text.notna() & (text != "")).to_numpy(dtype=bool)
+    scores = np.full(len(events), np.nan)
+    if has_text.any():
+        scores[has_text] = np.asarray(scorer(text[has_text].tolist()), dtype="float64")
+    out = events.copy()
+    out[SENTIMENT] = scores
+    return out
+
+
+def load_data(
+    spec: DatasetSpec, sentiment_scorer: SentimentScorer | None = None, with_text: bool = True
+) -> SpecData:
+    """Load customers and events (whichever the spec declares); optionally score event texts."""
+    customers = events = None
+    rejects = [empty_rejects()]
+    if spec.customers is not None:
+        customers, bad = load_customers(spec)
+        rejects.append(bad)
+    if spec.events is not None:
+        events, bad = load_events(spec, with_text=with_text or sentiment_scorer is not None)
+        rejects.append(bad)
+        if sentiment_scorer is not None and spec.events.sentiment is None:
+            events = add_sentiment(events, sentiment_scorer)
+    rejects = [r for r in rejects if len(r)] or [empty_rejects()]
+    return SpecData(spec, customers, events, pd.concat(rejects, ignore_index=True))
+
+
+def schema_for(spec: DatasetSpec, data: SpecData, windows: tuple[int, ...] = (7, 30, 90)) -> FeatureSchema:
+    """The feature schema for this data: event types, value columns and profile columns it has."""
+    values = spec.events.values if spec.events else ()
+    churn_event = spec.events.churn_event if spec.events else None
+    return infer_schema(
+        data.customers,
+        data.events,
+        value_columns=tuple(values),
+        windows=windows,
+        exclude_event_types=(churn_event,) if churn_event else (),
+    )
+
+
+def feature_table(data: SpecData, schema: FeatureSchema, as_of: dt.date | str) -> pd.DataFrame:
+    """Features of every customer as of a date (index `customer_id`)."""
+    return build_customer_features(data.events, as_of, schema, customers=data.customers)
+
+
+def training_frame(data: SpecData, schema: FeatureSchema) -> pd.DataFrame:
+    """Labelled snapshots: for each `as_of` date, features of the eligible customers plus `churned`.
+
+    One-table data (static label, no events) gives one snapshot. Returns columns `customer_id`, `as_of`,
+    the schema's features in order, then `churned`.
+    """
+    spec = data.spec
+    dates = spec.labels.as_of_dates()
+    churn_event = spec.events.churn_event if spec.events else None
+    if not dates:
+        if data.events is not None:
+            raise UserError(
+                "labels.as_of: required when the spec has events, so features use only what happened before it "
+                "(without it, events after the label horizon would leak into the features)"
+            )
+        if data.customers is None or CHURNED not in data.customers.columns:
+            raise UserError("customers.label: required for a spec without events and labels.as_of")
+        features = build_customer_features(None, dt.date.today(), schema, customers=data.customers)
+        frame = features.reset_index()
+        frame.insert(1, AS_OF, pd.NaT)
+        frame[CHURNED] = data.customers[CHURNED].to_numpy()
+        return frame
+    labels = label_snapshots(
+        data.customers, data.events, dates, spec.labels.horizon_days, churn_event, spec.labels.inactivity
+    )
+    blocks = []
+    for as_of, labelled in labels.groupby(AS_OF, sort=True):
+        features = build_customer_features(data.events, as_of, schema, customers=data.customers)
+        block = features.loc[labelled[CUSTOMER_ID].to_numpy()].reset_index()
+        block.insert(1, AS_OF, as_of)
+        block[CHURNED] = labelled[CHURNED].to_numpy()
+        blocks.append(block)
+    return pd.concat(blocks, ignore_index=True)
+
+
+def atomic_write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    """Write to a temporary file beside `path`, then rename: readers never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_feature_table(spec_path: Path, as_of: str, out: Path) -> str:
+    """CLI body of `churnsense features`: returns a short summary line."""
+    try:
+        as_of_date = dt.date.fromisoformat(as_of)
+    except ValueError:
+        raise UserError(f"--as-of: {as_of!r} is not a date (YYYY-MM-DD)") from None
+    spec = load_spec(spec_path)
+    data = load_data(spec, with_text=False)
+    schema = schema_for(spec, data)
+    table = feature_table(data, schema, as_of_date).reset_index()
+    atomic_write_parquet(table, out)
+    note = f", {len(data.rejects)} rejected rows" if len(data.rejects) else ""
+    return f"wrote {out}: {len(table)} customers x {len(schema.feature_names())} features (v{schema.version}){note}"

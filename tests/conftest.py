@@ -1,0 +1,51 @@
+"""Shared test fixtures. Every test session gets its own temporary MLflow store and BentoML home."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Before any library import in a test: no telemetry, no hub access, few threads on a 2-core machine.
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Idle OpenMP threads sleep instead of spinning (sklearn's boosted trees, torch): on a shared 2-core machine
+# spinning threads starve the one they wait for.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def shared_file(*parts: str) -> Path:
+    """A file under ../shared/data, or skip the test when the folder is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent")
+    return path
+
+
+@pytest.fixture(scope="session")
+def session_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("session")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_stores(session_tmp: Path):
+    """A throwaway MLflow store (SQLite + artifacts) and BentoML home for the whole test session."""
+    mlflow_dir = session_tmp / "mlflow"
+    mlflow_dir.mkdir()
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "BENTOML_HOME", "CHURNSENSE_ARTIFACT_ROOT")}
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{mlflow_dir / 'mlflow.db'}"
+    os.environ["CHURNSENSE_ARTIFACT_ROOT"] = str(mlflow_dir / "artifacts")
+    os.environ["BENTOML_HOME"] = str(session_tmp / "bentoml")
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

@@ -1,0 +1,344 @@
+"""The feature engine on hand-computed examples, point-in-time correctness, and the `features` command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import shared_file
+from typer.testing import CliRunner
+
+from churnsense.cli import app
+from features.columns import CUSTOMER_ID, EVENT_TYPE, SENTIMENT, SIGNUP_DATE, TIMESTAMP
+from features.engine import DAY_NS, FeatureSchema, build_customer_features, infer_schema
+from features.pipeline import feature_table, load_data, schema_for
+from features.spec import load_spec
+
+AS_OF = pd.Timestamp("2024-03-01")
+NS = pd.Timedelta(1, "ns")
+DAY = pd.Timedelta(days=1)
+SCHEMA = FeatureSchema(event_types=("login", "ticket", "view"), value_columns=("amount",), use_sentiment=True)
+
+
+def _events(rows: list[tuple[str, pd.Timestamp, str, float, float]]) -> pd.DataFrame:
+    ids, times, types, amounts, scores = zip(*rows, strict=True) if rows else ((), (), (), (), ())
+    return pd.DataFrame(
+        {
+            CUSTOMER_ID: pd.Series(ids, dtype="string"),
+            TIMESTAMP: pd.Series(times, dtype="datetime64[ns]"),
+            EVENT_TYPE: pd.Series(types, dtype="string"),
+            "amount": pd.Series(amounts, dtype="float64"),
+            SENTIMENT: pd.Series(scores, dtype="float64"),
+        }
+    )
+
+
+# Customer A: one event of every kind of boundary; D: only a scored text long ago; B: no events at all.
+HAND_EVENTS = _events(
+    [
+        ("A", AS_OF - NS, "login", 10.0, 0.5),  # 1 ns before as_of: inside the 7-day window
+        ("A", AS_OF - 7 * DAY, "login", np.nan, np.nan),  # exactly 7 days: still inside the 7-day window
+        ("A", AS_OF - 7 * DAY - NS, "view", 5.0, -0.8),  # just outside 7 days
+        ("A", AS_OF - 10 * DAY, "refund", 2.5, -0.3),  # unseen type -> "other"; -0.3 is not negative
+        ("A", AS_OF - 45 * DAY, "ticket", 100.0, 0.1),  # in the 30 days before the trend window
+        ("A", AS_OF - 100 * DAY, "login", 1000.0, -1.0),  # outside every window
+        ("A", AS_OF, "ticket", 1e6, -1.0),  # at as_of: the future
+        ("D", AS_OF - 200 * DAY, "view", 0.0, 0.7),
+    ]
+)
+HAND_CUSTOMERS = pd.DataFrame(
+    {
+        CUSTOMER_ID: ["A", "B", "D"],
+        SIGNUP_DATE: pd.Series([AS_OF - 365 * DAY, pd.NaT, pd.NaT], dtype="datetime64[ns]"),
+    }
+)
+
+
+@pytest.fixture(scope="module")
+def hand() -> pd.DataFrame:
+    return build_customer_features(HAND_EVENTS, AS_OF, SCHEMA, customers=HAND_CUSTOMERS)
+
+
+def test_window_counts_and_boundaries(hand):
+    a = hand.loc["A"]
+    assert (a["n_events_7d"], a["n_events_30d"], a["n_events_90d"]) == (2, 4, 5)
+    assert (a["n_login_7d"], a["n_login_30d"], a["n_login_90d"]) == (2, 2, 2)
+    assert (a["n_view_7d"], a["n_view_30d"], a["n_view_90d"]) == (0, 1, 1)
+    assert (a["n_ticket_7d"], a["n_ticket_30d"], a["n_ticket_90d"]) == (0, 0, 1)
+
+
+def test_unseen_event_types_count_as_other(hand):
+    a = hand.loc["A"]
+    assert (a["n_other_7d"], a["n_other_30d"], a["n_other_90d"]) == (0, 1, 1)
+    assert a["days_since_other"] == 10
+    assert not any("refund" in name for name in hand.columns)
+
+
+def test_recency(hand):
+    a, b, d = hand.loc["A"], hand.loc["B"], hand.loc["D"]
+    assert a["days_since_last_event"] == 1 / DAY_NS
+    assert a["days_since_first_event"] == 100
+    assert a["days_since_login"] == 1 / DAY_NS
+    assert a["days_since_view"] == 7 + 1 / DAY_NS
+    assert a["days_since_ticket"] == 45  # the ticket at as_of is not seen
+    assert d["days_since_last_event"] == 200 and np.isnan(d["days_since_login"])
+    assert np.isnan(b["days_since_last_event"]) and np.isnan(b["days_since_first_event"])
+    assert b["n_events_90d"] == 0
+
+
+def test_tenure_from_signup_date_else_first_event(hand):
+    assert hand.loc["A", "tenure_days"] == 365  # signup date wins over the first event (100 days)
+    assert hand.loc["D", "tenure_days"] == 200  # no signup date: first event
+    assert np.isnan(hand.loc["B", "tenure_days"])  # neither
+    alone = build_customer_features(HAND_EVENTS, AS_OF, SCHEMA)  # no customers table at all
+    assert alone.loc["A", "tenure_days"] == 100
+
+
+def test_value_aggregates(hand):
+    a = hand.loc["A"]
+    assert (a["sum_amount_7d"], a["sum_amount_30d"], a["sum_amount_90d"]) == (10.0, 17.5, 117.5)
+    assert a["mean_amount_90d"] == 117.5 / 4  # the NaN amount is not counted
+    assert a["max_amount_90d"] == 100.0  # 1000 is older than 90 days, 1e6 is at as_of
+    assert np.isnan(hand.loc["B", "mean_amount_90d"]) and np.isnan(hand.loc["B", "max_amount_90d"])
+    assert hand.loc["B", "sum_amount_90d"] == 0
+
+
+def test_trend_compares_the_trend_window_with_the_one_before(hand):
+    a = hand.loc["A"]
+    assert SCHEMA.trend_window == 30
+    assert a["trend_events_30d"] == (4 - 1) / (1 + 1)
+    assert a["trend_login_30d"] == 2.0
+    assert a["trend_ticket_30d"] == -0.5
+    assert a["trend_amount_30d"] == (17.5 - 100.0) / (100.0 + 1)
+    assert hand.loc["B", "trend_events_30d"] == 0
+
+
+def test_sentiment_aggregates(hand):
+    a, d = hand.loc["A"], hand.loc["D"]
+    assert a["n_texts_90d"] == 4
+    assert a["sentiment_mean_90d"] == pytest.approx((0.5 - 0.8 - 0.3 + 0.1) / 4)
+    assert a["sentiment_min_90d"] == -0.8
+    assert a["sentiment_share_negative_90d"] == 0.25  # only -0.8: the threshold is strict
+    assert a["sentiment_last"] == 0.5
+    assert d["n_texts_90d"] == 0 and np.isnan(d["sentiment_mean_90d"]) and np.isnan(d["sentiment_min_90d"])
+    assert d["sentiment_last"] == 0.7  # the last text counts whatever its age
+
+
+def test_excluded_event_types_are_not_counted():
+    schema = FeatureSchema(event_types=("login",), excluded_event_types=("cancel",))
+    events = _events([("A", AS_OF - DAY, "cancel", 0, 0), ("A", AS_OF - 2 * DAY, "login", 0, 0)])
+    row = build_customer_features(events, AS_OF, schema).loc["A"]
+    assert row["n_events_7d"] == 1 and row["n_other_7d"] == 0 and row["days_since_last_event"] == 2
+
+
+def test_future_events_change_no_feature(hand):
+    future = _events(
+        [
+            ("A", AS_OF, "login", 5.0, -1.0),
+            ("A", AS_OF + NS, "view", 7.0, 1.0),
+            ("B", AS_OF + 3 * DAY, "ticket", 9.0, -0.9),
+            ("NEW", AS_OF + DAY, "login", 1.0, 0.0),
+        ]
+    )
+    changed = HAND_EVENTS.copy()
+    at_or_after = changed[TIMESTAMP] >= AS_OF
+    changed.loc[at_or_after, "amount"] = -123.0
+    changed.loc[at_or_after, SENTIMENT] = 0.99
+    changed.loc[at_or_after, EVENT_TYPE] = "view"
+    more = pd.concat([changed, future], ignore_index=True)
+    pd.testing.assert_frame_equal(
+        build_customer_features(more, AS_OF, SCHEMA, customers=HAND_CUSTOMERS), hand
+    )
+    # Without a customers table the rows come from events before as_of: "NEW" must not appear.
+    pd.testing.assert_frame_equal(
+        build_customer_features(more, AS_OF, SCHEMA), build_customer_features(HAND_EVENTS, AS_OF, SCHEMA)
+    )
+
+
+def test_an_event_one_nanosecond_before_as_of_counts_and_one_at_as_of_does_not():
+    schema = FeatureSchema(event_types=("login",))
+    before = build_customer_features(_events([("A", AS_OF - NS, "login", 0, 0)]), AS_OF, schema).loc["A"]
+    assert before["n_events_7d"] == 1 and before["n_login_7d"] == 1
+    customers = pd.DataFrame({CUSTOMER_ID: ["A"]})
+    at = build_customer_features(_events([("A", AS_OF, "login", 0, 0)]), AS_OF, schema, customers=customers)
+    assert at.loc["A", "n_events_90d"] == 0
+
+
+def _random_data(n_customers: int, n_events: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    rng = np.random.default_rng(seed)
+    ids = np.array([f"C{i:05d}" for i in range(n_customers)])
+    customers = pd.DataFrame(
+        {
+            CUSTOMER_ID: ids,
+            SIGNUP_DATE: np.where(
+                rng.random(n_customers) < 0.2,
+                np.datetime64("NaT"),
+                AS_OF.to_datetime64() - rng.integers(1, 800, n_customers).astype("timedelta64[D]"),
+            ).astype("datetime64[ns]"),
+            "plan": rng.choice(["basic", "pro", None], n_customers),
+            "seats": np.where(rng.random(n_customers) < 0.1, np.nan, rng.integers(1, 50, n_customers)),
+        }
+    )
+    age = rng.integers(-20 * DAY_NS, 200 * DAY_NS, n_events)  # some events after as_of
+    events = pd.DataFrame(
+        {
+            CUSTOMER_ID: rng.choice(ids[: n_customers * 9 // 10], n_events),  # 10% have no events
+            TIMESTAMP: (AS_OF.value - age).astype("datetime64[ns]"),
+            EVENT_TYPE: rng.choice(
+                ["login", "view", "ticket", "payment", "rare"], n_events, p=[0.4, 0.3, 0.1, 0.1999, 0.0001]
+            ),
+            "amount": np.where(rng.random(n_events) < 0.1, np.nan, rng.gamma(2.0, 10.0, n_events)),
+            SENTIMENT: np.where(rng.random(n_events) < 0.5, np.nan, rng.uniform(-1, 1, n_events)),
+        }
+    )
+    return customers, events
+
+
+def test_one_customer_alone_equals_its_row_among_thousands():
+    customers, events = _random_data(3000, 60_000, seed=11)
+    schema = infer_schema(customers, events, value_columns=("amount",))
+    assert "rare" not in schema.event_types and schema.use_sentiment  # "rare" goes to "other"
+    as_categorical = events.astype({CUSTOMER_ID: "category", EVENT_TYPE: "category"})  # as the loader gives
+    everyone = build_customer_features(as_categorical, AS_OF, schema, customers=customers)
+    assert len(everyone) == 3000
+    checked = 0
+    for customer in [
+        "C00000",
+        "C00017",
+        "C01234",
+        "C02999",
+        *customers[CUSTOMER_ID].sample(6, random_state=1),
+    ]:
+        mine = events[events[CUSTOMER_ID] == customer].reset_index(drop=True)  # plain strings, as online
+        profile = customers[customers[CUSTOMER_ID] == customer].reset_index(drop=True)
+        alone = build_customer_features(mine, AS_OF, schema, customers=profile)
+        pd.testing.assert_frame_equal(alone, everyone.loc[[customer]], check_exact=True)
+        checked += int(alone.isna().to_numpy().any())
+    assert checked > 0  # the comparison covered NaN positions too (C02999 has no events)
+
+
+def test_feature_names_and_order_come_from_the_schema():
+    customers, events = _random_data(50, 2000, seed=3)
+    schema = infer_schema(customers, events, value_columns=("amount",))
+    frame = build_customer_features(events, AS_OF, schema, customers=customers)
+    assert list(frame.columns) == schema.feature_names()
+    assert schema.feature_names()[:3] == ["seats", "plan", "tenure_days"]
+    names = schema.feature_names()
+    assert names.index("n_events_7d") < names.index("n_login_7d") < names.index("n_other_7d")
+    assert names.index("n_other_90d") < names.index("sum_amount_7d") < names.index("n_texts_90d")
+    # The same schema on data with other types or column order gives the same columns in the same order.
+    shuffled = events.sample(frac=1.0, random_state=2)[
+        [EVENT_TYPE, SENTIMENT, "amount", TIMESTAMP, CUSTOMER_ID]
+    ]
+    shuffled.loc[shuffled.index[:5], EVENT_TYPE] = "brand_new_type"
+    assert list(build_customer_features(shuffled, AS_OF, schema, customers=customers).columns) == names
+    assert FeatureSchema.from_json(schema.to_json()) == schema
+    assert FeatureSchema.from_json(schema.to_json()).feature_names() == names
+
+
+def test_schema_checks_its_windows_and_reserved_names():
+    with pytest.raises(ValueError, match="windows"):
+        FeatureSchema(windows=(30, 7))
+    with pytest.raises(ValueError, match="other"):
+        FeatureSchema(event_types=("login", "other"))
+
+
+def test_infer_schema_reads_blank_padded_numbers_as_numeric():
+    customers = pd.DataFrame(
+        {
+            CUSTOMER_ID: ["a", "b", "c"],
+            "total": pd.Series(["29.85", " ", "1889.5"], dtype="string"),
+            "contract": ["Month-to-month", "One year", "Two year"],
+            "code": pd.Series(["1", "x", "3"], dtype="string"),
+        }
+    )
+    schema = infer_schema(customers, None)
+    assert schema.profile_numeric == ("total",) and schema.profile_categorical == ("contract", "code")
+    assert not schema.use_events
+    row = build_customer_features(None, AS_OF, schema, customers=customers)
+    assert row["total"].tolist()[0] == 29.85 and np.isnan(row.loc["b", "total"])
+
+
+def test_telco_feature_table_has_numeric_total_charges_and_categorical_contract(tmp_path):
+    csv = shared_file("telco_churn", "WA_Fn-UseC_-Telco-Customer-Churn.csv")
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(f"customers:\n  path: {csv}\n  id: customerID\n  label: Churn\n")
+    spec = load_spec(spec_file)
+    data = load_data(spec)
+    schema = schema_for(spec, data)
+    assert "TotalCharges" in schema.profile_numeric and "MonthlyCharges" in schema.profile_numeric
+    assert {"Contract", "PaymentMethod", "gender"} <= set(schema.profile_categorical)
+    assert "Churn" not in schema.feature_names() and "customerID" not in schema.feature_names()
+    table = feature_table(data, schema, "2024-01-01")
+    assert len(table) == 7043 and table["TotalCharges"].dtype == "float64"
+    assert table["TotalCharges"].isna().sum() == 11  # the blank values
+    assert table.loc["7590-VHVEG", "TotalCharges"] == 29.85
+    assert set(table["Contract"]) == {"Month-to-month", "One year", "Two year"}
+
+
+# --- `churnsense features` ----------------------------------------------------------------------------
+
+
+def _write_small_dataset(folder: Path) -> Path:
+    customers, events = _random_data(40, 800, seed=5)
+    customers.rename(columns={CUSTOMER_ID: "cust", SIGNUP_DATE: "joined"}).to_csv(
+        folder / "customers.csv", index=False
+    )
+    events = events.drop(columns=[SENTIMENT]).rename(
+        columns={CUSTOMER_ID: "cust", TIMESTAMP: "at", EVENT_TYPE: "kind"}
+    )
+    events.to_parquet(folder / "events.parquet", index=False)
+    spec_file = folder / "spec.yaml"
+    spec_file.write_text(
+        "customers: {path: customers.csv, id: cust, signup_date: joined}\n"
+        "events: {path: events.parquet, id: cust, time: at, type: kind, values: [amount]}\n"
+    )
+    return spec_file
+
+
+def test_features_command_writes_the_engine_output(tmp_path):
+    spec_file = _write_small_dataset(tmp_path)
+    out = tmp_path / "out" / "features.parquet"
+    result = CliRunner().invoke(
+        app, ["features", "--spec", str(spec_file), "--as-of", "2024-03-01", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "40 customers" in result.output
+    written = pd.read_parquet(out)
+    spec = load_spec(spec_file)
+    data = load_data(spec, with_text=False)
+    schema = schema_for(spec, data)
+    expected = feature_table(data, schema, "2024-03-01").reset_index()
+    assert list(written.columns) == [CUSTOMER_ID, *schema.feature_names()]
+    pd.testing.assert_frame_equal(written, expected)
+    assert written["n_events_90d"].sum() > 0
+    assert not list(out.parent.glob(".*.tmp"))  # the atomic write left no temporary file
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "churnsense.cli", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_features_command_rejects_a_bad_date_with_exit_2(tmp_path):
+    spec_file = _write_small_dataset(tmp_path)
+    out = tmp_path / "features.parquet"
+    result = _cli("features", "--spec", str(spec_file), "--as-of", "2024-13-45", "--out", str(out))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --as-of") and "2024-13-45" in lines[0]
+    assert not out.exists()
+
+
+def test_features_command_reports_a_missing_spec_with_exit_2(tmp_path):
+    missing = tmp_path / "nope.yaml"
+    result = _cli(
+        "features", "--spec", str(missing), "--as-of", "2024-03-01", "--out", str(tmp_path / "f.parquet")
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {missing}: spec file not found"

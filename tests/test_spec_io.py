@@ -1,0 +1,227 @@
+"""The dataset spec (shape checks, errors naming the key) and the loaders (canonical columns, rejects)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from features.columns import CHURN_DATE, CHURNED, CUSTOMER_ID, EVENT_TYPE, SIGNUP_DATE, TEXT, TIMESTAMP
+from features.io import (
+    DataLoadError,
+    load_customers,
+    load_events,
+    load_reviews,
+    parse_churn_label,
+    rating_to_sentiment,
+    resolve_files,
+)
+from features.spec import SpecError, load_spec
+
+
+def _spec(folder: Path, text: str) -> Path:
+    path = folder / "spec.yaml"
+    path.write_text(text)
+    return path
+
+
+# --- spec --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("custmers:\n  path: c.csv\n", "custmers"),
+        ("customers:\n  path: c.csv\n  idd: customerID\n", "customers.idd"),
+        ("events:\n  path: e.csv\n  id: cid\n  type: kind\n", "events.time"),
+        ("reviews:\n  path: r.csv\n  text: t\n  label: l\n  rating: stars\n", "reviews"),
+        ("reviews:\n  path: r.csv\n  text: t\n", "reviews"),
+        ("customers: {path: c.csv}\nlabels: {horizon_days: 0}\n", "labels.horizon_days"),
+        (
+            "customers: {path: c.csv}\nlabels: {as_of: {start: 2024-05-01, end: 2024-01-01, every_days: 30}}\n",
+            "end is before start",
+        ),
+        ("labels: {horizon_days: 30}\n", "names no data"),
+        ("customers: {path: '  '}\n", "customers.path"),
+    ],
+)
+def test_spec_errors_name_the_key(tmp_path, text, named):
+    with pytest.raises(SpecError, match=named) as caught:
+        load_spec(_spec(tmp_path, text))
+    assert str(tmp_path / "spec.yaml") in str(caught.value)
+
+
+def test_both_label_and_rating_in_reviews_is_refused_by_name(tmp_path):
+    with pytest.raises(SpecError) as caught:
+        load_spec(_spec(tmp_path, "reviews: {path: r.csv, text: t, label: l, rating: stars}\n"))
+    assert (
+        "reviews" in str(caught.value) and "`label`" in str(caught.value) and "`rating`" in str(caught.value)
+    )
+
+
+def test_unreadable_spec_files(tmp_path):
+    with pytest.raises(SpecError, match="spec file not found"):
+        load_spec(tmp_path / "missing.yaml")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_spec(_spec(tmp_path, "customers: [unclosed\n"))
+    with pytest.raises(SpecError, match="expected a mapping"):
+        load_spec(_spec(tmp_path, "- just\n- a list\n"))
+
+
+def test_spec_paths_are_relative_to_the_spec_file_and_as_of_dates_expand(tmp_path):
+    spec = load_spec(
+        _spec(
+            tmp_path,
+            "customers: {path: data/c.csv}\nlabels: {as_of: {start: 2024-01-01, end: 2024-03-01, every_days: 30}}\n",
+        )
+    )
+    assert spec.resolve(spec.customers.path) == tmp_path / "data" / "c.csv"
+    assert spec.labels.as_of_dates() == [dt.date(2024, 1, 1), dt.date(2024, 1, 31), dt.date(2024, 3, 1)]
+    listed = load_spec(
+        _spec(tmp_path, "customers: {path: c.csv}\nlabels: {as_of: [2024-02-01, 2024-01-01, 2024-02-01]}\n")
+    )
+    assert listed.labels.as_of_dates() == [dt.date(2024, 1, 1), dt.date(2024, 2, 1)]
+
+
+# --- loaders -----------------------------------------------------------------------------------------
+
+
+def test_load_customers_keeps_id_zeros_and_rejects_bad_rows(tmp_path):
+    (tmp_path / "c.csv").write_text(
+        "id,plan,left,joined,Churn\n"
+        "00123,basic,,2023-01-05,No\n"
+        " 00124 ,pro,2024-02-01,2023-02-01,Yes\n"
+        ",pro,,2023-01-01,No\n"
+        "00123,basic,,2023-01-05,No\n"
+        "00125,pro,not a date,2023-03-01,Yes\n"
+    )
+    spec = load_spec(
+        _spec(
+            tmp_path,
+            "customers: {path: c.csv, id: id, label: Churn, churn_date: left, signup_date: joined}\n",
+        )
+    )
+    frame, rejects = load_customers(spec)
+    assert list(frame[CUSTOMER_ID]) == ["00123", "00124"]
+    assert list(frame[CHURNED]) == [0, 1]
+    assert frame[CHURN_DATE].tolist()[1] == pd.Timestamp("2024-02-01") and pd.isna(frame[CHURN_DATE][0])
+    assert frame[SIGNUP_DATE].dtype == "datetime64[ns]" and "plan" in frame.columns
+    reasons = dict(zip(rejects["row"], rejects["reason"], strict=True))
+    assert reasons == {
+        2: "customer id is empty",
+        3: "duplicate customer id (first kept)",
+        4: "left is not a date",
+    }
+    assert set(rejects["file"]) == {str(tmp_path / "c.csv")}
+
+
+def test_parse_churn_label_with_and_without_positive():
+    values = pd.Series(["Yes", "no", "TRUE", None, "1", "churned", "Left"])
+    assert parse_churn_label(values).tolist() == [1, 0, 1, 0, 1, 1, 0]
+    assert parse_churn_label(values, positive="Left").tolist() == [0, 0, 0, 0, 0, 0, 1]
+    assert parse_churn_label(pd.Series([1, 0, 1.0]), positive=1).tolist() == [1, 0, 1]
+
+
+def _write_events(path: Path, frame: pd.DataFrame) -> None:
+    if path.suffix == ".parquet":
+        frame.to_parquet(path, index=False)
+    else:
+        frame.to_csv(path, index=False)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_load_events_strips_ids_and_rejects_blank_ones(tmp_path, suffix):
+    raw = pd.DataFrame(
+        {
+            "cid": ["c1", " c1 ", "", "   ", "c2", "c2"],
+            "at": [
+                "2024-01-01T10:00:00+02:00",
+                "2024-01-02",
+                "2024-01-03",
+                "2024-01-04",
+                "yesterday",
+                "2024-01-05",
+            ],
+            "kind": ["login", "login ", "login", "view", "view", " "],
+            "amount": ["1.5", "2", "3", "4", "5", "6"],
+        }
+    )
+    _write_events(tmp_path / f"e{suffix}", raw)
+    spec = load_spec(
+        _spec(tmp_path, f"events: {{path: e{suffix}, id: cid, time: at, type: kind, values: [amount]}}\n")
+    )
+    frame, rejects = load_events(spec)
+    assert frame[CUSTOMER_ID].tolist() == ["c1", "c1"]  # " c1 " is the same customer as "c1"
+    assert frame[EVENT_TYPE].tolist() == ["login", "login"]
+    assert frame[TIMESTAMP].tolist() == [
+        pd.Timestamp("2024-01-01 08:00"),
+        pd.Timestamp("2024-01-02"),
+    ]  # naive UTC
+    assert frame["amount"].tolist() == [1.5, 2.0]
+    reasons = dict(zip(rejects["row"], rejects["reason"], strict=True))
+    assert reasons == {
+        2: "customer id is empty",
+        3: "customer id is empty",
+        4: "timestamp is missing or not a date",
+        5: "event type is empty",
+    }
+
+
+def test_load_events_rejects_non_numeric_values(tmp_path):
+    pd.DataFrame(
+        {"cid": ["a", "b"], "at": ["2024-01-01", "2024-01-02"], "kind": ["x", "x"], "amount": ["1", "ten"]}
+    ).to_csv(tmp_path / "e.csv", index=False)
+    spec = load_spec(
+        _spec(tmp_path, "events: {path: e.csv, id: cid, time: at, type: kind, values: [amount]}\n")
+    )
+    frame, rejects = load_events(spec)
+    assert frame[CUSTOMER_ID].tolist() == ["a"]
+    assert rejects[["row", "column", "reason"]].values.tolist() == [[1, "amount", "amount is not a number"]]
+
+
+def test_a_folder_or_glob_of_files_is_one_table(tmp_path):
+    folder = tmp_path / "events"
+    folder.mkdir()
+    for month, ids in (("01", ["a", "b"]), ("02", ["c"])):
+        pd.DataFrame({"cid": ids, "at": f"2024-{month}-01", "kind": "login"}).to_parquet(
+            folder / f"part-{month}.parquet"
+        )
+    (folder / "notes.md").write_text("not data")
+    for path in ("events", "events/*.parquet"):
+        spec = load_spec(_spec(tmp_path, f"events: {{path: '{path}', id: cid, time: at, type: kind}}\n"))
+        assert [p.name for p in resolve_files(spec, spec.events)] == ["part-01.parquet", "part-02.parquet"]
+        assert load_events(spec).frame[CUSTOMER_ID].tolist() == ["a", "b", "c"]
+
+
+def test_missing_files_and_columns_raise_data_load_error_naming_them(tmp_path):
+    spec = load_spec(_spec(tmp_path, "events: {path: 'nothing/*.csv', id: cid, time: at, type: kind}\n"))
+    with pytest.raises(DataLoadError, match="no data files match"):
+        load_events(spec)
+    (tmp_path / "e.xlsx").write_text("x")
+    spec = load_spec(_spec(tmp_path, "events: {path: e.xlsx, id: cid, time: at, type: kind}\n"))
+    with pytest.raises(DataLoadError, match="unsupported file type '.xlsx'"):
+        load_events(spec)
+    pd.DataFrame({"cid": ["a"], "when": ["2024-01-01"], "kind": ["x"]}).to_csv(
+        tmp_path / "e.csv", index=False
+    )
+    spec = load_spec(_spec(tmp_path, "events: {path: e.csv, id: cid, time: at, type: kind}\n"))
+    with pytest.raises(DataLoadError, match="'at' not found"):
+        load_events(spec)
+
+
+def test_load_reviews_maps_ratings_and_rejects_unknown_ones(tmp_path):
+    pd.DataFrame({"body": ["awful", "meh", "great", "??", "fine"], "stars": [1, 3, 5, 7, None]}).to_csv(
+        tmp_path / "r.csv", index=False
+    )
+    spec = load_spec(_spec(tmp_path, "reviews: {path: r.csv, text: body, rating: stars}\n"))
+    frame, rejects = load_reviews(spec)
+    assert frame[[TEXT, "label"]].values.tolist() == [
+        ["awful", "negative"],
+        ["meh", "neutral"],
+        ["great", "positive"],
+    ]
+    assert rejects["row"].tolist() == [3, 4]
+    assert rating_to_sentiment(pd.Series(["2", "4", "2.5"])).tolist()[:2] == ["negative", "positive"]
+    assert pd.isna(rating_to_sentiment(pd.Series([2.5]))[0])
