@@ -1,0 +1,1 @@
+"""Model wrappers: load registered models, check their contract, predict with reasons."""

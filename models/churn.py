@@ -1,0 +1,390 @@
+"""The churn model at inference time: load a registered version, check its contract, score with reasons.
+
+    model = ChurnModel.load()                         # models:/churnsense-churn@champion
+    features = build_customer_features(events, as_of, model.schema, customers=customers)
+    model.score(features, top_k=5)                    # churn_risk, risk_band, reasons; index customer_id
+
+The MLflow model is a plain scikit-learn `Pipeline`: `encode` (ordinal codes for the schema's categorical
+columns) then `classifier`, a `CalibratedClassifierCV` (one fitted `HistGradientBoostingClassifier` and a
+sigmoid or isotonic calibrator trained on out-of-fold scores). The MLmodel `metadata` carries the feature
+version, the `FeatureSchema` JSON, the column order and the risk-band cut-offs; `load` refuses a model whose
+feature version or columns do not match what this code builds.
+
+Reasons are exact TreeSHAP values of the boosted trees (`models.treeshap`), expressed in calibrated log-odds:
+
+- sigmoid calibration: calibrated logit = slope * raw score + intercept, so each raw SHAP value times the slope
+  is exact, and a row's contributions add up to logit(churn_risk) - `base_logit`, where `base_logit` is the
+  calibrated logit of the trees' expected raw score (the model's reference point; close to, not equal to, the
+  training churn rate's log-odds).
+- isotonic calibration (only chosen when clearly better calibrated): the map is a monotone step function, so
+  a row's raw SHAP values are scaled by one per-row factor (logit(churn_risk) - base_logit) / (raw - expected
+  raw). The additivity above still holds exactly; each feature keeps its TreeSHAP sign and its share of the
+  row's total, but the values are no longer Shapley values of the calibrated model itself.
+
+Every computation is per row (no batch statistics), so one row and a million rows give bit-identical outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.special import logit
+
+from churnsense.errors import UserError
+from features.engine import FEATURE_VERSION, FeatureSchema
+from models.tree_input import TreeInput, categorical_values, numeric_block
+from models.treeshap import BoostedTreeExplainer
+
+logger = logging.getLogger(__name__)
+
+MODEL_NAME = "churnsense-churn"
+CHAMPION_URI = f"models:/{MODEL_NAME}@champion"
+RISK_BANDS = ("low", "medium", "high", "critical")
+# Probabilities are clipped this far from 0 and 1 before taking log-odds (isotonic can return exact 0 or 1).
+_LOGIT_EPS = 1e-9
+
+
+class ModelContractError(UserError):
+    """The model was trained on features this code does not build (version or column order differ)."""
+
+
+@dataclass(frozen=True)
+class RiskCutoffs:
+    """Lower bounds of the medium, high and critical bands; below `medium` is low. Strictly ascending in (0, 1)."""
+
+    medium: float = 0.2
+    high: float = 0.4
+    critical: float = 0.6
+
+    def __post_init__(self) -> None:
+        values = self.as_tuple()
+        if not all(0.0 < v < 1.0 for v in values) or not (values[0] < values[1] < values[2]):
+            raise ValueError(
+                f"risk cut-offs must satisfy 0 < medium < high < critical < 1, got {asdict(self)}"
+            )
+
+    def as_tuple(self) -> tuple[float, float, float]:
+        return (self.medium, self.high, self.critical)
+
+    @classmethod
+    def coerce(cls, value: RiskCutoffs | Mapping[str, float] | Sequence[float]) -> RiskCutoffs:
+        """From a `RiskCutoffs`, a mapping {medium, high, critical} or three ascending numbers."""
+        if isinstance(value, RiskCutoffs):
+            return value
+        if isinstance(value, Mapping):
+            return cls(**{k: float(v) for k, v in value.items()})
+        medium, high, critical = (float(v) for v in value)
+        return cls(medium, high, critical)
+
+
+def risk_band(
+    probabilities: np.ndarray | Sequence[float], cutoffs: RiskCutoffs | Mapping[str, float] | Sequence[float]
+) -> np.ndarray:
+    """Band names (`low`, `medium`, `high`, `critical`) for churn probabilities.
+
+    A probability equal to a cut-off falls in the higher band. Shared by the trainer's reports, the service and
+    the batch job. Raises `ValueError` on NaN or values outside [0, 1].
+    """
+    bounds = np.asarray(RiskCutoffs.coerce(cutoffs).as_tuple())
+    p = np.asarray(probabilities, dtype=np.float64)
+    if np.isnan(p).any() or (p < 0).any() or (p > 1).any():
+        raise ValueError("churn probabilities must be numbers in [0, 1]")
+    return np.asarray(RISK_BANDS, dtype=object)[np.searchsorted(bounds, p, side="right")]
+
+
+def prepare_features(features: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame:
+    """The model's input: the schema's columns in order, numeric as float64, categorical as object with None.
+
+    Training and every scoring path go through this, so the pipeline always sees the same dtypes whatever
+    the source (engine output, Parquet, a JSON request). Raises `ModelContractError` naming missing columns.
+    """
+    columns = schema.feature_names()
+    missing = [c for c in columns if c not in features.columns]
+    if missing:
+        raise ModelContractError(
+            f"features lack {len(missing)} column(s) the churn model needs: {', '.join(missing[:10])}"
+            + (" ..." if len(missing) > 10 else "")
+            + " (build them with features.engine.build_customer_features and the model's schema)"
+        )
+    categorical = set(schema.profile_categorical)
+    out: dict[str, np.ndarray] = {}
+    for name in columns:
+        values = features[name]
+        if name in categorical:
+            text = values.astype("string")
+            out[name] = text.to_numpy(dtype=object, na_value=None)
+        else:
+            out[name] = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    frame = pd.DataFrame(out, index=features.index, columns=columns)
+    for name in categorical:
+        frame[name] = frame[name].astype(object)  # keep object dtype: pandas 3 would infer `str`
+    return frame
+
+
+def _json_value(value: Any) -> float | str | None:
+    if value is None:
+        return None
+    if isinstance(value, float | np.floating):
+        return None if np.isnan(value) else float(value)
+    return str(value)
+
+
+class ChurnModel:
+    """A loaded churn model: calibrated probabilities, risk bands and exact per-customer reasons.
+
+    Attributes:
+        schema: the `FeatureSchema` the model was trained on (build features with it).
+        version: the registry version for `models:/` URIs, else the MLflow run id.
+        cutoffs: the risk-band cut-offs stored with the model.
+        calibration: "sigmoid" or "isotonic".
+        base_logit: the calibrated log-odds every row's contributions start from.
+    """
+
+    def __init__(
+        self,
+        pipeline: Any,
+        schema: FeatureSchema,
+        cutoffs: RiskCutoffs,
+        version: str = "local",
+        uri: str = "",
+    ) -> None:
+        self.pipeline = pipeline
+        self.schema = schema
+        self.cutoffs = cutoffs
+        self.version = version
+        self.uri = uri
+        self.columns = schema.feature_names()
+        self._encode = pipeline[:-1]
+        calibrated = pipeline[-1]
+        pair = calibrated.calibrated_classifiers_[0]
+        self._classifier = calibrated
+        self.booster = pair.estimator
+        self._calibrator = pair.calibrators[0]
+        self.calibration = str(pair.method)
+        self._explainer = BoostedTreeExplainer(self.booster)
+        try:
+            self._tree_input: TreeInput | None = TreeInput(
+                schema, self._encode, self.booster, self._slow_trees_input
+            )
+        except (ValueError, KeyError, AttributeError) as error:
+            # An unexpected pipeline shape: score through the logged sklearn steps instead (same numbers, slower).
+            logger.warning("churn model: fast input path unavailable (%s); using the sklearn encoders", error)
+            self._tree_input = None
+        # Columns the encoder drops (never observed in training, e.g. `days_since_other`) contribute 0.
+        position = {str(name): i for i, name in enumerate(self._encode.get_feature_names_out())}
+        self._used_columns = np.asarray(
+            [i for i, c in enumerate(self.columns) if c in position], dtype=np.int64
+        )
+        self._encoded_position = np.asarray(
+            [position[self.columns[i]] for i in self._used_columns], dtype=np.int64
+        )
+        expected = np.asarray([self._explainer.expected_value])
+        if self.calibration == "sigmoid":
+            # sklearn's sigmoid calibration: p = expit(-(a * raw + b)).
+            self._slope = -float(self._calibrator.a_)
+            self._intercept = -float(self._calibrator.b_)
+            self.base_logit = self._slope * float(expected[0]) + self._intercept
+        elif self.calibration == "isotonic":
+            self._slope = self._intercept = float("nan")
+            base = np.clip(self._calibrator.predict(expected), _LOGIT_EPS, 1 - _LOGIT_EPS)
+            self.base_logit = float(logit(base)[0])
+        else:
+            raise ModelContractError(f"unsupported calibration method {self.calibration!r}")
+
+    # --- loading -------------------------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, uri: str = CHAMPION_URI) -> ChurnModel:
+        """Load a logged churn model (`models:/name@alias`, `models:/name/3`, `runs:/id/model` or a local MLflow
+        model folder) and check that its feature version and column order match this code.
+
+        Raises:
+            ModelContractError: the model was trained on other features; retrain it.
+            UserError: the URI does not resolve to a model.
+        """
+        import mlflow
+        from mlflow.exceptions import MlflowException
+        from mlflow.models import Model
+
+        from training.tracking import tracking_uri
+
+        if not Path(uri).exists():
+            mlflow.set_tracking_uri(tracking_uri())
+        try:
+            version = _resolve_version(uri)
+            # Pin an alias to the version it names now, so a promotion mid-load cannot mix two versions.
+            pinned = (
+                f"models:/{uri[len('models:/') :].split('@')[0].strip('/')}/{version}" if "@" in uri else uri
+            )
+            local = uri if Path(uri).exists() else mlflow.artifacts.download_artifacts(artifact_uri=pinned)
+            info = Model.load(local)
+            pipeline = mlflow.sklearn.load_model(local)
+        except MlflowException as error:
+            raise UserError(f"churn model {uri}: cannot load ({error.message})") from None
+        metadata = info.metadata or {}
+        schema = check_contract(metadata, uri)
+        if version is None:
+            version = info.run_id or Path(local).name
+        cutoffs = RiskCutoffs.coerce(metadata.get("risk_cutoffs") or RiskCutoffs())
+        model = cls(pipeline, schema, cutoffs, version=str(version), uri=uri)
+        logger.info(
+            "loaded churn model %s (version %s, %s calibration)", uri, model.version, model.calibration
+        )
+        return model
+
+    # --- scoring -------------------------------------------------------------------------------------------
+
+    def _slow_trees_input(self, features: pd.DataFrame) -> np.ndarray:
+        """The trees' input through the logged sklearn steps (the reference `TreeInput` reproduces)."""
+        return self._explainer.trees_input(self._encode.transform(prepare_features(features, self.schema)))
+
+    def _trees_input(self, features: pd.DataFrame) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        missing = [c for c in self.columns if c not in features.columns]
+        if missing or self._tree_input is None:
+            prepared = prepare_features(
+                features, self.schema
+            )  # raises ModelContractError naming what is missing
+            values = {c: prepared[c].to_numpy() for c in self.columns}
+            return self._explainer.trees_input(self._encode.transform(prepared)), values
+        return self._tree_input.transform(features)
+
+    def _calibrate(self, raw: np.ndarray) -> np.ndarray:
+        """The fitted calibrator on raw scores, as `CalibratedClassifierCV.predict_proba` applies it."""
+        proba = np.asarray(self._calibrator.predict(raw), dtype=np.float64)
+        proba[(proba > 1.0) & (proba <= 1.0 + 1e-5)] = 1.0  # sklearn's own clean-up of rounding above 1
+        return proba
+
+    def _scored(
+        self, features: pd.DataFrame, explain: bool
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None]:
+        """(feature values as the model saw them, churn probabilities, contributions or None), one tree pass.
+
+        The explainer computes raw scores with the booster's own arithmetic, so probabilities equal
+        `self.pipeline.predict_proba` bit for bit (tested), without scoring the trees twice.
+        """
+        trees_input, values = self._trees_input(features)
+        if not explain:
+            return (
+                values,
+                self._calibrate(self._explainer.decision_function(trees_input, preprocessed=True)),
+                None,
+            )
+        raw_score, shap = self._explainer.explain(trees_input, preprocessed=True)
+        proba = self._calibrate(raw_score)
+        raw = np.zeros((trees_input.shape[0], len(self.columns)))
+        raw[:, self._used_columns] = shap[:, self._encoded_position]
+        if self.calibration == "sigmoid":
+            return values, proba, raw * self._slope
+        total = raw.sum(axis=1)
+        target = logit(np.clip(proba, _LOGIT_EPS, 1 - _LOGIT_EPS)) - self.base_logit
+        scale = np.divide(target, total, out=np.zeros_like(total), where=np.abs(total) > 1e-12)
+        return values, proba, raw * scale[:, None]
+
+    def predict_proba(self, features: pd.DataFrame) -> np.ndarray:
+        """Calibrated churn probability per row of `features` (as built by `build_customer_features`)."""
+        return self._scored(features, explain=False)[1]
+
+    def contributions(self, features: pd.DataFrame) -> pd.DataFrame:
+        """Every feature's contribution to every row's calibrated log-odds (columns = `self.columns`).
+
+        Each row sums to logit(churn_risk) - `self.base_logit` (see the module docstring for what else holds).
+        """
+        _, _, contributions = self._scored(features, explain=True)
+        return pd.DataFrame(contributions, index=features.index, columns=self.columns)
+
+    def _reasons(
+        self, features: pd.DataFrame, values: dict[str, np.ndarray], contributions: np.ndarray, top_k: int
+    ) -> list[list[dict]]:
+        n = contributions.shape[0]
+        k = max(0, min(int(top_k), contributions.shape[1]))
+        if k == 0 or n == 0:
+            return [[] for _ in range(n)]
+        top = np.argsort(-np.abs(contributions), axis=1, kind="stable")[:, :k]
+        picked = np.take_along_axis(contributions, top, axis=1)
+        shown = np.empty((n, k), dtype=object)
+        categorical = set(self.schema.profile_categorical)
+        for column in np.unique(top):
+            name = self.columns[column]
+            if name not in values:  # a column the trees never use (contribution 0)
+                values[name] = (
+                    categorical_values(features[name])
+                    if name in categorical
+                    else numeric_block(features, [name])[:, 0]
+                )
+            rows, ranks = np.nonzero(top == column)
+            source = values[name]
+            shown[rows, ranks] = [_json_value(v) for v in source[rows]]
+        names = self.columns
+        return [
+            [
+                {"feature": names[top[i, r]], "value": shown[i, r], "contribution": float(picked[i, r])}
+                for r in range(k)
+            ]
+            for i in range(n)
+        ]
+
+    def explain(self, features: pd.DataFrame, top_k: int = 5) -> list[list[dict]]:
+        """Per row, the `top_k` features with the largest |contribution| (calibrated log-odds), largest first:
+        `{"feature", "value", "contribution"}`; positive pushes towards churn."""
+        values, _, contributions = self._scored(features, explain=True)
+        return self._reasons(features, values, contributions, top_k)
+
+    def score(self, features: pd.DataFrame, top_k: int = 5) -> pd.DataFrame:
+        """`churn_risk` (calibrated probability), `risk_band` and `reasons` (list of dicts), index customer_id."""
+        values, proba, contributions = self._scored(features, explain=top_k > 0)
+        reasons = self._reasons(features, values, contributions, top_k) if contributions is not None else None
+        out = pd.DataFrame(
+            {"churn_risk": proba, "risk_band": risk_band(proba, self.cutoffs)},
+            index=features.index,
+        )
+        out["reasons"] = pd.Series(
+            reasons if reasons is not None else [[] for _ in range(len(out))], index=out.index, dtype=object
+        )
+        return out
+
+
+def check_contract(metadata: Mapping[str, Any], uri: str = "model") -> FeatureSchema:
+    """The model's `FeatureSchema`, after checking its feature version and column order against this code."""
+    stored_version = str(metadata.get("feature_version", ""))
+    if stored_version != FEATURE_VERSION:
+        raise ModelContractError(
+            f"churn model {uri} was trained on feature version {stored_version or '(none)'} but this code builds "
+            f"version {FEATURE_VERSION}; retrain it (churnsense train churn) or use a matching code version"
+        )
+    raw_schema = metadata.get("feature_schema")
+    if not raw_schema:
+        raise ModelContractError(f"churn model {uri} carries no feature_schema in its metadata")
+    schema = FeatureSchema.from_json(raw_schema if isinstance(raw_schema, str) else json.dumps(raw_schema))
+    stored_columns = list(metadata.get("feature_columns") or [])
+    built = schema.feature_names()
+    if stored_columns != built:
+        differ = next(
+            (i for i, (a, b) in enumerate(zip(stored_columns, built, strict=False)) if a != b), None
+        )
+        where = f"first difference at position {differ}" if differ is not None else "lengths differ"
+        raise ModelContractError(
+            f"churn model {uri}: its {len(stored_columns)} feature columns do not match the {len(built)} this code "
+            f"builds from its schema ({where}); retrain it"
+        )
+    return schema
+
+
+def _resolve_version(uri: str) -> str | None:
+    """Registry version for `models:/name/N` or `models:/name@alias`; None for other URIs."""
+    if not uri.startswith("models:/"):
+        return None
+    from mlflow import MlflowClient
+
+    rest = uri[len("models:/") :].strip("/")
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        return str(MlflowClient().get_model_version_by_alias(name, alias).version)
+    parts = rest.split("/")
+    return parts[1] if len(parts) > 1 else None

@@ -1,0 +1,364 @@
+"""Churn training end to end on simulated data, against the session's temporary MLflow store: the run's
+contents, the registry champion, promotion (refusal, --force), reproduction by alias, and refusals of data
+that cannot train an honest model."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from conftest import shared_file
+
+from churnsense.errors import UserError
+from features.columns import AS_OF, CHURNED, CUSTOMER_ID
+from features.spec import load_spec
+from models.churn import ChurnModel
+from training.churn import (
+    ChurnDataError,
+    check_label_windows,
+    label_training_data,
+    load_validation_frame,
+    promote_churn,
+    split_train_validation,
+    train_churn,
+)
+from training.churn_config import ChurnConfig, ConfigError, load_config, parse_config
+
+REPO = Path(__file__).resolve().parents[1]
+NAME = "test-churn-training"
+# Small and quick: fewer, faster trees; a larger validation share so the simulated validation set has ~50
+# churners; its own registry name so other test files' models never meet these.
+SMALL = {
+    "booster": {"max_iter": 80, "learning_rate": 0.1, "n_iter_no_change": 10},
+    "split": {"validation_fraction": 0.4},
+    "registered_model_name": NAME,
+    "experiment_name": NAME,
+}
+# A much worse model: one stump.
+CRIPPLED = SMALL | {
+    "booster": {"max_iter": 1, "max_leaf_nodes": 2, "early_stopping": False},
+    "calibration": {"method": "sigmoid"},
+}
+
+
+@pytest.fixture(scope="module")
+def demo_spec(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from features.simulate import write_demo_data
+
+    folder = tmp_path_factory.mktemp("churn_demo")
+    write_demo_data(folder, n_customers=3000, seed=11)
+    return folder / "spec.yaml"
+
+
+# --- config ------------------------------------------------------------------------------------------------
+
+
+def test_config_file_spells_out_the_defaults():
+    assert load_config(REPO / "configs" / "churn.yaml") == ChurnConfig()
+    assert load_config(None) == ChurnConfig()
+
+
+def test_config_rejects_unknown_keys_naming_them(tmp_path):
+    with pytest.raises(ConfigError, match=r"booster\.max_leafs: unknown key"):
+        parse_config({"booster": {"max_leafs": 4}})
+    with pytest.raises(ConfigError, match=r"^config: learning_rate: unknown key"):
+        parse_config({"learning_rate": 0.1})
+    with pytest.raises(ConfigError, match=r"search\.candidates.*candidate 1: max_depht: unknown key"):
+        parse_config({"search": {"candidates": [{"max_depth": 3}, {"max_depht": 3}]}})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("calibration: {method: platt}\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: calibration\.method"):
+        load_config(bad)
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ConfigError, match="risk_bands"):
+        parse_config({"risk_bands": {"medium": 0.5, "high": 0.4, "critical": 0.9}})
+    with pytest.raises(ConfigError, match=r"booster\.learning_rate"):
+        parse_config({"booster": {"learning_rate": 0}})
+    with pytest.raises(ConfigError, match=r"split\.validation_fraction"):
+        parse_config({"split": {"validation_fraction": 1.5}})
+    config = parse_config({"risk_bands": {"medium": 0.1, "high": 0.3, "critical": 0.5}})
+    assert config.risk_bands.cutoffs().as_tuple() == (0.1, 0.3, 0.5)
+    with pytest.raises(Exception, match="frozen"):
+        config.seed = 1  # type: ignore[misc]
+
+
+# --- split -------------------------------------------------------------------------------------------------
+
+
+def _snapshots(n_customers: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Monthly snapshots where churners leave: a customer appears until the snapshot whose window they churn in."""
+    rng = np.random.default_rng(seed)
+    dates = pd.to_datetime(["2024-01-01", "2024-02-01", "2024-03-01", "2024-04-01", "2024-05-01"])
+    rows = []
+    for i in range(n_customers):
+        for as_of in dates:
+            churned = int(rng.random() < 0.08)
+            rows.append((f"c{i}", as_of, rng.normal(), churned))
+            if churned:
+                break
+    return pd.DataFrame(rows, columns=[CUSTOMER_ID, AS_OF, "x", CHURNED])
+
+
+def test_snapshot_split_is_out_of_time_and_customer_disjoint():
+    frame = _snapshots()
+    split = split_train_validation(
+        frame, horizon_days=31, validation_fraction=0.25, validation_snapshots=1, seed=1
+    )
+    latest = frame[AS_OF].max()
+    assert (split.valid[AS_OF] == latest).all()
+    assert not set(split.train[CUSTOMER_ID]) & set(split.valid[CUSTOMER_ID])
+    # No training label window reaches into the validation period.
+    assert (split.train[AS_OF] + pd.Timedelta(days=31) <= latest).all()
+    assert split.train[AS_OF].nunique() == 3  # 2024-04-01 + 31 days > 2024-05-01
+    # Held-out customers are drawn from everyone, so train keeps its natural churn rate (not only survivors').
+    natural = frame.loc[frame[AS_OF] < pd.Timestamp("2024-04-01"), CHURNED].mean()
+    assert split.train[CHURNED].mean() == pytest.approx(natural, abs=0.01)
+    held_out = frame[CUSTOMER_ID].isin(split.valid[CUSTOMER_ID])
+    assert (
+        0.15 < held_out.groupby(frame[CUSTOMER_ID]).first().mean() < 0.25
+    )  # ~25% of customers, minus leavers
+
+
+def test_snapshot_split_refuses_when_nothing_is_left_to_train_on():
+    frame = _snapshots(300)
+    with pytest.raises(ChurnDataError, match="label window"):
+        split_train_validation(
+            frame, horizon_days=200, validation_fraction=0.2, validation_snapshots=1, seed=1
+        )
+    with pytest.raises(ChurnDataError, match="validation_snapshots"):
+        split_train_validation(
+            frame, horizon_days=30, validation_fraction=0.2, validation_snapshots=5, seed=1
+        )
+
+
+def test_static_split_is_stratified_by_customer():
+    rng = np.random.default_rng(2)
+    frame = pd.DataFrame(
+        {
+            CUSTOMER_ID: [f"c{i}" for i in range(1000)],
+            AS_OF: pd.NaT,
+            CHURNED: (rng.random(1000) < 0.2).astype(int),
+        }
+    )
+    split = split_train_validation(frame, 90, 0.25, 1, seed=3)
+    assert len(split.valid) == 250 and not set(split.train[CUSTOMER_ID]) & set(split.valid[CUSTOMER_ID])
+    assert split.valid[CHURNED].mean() == pytest.approx(frame[CHURNED].mean(), abs=0.005)
+    again = split_train_validation(frame, 90, 0.25, 1, seed=3)
+    assert again.valid[CUSTOMER_ID].tolist() == split.valid[CUSTOMER_ID].tolist()  # fixed seed, same split
+
+
+# --- refusals ----------------------------------------------------------------------------------------------
+
+
+def _one_table(folder: Path, churned: np.ndarray, extra_spec: str = "") -> Path:
+    rng = np.random.default_rng(0)
+    n = len(churned)
+    pd.DataFrame(
+        {
+            "id": [f"k{i}" for i in range(n)],
+            "plan": rng.choice(["a", "b"], n),
+            "tenure": rng.integers(1, 60, n),
+            "Churn": np.where(churned, "Yes", "No"),
+        }
+    ).to_csv(folder / "customers.csv", index=False)
+    spec = folder / "spec.yaml"
+    spec.write_text(
+        f"customers: {{path: customers.csv, id: id, label: Churn, positive: 'Yes'}}\n{extra_spec}"
+    )
+    return spec
+
+
+def _no_run_was_made(name: str) -> bool:
+    import mlflow
+
+    from training.tracking import tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri())
+    return mlflow.get_experiment_by_name(name) is None
+
+
+def test_refuses_a_single_class(tmp_path):
+    spec = _one_table(tmp_path, np.zeros(500, dtype=bool))
+    config = SMALL | {"experiment_name": "refused-single", "registered_model_name": "refused-single"}
+    with pytest.raises(UserError, match="all one class"):
+        train_churn(spec, ChurnConfig(**config))
+    assert _no_run_was_made("refused-single")
+    # The trainer's own check (not only the validator's) says the same.
+    from features.pipeline import load_data
+
+    with pytest.raises(ChurnDataError, match="all one class"):
+        label_training_data(load_data(load_spec(spec)))
+
+
+def test_refuses_fewer_than_50_churners(tmp_path):
+    churned = np.zeros(2000, dtype=bool)
+    churned[:30] = True
+    spec = _one_table(tmp_path, churned)
+    config = SMALL | {"experiment_name": "refused-few", "registered_model_name": "refused-few"}
+    with pytest.raises(
+        ChurnDataError, match=r"only 30 churned examples in 2,000 labelled rows \(at least 50 needed"
+    ):
+        train_churn(spec, ChurnConfig(**config))
+    assert _no_run_was_made("refused-few")
+
+
+def test_refuses_a_static_label_with_events_but_no_as_of(tmp_path):
+    """Features from all events next to a static label would use what happened after the label (leakage)."""
+    spec = _one_table(tmp_path, np.arange(500) % 3 == 0)
+    pd.DataFrame({"id": ["k1", "k2"], "at": ["2024-01-01", "2024-02-01"], "kind": ["login", "login"]}).to_csv(
+        tmp_path / "events.csv", index=False
+    )
+    spec.write_text(spec.read_text() + "events: {path: events.csv, id: id, time: at, type: kind}\n")
+    with pytest.raises(UserError, match="labels.as_of: required .* leak"):
+        train_churn(spec, ChurnConfig(**SMALL | {"experiment_name": "refused-leak"}))
+    assert _no_run_was_made("refused-leak")
+
+
+def test_refuses_censored_labels(demo_spec, tmp_path):
+    """as_of + horizon beyond the newest event: labels would call customers loyal only because data ends."""
+    raw = yaml.safe_load(demo_spec.read_text())
+    raw["labels"]["as_of"] = ["2024-09-01", "2024-12-01"]
+    for section in ("customers", "events", "reviews"):
+        raw[section]["path"] = str(demo_spec.parent / raw[section]["path"])
+    censored = tmp_path / "censored.yaml"
+    censored.write_text(yaml.safe_dump(raw))
+    with pytest.raises(UserError, match="censored"):
+        train_churn(censored, ChurnConfig(**SMALL | {"experiment_name": "refused-censored"}))
+    assert _no_run_was_made("refused-censored")
+    # The trainer's own check, without the validator in front of it.
+    from features.pipeline import load_data
+
+    with pytest.raises(ChurnDataError, match=r"2024-12-01.*censored.*on or before 2024-11-0"):
+        check_label_windows(load_data(load_spec(censored), with_text=False))
+
+
+def test_cli_prints_user_errors_on_one_line_and_exits_2(tmp_path, monkeypatch, capsys):
+    from churnsense import cli
+
+    spec = _one_table(tmp_path, np.zeros(200, dtype=bool))
+    monkeypatch.setattr(sys, "argv", ["churnsense", "train", "churn", "--spec", str(spec)])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "one class" in err and "\n" not in err
+
+
+# --- train, register, promote ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def first_run(demo_spec):
+    return train_churn(demo_spec, ChurnConfig(**SMALL))
+
+
+def test_training_logs_metrics_plots_config_and_data(first_run, demo_spec):
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    run = client.get_run(first_run.run_id)
+    metrics = run.data.metrics
+    for name in ("roc_auc", "pr_auc", "brier", "log_loss", "lift_at_10", "recall_at_10"):
+        assert name in metrics and f"baseline_{name}" in metrics
+    assert metrics["roc_auc"] > 0.65 and metrics["lift_at_10"] > 1.5  # it learned something
+    assert metrics["n_valid"] == first_run.n_valid > 500
+    assert run.data.tags["feature_version"] == "1" and run.data.tags["code_version"]
+    assert run.data.params["booster.max_iter"] == "80"
+
+    def listed(path: str) -> list[str]:
+        return [Path(f.path).name for f in client.list_artifacts(first_run.run_id, path)]
+
+    assert sorted(listed("plots")) == sorted(
+        ["roc.png", "precision_recall.png", "calibration.png", "lift_gains.png", "feature_importance.png"]
+    )
+    import mlflow
+
+    logged_config = yaml.safe_load(mlflow.artifacts.load_text(f"runs:/{first_run.run_id}/config/churn.yaml"))
+    assert ChurnConfig(**logged_config) == ChurnConfig(**SMALL)
+    spec_text = mlflow.artifacts.load_text(f"runs:/{first_run.run_id}/spec/spec.yaml")
+    assert "churn_event: cancellation" in spec_text
+    fingerprints = mlflow.artifacts.load_dict(f"runs:/{first_run.run_id}/data/fingerprints.json")
+    assert fingerprints["events"]["rows"] > 10_000 and len(fingerprints["events"]["sha256"]) == 16
+    assert fingerprints["events"]["date_min"] < fingerprints["events"]["date_max"] <= "2025-01-01"
+    assert fingerprints["validation"]["rows"] == first_run.n_valid
+
+
+def test_model_carries_its_contract(first_run):
+    from mlflow.models import get_model_info
+
+    info = get_model_info(first_run.model_uri)
+    assert info.metadata["feature_version"] == "1"
+    assert (
+        info.metadata["feature_columns"][:2] and "days_since_last_event" in info.metadata["feature_columns"]
+    )
+    assert "days_since_other" in info.metadata["unused_columns"]  # never observed in training
+    assert info.signature is not None and info.saved_input_example_info is not None
+
+
+def test_first_version_becomes_champion_and_reproduces_training_predictions(first_run):
+    decision = promote_churn(config=ChurnConfig(**SMALL))
+    assert decision.promoted and decision.reason == "first model becomes champion"
+    model = ChurnModel.load(f"models:/{NAME}@champion")
+    assert model.version == first_run.version
+    frame = load_validation_frame(first_run.run_id)
+    np.testing.assert_array_equal(model.predict_proba(frame), first_run.validation_predictions)
+    scored = model.score(frame.set_index(CUSTOMER_ID).iloc[:5])
+    assert scored["reasons"].map(len).eq(5).all()
+
+
+def test_worse_challenger_is_refused_and_force_overrides(first_run, demo_spec, tmp_path):
+    """Through the CLI: train a crippled model, `promote` refuses it (exit 1), `--force` promotes (exit 0)."""
+    from mlflow import MlflowClient
+    from typer.testing import CliRunner
+
+    from churnsense.cli import app
+
+    config = tmp_path / "crippled.yaml"
+    config.write_text(yaml.safe_dump(CRIPPLED))
+    summary = tmp_path / "summary.json"
+    runner = CliRunner()
+    trained = runner.invoke(
+        app, ["train", "churn", "--spec", str(demo_spec), "--config", str(config), "--summary", str(summary)]
+    )
+    assert trained.exit_code == 0, trained.output
+    written = json.loads(summary.read_text())
+    assert {"run_id", "version", "metrics", "baseline_metrics", "timings"} <= set(written)
+    assert written["metrics"]["roc_auc"] < first_run.metrics["roc_auc"] - 0.03
+
+    refused = runner.invoke(app, ["promote", "churn", "--config", str(config)])
+    assert refused.exit_code == 1, refused.output
+    assert "REFUSED" in refused.output and "roc_auc" in refused.output
+    client = MlflowClient()
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == first_run.version
+    tag = json.loads(client.get_model_version(NAME, written["version"]).tags["promotion"])
+    assert tag["promoted"] is False and tag["forced"] is False
+
+    forced = runner.invoke(app, ["promote", "churn", "--config", str(config), "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert "PROMOTED (forced)" in forced.output
+    version = client.get_model_version(NAME, written["version"])
+    assert (
+        json.loads(version.tags["promotion"])["forced"] is True and version.tags["promotion.forced"] == "true"
+    )
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == written["version"]
+
+
+# --- real data (skips without ../shared/data) --------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_telco_default_config_reaches_published_quality():
+    shared_file("telco_churn", "WA_Fn-UseC_-Telco-Customer-Churn.csv")
+    config = ChurnConfig(registered_model_name="test-churn-telco", experiment_name="test-churn-telco")
+    result = train_churn(REPO / "configs" / "telco.spec.yaml", config)
+    assert result.metrics["roc_auc"] >= 0.845
+    assert result.baseline_metrics["roc_auc"] > 0.82  # the baseline is reported beside it, and is sane
+    assert result.n_valid == 1409

@@ -1,0 +1,1 @@
+"""Training pipelines: churn (scikit-learn) and sentiment (transformers), tracked in MLflow."""
