@@ -1,0 +1,93 @@
+"""Builders for the sentiment tests: seeded review texts and a tiny randomly initialised BERT "backbone"."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pandas as pd
+
+POSITIVE_WORDS = ["great", "love", "excellent", "wonderful", "amazing", "perfect", "friendly", "fast"]
+NEGATIVE_WORDS = ["terrible", "awful", "hate", "broken", "rude", "worst", "slow", "lost"]
+NEUTRAL_WORDS = ["okay", "question", "info", "schedule", "where", "which", "update", "details"]
+SUBJECTS = ["flight", "service", "app", "support", "delivery", "staff", "seat", "meal", "crew", "gate"]
+FILLERS = ["today", "again", "this time", "yesterday", "as usual", "on monday", "tonight", "for once"]
+
+
+def review_texts(n_per_class: int = 60, seed: int = 0) -> pd.DataFrame:
+    """Distinct short reviews whose label is carried by one sentiment word (learnable in a few steps)."""
+    rng = random.Random(seed)
+    rows: list[tuple[str, str]] = []
+    for label, words in (
+        ("positive", POSITIVE_WORDS),
+        ("negative", NEGATIVE_WORDS),
+        ("neutral", NEUTRAL_WORDS),
+    ):
+        seen: set[str] = set()
+        while len(seen) < n_per_class:
+            text = f"the {rng.choice(SUBJECTS)} was {rng.choice(words)} {rng.choice(FILLERS)}"
+            if text not in seen:
+                seen.add(text)
+                rows.append((text, label))
+    rng.shuffle(rows)
+    return pd.DataFrame(rows, columns=["text", "label"])
+
+
+def all_vocabulary_texts() -> list[str]:
+    words = POSITIVE_WORDS + NEGATIVE_WORDS + NEUTRAL_WORDS + SUBJECTS + FILLERS
+    return [f"the {w} was is and a of to" for w in words] + review_texts(40, seed=99)["text"].tolist()
+
+
+def build_tiny_backbone(folder: Path, texts: list[str] | None = None) -> Path:
+    """A 2-layer, 32-wide BERT with random weights and a WordPiece tokenizer trained on `texts`, saved like a
+    pretrained checkpoint (what `from_pretrained(folder)` expects)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    wordpiece = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    wordpiece.normalizer = normalizers.BertNormalizer(lowercase=True)
+    wordpiece.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    wordpiece.train_from_iterator(
+        texts or all_vocabulary_texts(), trainers.WordPieceTrainer(vocab_size=400, special_tokens=specials)
+    )
+    cls_id, sep_id = wordpiece.token_to_id("[CLS]"), wordpiece.token_to_id("[SEP]")
+    wordpiece.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=wordpiece,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=128,
+    )
+    config = BertConfig(
+        vocab_size=wordpiece.get_vocab_size(),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        pad_token_id=wordpiece.token_to_id("[PAD]"),
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def write_reviews(folder: Path, frame: pd.DataFrame, name: str = "reviews.csv", **spec_keys: str) -> Path:
+    """Write `frame` as CSV and a spec YAML whose `reviews` section points at it; returns the spec path."""
+    import yaml
+
+    folder.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(folder / name, index=False)
+    reviews = {"path": name, "text": "text", "label": "label", **spec_keys}
+    spec = folder / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"reviews": reviews}), encoding="utf-8")
+    return spec
