@@ -1,0 +1,1 @@
+"""Real-time BentoML service and batch scoring (local and Spark)."""

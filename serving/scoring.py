@@ -1,0 +1,207 @@
+"""Online scoring: validated requests -> the feature engine's input tables -> the churn model's answer.
+
+Nothing here computes a feature. A request becomes the same canonical `customers` and `events` tables the
+loaders produce (`features.io`), event texts get their sentiment through `features.pipeline.add_sentiment`,
+and `features.engine.build_customer_features` with the churn model's own `FeatureSchema` does the rest, exactly
+as in training and in the batch job. Requests that share an `as_of` are scored in one vectorised call.
+
+Checks that need the loaded model (which profile fields it expects, which event values must be numbers) raise
+a pydantic `ValidationError` naming the field, so the service answers them with the same 400 as schema errors.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
+
+from features.columns import CUSTOMER_ID, EVENT_TYPE, SIGNUP_DATE, TEXT, TIMESTAMP
+from features.engine import FeatureSchema, build_customer_features
+from features.pipeline import add_sentiment
+from serving.schemas import (
+    ChurnRiskRequest,
+    ChurnRiskResponse,
+    ModelVersions,
+    Reason,
+    SentimentSummary,
+    TextSentiment,
+)
+
+# What the churn model offers the service: `score(features, top_k)` -> churn_risk, risk_band, reasons.
+ChurnScorer = Callable[[pd.DataFrame], pd.DataFrame]
+
+
+def request_error(title: str, problems: Sequence[tuple[tuple[str | int, ...], str]]) -> ValidationError:
+    """A pydantic `ValidationError` (BentoML answers it with 400) with one entry per (location, message)."""
+    details = [
+        InitErrorDetails(type=PydanticCustomError("invalid_for_model", message), loc=loc, input=None)
+        for loc, message in problems
+    ]
+    return ValidationError.from_exception_data(title, details, hide_input=True)
+
+
+def check_against_schema(
+    requests: Sequence[ChurnRiskRequest], schema: FeatureSchema, prefix: tuple[str | int, ...] = ()
+) -> None:
+    """Raise a `ValidationError` when a request lacks a profile field the churn model uses, sends a numeric
+    profile field that is not a number, or an event value column that is not a number. Fields the model does
+    not use are ignored."""
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    many = len(requests) > 1 or prefix
+    for i, request in enumerate(requests):
+        where = (*prefix, i) if many else ()
+        profile = request.customer.profile_fields()
+        for name in (*schema.profile_numeric, *schema.profile_categorical):
+            if name not in profile:
+                problems.append(
+                    (
+                        (*where, "customer", name),
+                        "missing: the churn model uses this profile field (null if unknown)",
+                    )
+                )
+        for name in schema.profile_numeric:
+            value = profile.get(name)
+            if isinstance(value, str) and value.strip():
+                parsed = pd.to_numeric(value.strip(), errors="coerce")
+                if pd.isna(parsed) or not math.isfinite(float(parsed)):
+                    problems.append(((*where, "customer", name), "must be a finite number (or null)"))
+        for j, event in enumerate(request.events):
+            values = event.value_fields()
+            for name in schema.value_columns:
+                value = values.get(name)
+                if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+                    problems.append(((*where, "events", j, name), "must be a number or null"))
+        if len(problems) >= 20:
+            break
+    if problems:
+        raise request_error("ChurnRiskRequest", problems)
+
+
+def customers_frame(requests: Sequence[ChurnRiskRequest], schema: FeatureSchema) -> pd.DataFrame:
+    """The canonical customers table (`customer_id`, `signup_date`, the schema's profile columns)."""
+    profiles = [r.customer.model_extra or {} for r in requests]
+    columns: dict[str, Any] = {
+        CUSTOMER_ID: pd.array([r.customer.customer_id for r in requests], dtype="string"),
+        SIGNUP_DATE: _naive_utc_ns([r.customer.signup_date for r in requests]),
+    }
+    for name in (*schema.profile_numeric, *schema.profile_categorical):
+        # Raw JSON values: the engine parses profile columns itself, as it does for a loaded file.
+        columns[name] = pd.Series([profile.get(name) for profile in profiles])
+    return pd.DataFrame(columns)
+
+
+def events_frame(requests: Sequence[ChurnRiskRequest], schema: FeatureSchema) -> pd.DataFrame:
+    """The canonical events table (`customer_id`, `timestamp`, `event_type`, value columns, `text`)."""
+    events = [e for r in requests for e in r.events]
+    extras = [e.model_extra or {} for e in events]
+    columns: dict[str, Any] = {
+        CUSTOMER_ID: pd.array([r.customer.customer_id for r in requests for _ in r.events], dtype="string"),
+        TIMESTAMP: _naive_utc_ns([e.timestamp for e in events]),
+        EVENT_TYPE: pd.array([e.type for e in events], dtype="string"),
+    }
+    for name in schema.value_columns:
+        # None (null or absent) -> NaN; values were checked to be numbers.
+        columns[name] = np.array([extra.get(name) for extra in extras], dtype="float64")
+    columns[TEXT] = pd.array([e.text for e in events], dtype="string")
+    return pd.DataFrame(columns)
+
+
+def request_texts(request: ChurnRiskRequest) -> list[str]:
+    """The texts of a request's events as the sentiment model sees them (stripped, as `add_sentiment` does)."""
+    return [event.text.strip() for event in request.events if event.text is not None]
+
+
+def sentiment_summary(request: ChurnRiskRequest, scored: Mapping[str, TextSentiment]) -> SentimentSummary:
+    """Count, mean, min, newest polarity and label counts of the texts in one request."""
+    dated = [
+        (e.timestamp, i, scored[e.text.strip()]) for i, e in enumerate(request.events) if e.text is not None
+    ]
+    if not dated:
+        return SentimentSummary(count=0, mean=None, min=None, last=None, labels={})
+    polarity = [s.polarity for _, _, s in dated]
+    labels: dict[str, int] = {}
+    for _, _, s in dated:
+        labels[s.label] = labels.get(s.label, 0) + 1
+    newest = max(dated, key=lambda item: (item[0], item[1]))[2]
+    return SentimentSummary(
+        count=len(dated),
+        mean=float(np.mean(polarity)),
+        min=float(np.min(polarity)),
+        last=newest.polarity,
+        labels=labels,
+    )
+
+
+def score_requests(
+    requests: Sequence[ChurnRiskRequest],
+    schema: FeatureSchema,
+    score: ChurnScorer,
+    scored_texts: Mapping[str, TextSentiment],
+    versions: ModelVersions,
+    now: dt.datetime | None = None,
+) -> list[ChurnRiskResponse]:
+    """Churn risk for validated requests, in request order; requests without `as_of` are scored as of `now`.
+
+    Args:
+        schema: the churn model's feature schema.
+        score: features (indexed by customer_id) -> `churn_risk`, `risk_band`, `reasons` per customer.
+        scored_texts: the sentiment of every (stripped) event text in the requests.
+        versions: stamped on every answer.
+        now: the as_of of requests without one (default: the current time). Requests sharing an as_of are
+            scored in one call of the feature engine and the model.
+    """
+    check_against_schema(requests, schema)
+
+    def polarity(texts: Sequence[str]) -> np.ndarray:
+        return np.array([scored_texts[text].polarity for text in texts], dtype="float64")
+
+    now = now or dt.datetime.now(dt.UTC)
+    # One engine call per (as_of, round): customer ids must be unique within a call, and concurrent requests
+    # may well ask about the same customer (each repeat goes to the next round).
+    groups: dict[tuple[dt.datetime, int], list[int]] = {}
+    seen: dict[tuple[dt.datetime, str], int] = {}
+    for i, request in enumerate(requests):
+        as_of = request.as_of or now
+        key = (as_of, request.customer.customer_id)
+        repeat = seen[key] = seen.get(key, -1) + 1
+        groups.setdefault((as_of, repeat), []).append(i)
+    answers: list[ChurnRiskResponse | None] = [None] * len(requests)
+    for (as_of, _), positions in groups.items():
+        group = [requests[i] for i in positions]
+        events = add_sentiment(events_frame(group, schema), polarity)
+        features = build_customer_features(events, as_of, schema, customers=customers_frame(group, schema))
+        scored = score(features)
+        for i, request in zip(positions, group, strict=True):
+            row = scored.loc[request.customer.customer_id]
+            answers[i] = ChurnRiskResponse(
+                customer_id=request.customer.customer_id,
+                as_of=as_of,
+                churn_risk=float(row["churn_risk"]),
+                risk_band=str(row["risk_band"]),
+                reasons=[Reason.model_validate(reason) for reason in row["reasons"]],
+                sentiment=sentiment_summary(request, scored_texts),
+                model_versions=versions,
+            )
+    return [answer for answer in answers if answer is not None]
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MICROSECOND = dt.timedelta(microseconds=1)
+_NAT = np.iinfo(np.int64).min
+
+
+def _naive_utc_ns(stamps: Sequence[dt.datetime | None]) -> np.ndarray:
+    """Aware datetimes (or None) as naive-UTC `datetime64[ns]`, the loaders' canonical time column.
+
+    Exact integer arithmetic (microseconds since the epoch), no float seconds.
+    """
+    micros = [_NAT if s is None else (s - _EPOCH) // _MICROSECOND for s in stamps]
+    out = np.array(micros, dtype=np.int64)
+    present = out != _NAT
+    out[present] *= 1000
+    return out.view("datetime64[ns]")

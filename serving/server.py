@@ -1,0 +1,168 @@
+"""Start and stop a real `bentoml serve` process on 127.0.0.1 (CLI `serve`, tests, benchmarks, the demo).
+
+    with ServerProcess("churnsense:latest") as server:     # a built Bento, or "serving.service:ChurnSense"
+        httpx.post(f"{server.url}/sentiment", json={"texts": ["great"]})
+
+The server runs in its own process group, so stopping it also stops its workers. Its log goes to a file (nothing
+a customer wrote is in it unless CHURNSENSE_LOG_TEXT=true).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from churnsense.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SOURCE_TARGET = "serving.service:ChurnSense"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 3000
+QUIET_ENV = {
+    "BENTOML_DO_NOT_TRACK": "true",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    # The worker's threads also get an explicit limit (serving.threads); this covers threads started early.
+    "OMP_NUM_THREADS": "1",
+    # Idle OpenMP threads sleep instead of spinning on a core the event loop needs.
+    "OMP_WAIT_POLICY": "PASSIVE",
+}
+
+
+def free_port(host: str = DEFAULT_HOST) -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def serve_command(target: str, host: str, port: int, working_dir: Path | None = None) -> list[str]:
+    """The `bentoml serve` command line for a Bento tag, or a `module:Class` importable from `working_dir`."""
+    command = [sys.executable, "-m", "bentoml", "serve", target, "--host", host, "--port", str(port)]
+    if working_dir is None and target == SOURCE_TARGET:
+        working_dir = REPO_ROOT
+    if working_dir is not None:
+        command += ["--working-dir", str(working_dir)]
+    return command
+
+
+def server_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment, telemetry off and thread limits set (unless already set), plus `extra`."""
+    env = dict(os.environ)
+    for name, value in QUIET_ENV.items():
+        env.setdefault(name, value)
+    env.update(extra or {})
+    return env
+
+
+class ServerProcess:
+    """A `bentoml serve` child process: `start()` waits until `/readyz` answers, `stop()` ends its group."""
+
+    def __init__(
+        self,
+        target: str = SOURCE_TARGET,
+        *,
+        host: str = DEFAULT_HOST,
+        port: int | None = None,
+        env: Mapping[str, str] | None = None,
+        log_path: Path | None = None,
+        working_dir: Path | None = None,
+    ) -> None:
+        self.target = target
+        self.working_dir = working_dir
+        self.host = host
+        self.port = port
+        self.env = dict(env or {})
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, ready_timeout_s: float = 180.0) -> ServerProcess:
+        """Start the server and block until `/readyz` is 200; raise with the log's tail if it dies or stalls."""
+        import httpx
+
+        self.port = self.port or free_port(self.host)
+        if self.log_path is None:
+            handle, name = tempfile.mkstemp(prefix="churnsense-serve-", suffix=".log")
+            os.close(handle)
+            self.log_path = Path(name)
+        log = open(self.log_path, "wb")  # noqa: SIM115 - the child writes to it for its whole life
+        command = serve_command(self.target, self.host, self.port, self.working_dir)
+        logger.info("starting %s (log: %s)", " ".join(command), self.log_path)
+        self.process = subprocess.Popen(
+            command, env=server_env(self.env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        log.close()
+        deadline = time.monotonic() + ready_timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise UserError(f"the server exited with code {self.process.returncode}:\n{self.log_tail()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/readyz", timeout=2.0).status_code == 200:
+                    return self
+            time.sleep(0.25)
+        self.stop()
+        raise UserError(f"the server was not ready after {ready_timeout_s:.0f}s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """SIGTERM to the server's process group (it and its workers), SIGKILL if it lingers."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=timeout_s)
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def latest_bento_tag(name: str = "churnsense") -> str:
+    """The newest built Bento of that name; `UserError` when there is none."""
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    try:
+        return str(bentoml.get(f"{name}:latest").tag)
+    except NotFound:
+        raise UserError(f"no {name} Bento in the BentoML store; run `churnsense build` first") from None
+
+
+def serve_foreground(target: str | None, host: str, port: int) -> int:
+    """CLI body of `churnsense serve`: run `bentoml serve` in the foreground until Ctrl-C; its exit code."""
+    target = target or latest_bento_tag()
+    command = serve_command(target, host, port)
+    logger.info("serving %s on http://%s:%d (docs at /, health at /readyz)", target, host, port)
+    try:
+        return subprocess.call(command, env=server_env())
+    except KeyboardInterrupt:
+        return 130

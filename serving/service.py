@@ -1,0 +1,257 @@
+"""The churnsense BentoML service: churn risk and sentiment from one process, both models loaded once.
+
+    bentoml serve serving.service:ChurnSense          # from source, models from the BentoML store
+    churnsense build && churnsense serve              # import the MLflow champions, build the Bento, serve it
+
+Endpoints (JSON, schemas in `serving.schemas`):
+    POST /sentiment          {"texts": [...]}                          -> labels and class probabilities
+    POST /churn_risk         {"customer": {...}, "events": [...], "as_of"?} -> calibrated risk, band, reasons
+    POST /churn_risk_batch   {"customers": [<churn_risk request>, ...]} -> one answer per customer
+    POST /classify_texts     {"texts": [...]} -> the raw forward pass, with BentoML's adaptive batching
+
+Concurrent requests share work: churn requests are scored together (one feature-engine and model call), and
+texts share forward passes, batched in the worker (default) or through `/classify_texts` with BentoML's
+adaptive batching (CHURNSENSE_SENTIMENT_BATCHING=bentoml; a second HTTP request per call, measured at about
+half the throughput on 2 cores: see serving.batching and benchmarks/serving.py).
+
+Bad input is a 400 naming the field (pydantic `ValidationError`, which BentoML maps to 400); nothing a customer
+wrote is logged unless CHURNSENSE_LOG_TEXT=true. Settings: `serving.settings`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+import time
+
+import bentoml
+
+from serving.batching import MicroBatcher
+from serving.schemas import (
+    ChurnRiskBatchRequest,
+    ChurnRiskBatchResponse,
+    ChurnRiskRequest,
+    ChurnRiskResponse,
+    ClassifyTextsRequest,
+    Customer,
+    Event,
+    ModelVersions,
+    SentimentRequest,
+    SentimentResponse,
+    SentimentResult,
+    TextSentiment,
+)
+from serving.settings import current_settings
+
+logger = logging.getLogger(__name__)
+
+CHURN_MODEL = "churnsense-churn"
+SENTIMENT_MODEL = "churnsense-sentiment"
+MLFLOW_MODEL_FOLDER = "mlflow_model"  # where `bentoml.mlflow.import_model` puts the MLflow model
+
+# Decorator arguments are fixed when the class is defined, so these few settings are read then.
+_SETTINGS = current_settings()
+
+
+@bentoml.service(
+    name="churnsense",
+    workers=_SETTINGS.workers,
+    traffic={"timeout": _SETTINGS.timeout_s},
+    # With CHURNSENSE_SENTIMENT_BATCHING=bentoml the endpoints reach `classify_texts` through BentoML's
+    # in-process client, which (1.4.39) closes and replaces its HTTP session every 100 requests even while
+    # other requests are in flight on it: under load those fail with 500 "Cannot write to closing
+    # transport". Never recycle the session.
+    runner_connection={"max_requests": 2**31 - 1, "max_age": 1e9},
+)
+class ChurnSense:
+    """Both models, loaded once per worker from the BentoML model store (the Bento pins their versions)."""
+
+    churn_ref = bentoml.models.BentoModel(f"{CHURN_MODEL}:latest")
+    sentiment_ref = bentoml.models.BentoModel(f"{SENTIMENT_MODEL}:latest")
+
+    def __init__(self) -> None:
+        from models.churn import ChurnModel
+        from models.sentiment import SentimentClassifier
+        from serving.threads import limit_this_thread, limit_torch_threads
+
+        for name, value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}.items():
+            os.environ.setdefault(name, value)
+        # The worker is this code's entry point: BentoML's logging config leaves the root logger at WARNING.
+        for name in ("serving", "models"):
+            logging.getLogger(name).setLevel(logging.INFO)
+        self.settings = current_settings()
+        limit_torch_threads(self.settings.torch_threads)
+        limit_this_thread(self.settings.threads)
+        started = time.perf_counter()
+        # On an instance, a `BentoModel` attribute is the resolved store entry (`bentoml.Model`).
+        churn_stored, sentiment_stored = self.churn_ref, self.sentiment_ref
+        self.churn_model = ChurnModel.load(churn_stored.path_of(MLFLOW_MODEL_FOLDER))
+        self.sentiment_model = SentimentClassifier.load(
+            sentiment_stored.path_of(MLFLOW_MODEL_FOLDER), num_threads=self.settings.torch_threads
+        )
+        self.versions = ModelVersions(
+            churn=_mlflow_version(churn_stored), sentiment=_mlflow_version(sentiment_stored)
+        )
+        self._churn_batcher = MicroBatcher(
+            self._score_batch,
+            max_batch=self.settings.churn_max_batch,
+            max_latency_s=self.settings.churn_max_latency_ms / 1000,
+            overloaded=_overloaded,
+        )
+        self._text_batcher = MicroBatcher(
+            self._classify_chunks,
+            max_batch=self.settings.sentiment_max_batch,
+            size=len,
+            max_latency_s=self.settings.sentiment_max_latency_ms / 1000,
+            overloaded=_overloaded,
+        )
+        self._warm_up()
+        logger.info(
+            "loaded churn v%s and sentiment v%s in %.1fs",
+            self.versions.churn,
+            self.versions.sentiment,
+            time.perf_counter() - started,
+        )
+
+    # --- endpoints --------------------------------------------------------------------------------------
+
+    @bentoml.api(
+        batchable=True,
+        max_batch_size=_SETTINGS.sentiment_max_batch,
+        max_latency_ms=_SETTINGS.sentiment_max_latency_ms,
+        input_spec=ClassifyTextsRequest,
+    )
+    def classify_texts(self, texts: list[str]) -> list[TextSentiment]:
+        """Label, probabilities and polarity per text; BentoML batches concurrent calls (adaptive batching).
+
+        /sentiment and /churn_risk go through it when CHURNSENSE_SENTIMENT_BATCHING=bentoml."""
+        from serving.threads import limit_this_thread
+
+        limit_this_thread(self.settings.threads)
+        return self._classify(texts)
+
+    @bentoml.api(input_spec=SentimentRequest)
+    async def sentiment(self, texts: list[str]) -> SentimentResponse:
+        """Sentiment of each text: the winning label, its probability and every class probability."""
+        scored = await self._classify_batched(texts)
+        return SentimentResponse(
+            results=[SentimentResult(label=s.label, score=s.score, scores=s.scores) for s in scored],
+            model_version=self.versions.sentiment,
+        )
+
+    @bentoml.api(input_spec=ChurnRiskRequest)
+    async def churn_risk(
+        self, customer: Customer, events: list[Event], as_of: dt.datetime | None
+    ) -> ChurnRiskResponse:
+        """Calibrated churn risk of one customer as of `as_of` (default now), with reasons and text sentiment."""
+        request = ChurnRiskRequest.model_construct(customer=customer, events=events, as_of=as_of)
+        (answer,) = await self._score([request])
+        return answer
+
+    @bentoml.api(input_spec=ChurnRiskBatchRequest)
+    async def churn_risk_batch(self, customers: list[ChurnRiskRequest]) -> ChurnRiskBatchResponse:
+        """`/churn_risk` for up to CHURNSENSE_BATCH_MAX_CUSTOMERS customers in one call."""
+        return ChurnRiskBatchResponse(results=await self._score(customers))
+
+    # --- helpers ----------------------------------------------------------------------------------------
+
+    def _classify(self, texts: list[str]) -> list[TextSentiment]:
+        if self.settings.log_text:
+            logger.info("classifying texts: %r", texts)
+        proba = self.sentiment_model.predict_proba(texts)
+        polarity = self.sentiment_model.scores_from_proba(proba)
+        labels = self.sentiment_model.labels
+        best = proba.argmax(axis=1)
+        return [
+            TextSentiment(
+                label=labels[b],
+                score=float(row[b]),
+                scores={label: float(p) for label, p in zip(labels, row, strict=True)},
+                polarity=float(pol),
+            )
+            for b, row, pol in zip(best, proba, polarity, strict=True)
+        ]
+
+    async def _classify_batched(self, texts: list[str]) -> list[TextSentiment]:
+        """Concurrent requests' texts share forward passes: in this worker's queue (default) or through
+        BentoML's adaptive batching of `/classify_texts` (CHURNSENSE_SENTIMENT_BATCHING=bentoml)."""
+        if not texts:
+            return []
+        if self.settings.sentiment_batching == "inprocess":
+            return await self._text_batcher.submit(texts)
+        raw = await self.to_async.classify_texts(texts=texts)
+        return [
+            item if isinstance(item, TextSentiment) else TextSentiment.model_validate(item) for item in raw
+        ]
+
+    def _classify_chunks(self, chunks: list[list[str]]) -> list[list[TextSentiment]]:
+        """Worker thread: several requests' texts in one forward pass, split back per request."""
+        from serving.threads import limit_this_thread
+
+        limit_this_thread(self.settings.threads)
+        scored = self._classify([text for chunk in chunks for text in chunk])
+        out, start = [], 0
+        for chunk in chunks:
+            out.append(scored[start : start + len(chunk)])
+            start += len(chunk)
+        return out
+
+    async def _score(self, requests: list[ChurnRiskRequest]) -> list[ChurnRiskResponse]:
+        """Model checks (400 before any work), text sentiment (batched), then churn (micro-batched)."""
+        from serving.scoring import check_against_schema, request_texts
+
+        check_against_schema(requests, self.churn_model.schema)
+        distinct = list(dict.fromkeys(text for request in requests for text in request_texts(request)))
+        scored = dict(zip(distinct, await self._classify_batched(distinct), strict=True))
+        return list(await asyncio.gather(*(self._churn_batcher.submit((r, scored)) for r in requests)))
+
+    def _score_batch(
+        self, items: list[tuple[ChurnRiskRequest, dict[str, TextSentiment]]]
+    ) -> list[ChurnRiskResponse]:
+        """Worker thread: concurrent requests (those sharing an as_of, and all without one) scored together."""
+        from serving.scoring import score_requests
+        from serving.threads import limit_this_thread
+
+        limit_this_thread(self.settings.threads)
+        scored: dict[str, TextSentiment] = {}
+        for _, texts in items:
+            scored.update(texts)
+        return score_requests(
+            [request for request, _ in items],
+            self.churn_model.schema,
+            lambda features: self.churn_model.score(features, top_k=self.settings.top_reasons),
+            scored,
+            self.versions,
+        )
+
+    def _warm_up(self) -> None:
+        """Run both models once so the first real request does not pay for lazy initialisation."""
+        schema = self.churn_model.schema
+        as_of = dt.datetime.now(dt.UTC)
+        texts = ["thanks, that fixed it", "still broken and nobody answers"]
+        scored = dict(zip(texts, self._classify(texts), strict=True))
+        profile = {name: None for name in (*schema.profile_numeric, *schema.profile_categorical)}
+        types = [*schema.event_types, "other"]
+        events = [
+            {"timestamp": as_of - dt.timedelta(days=1 + i), "type": kind, "text": texts[i % 2]}
+            | {name: float(i) for name in schema.value_columns}
+            for i, kind in enumerate(types)
+        ]
+        request = ChurnRiskRequest.model_validate(
+            {"customer": {"customer_id": "warm-up", **profile}, "events": events, "as_of": as_of}
+        )
+        for _ in range(3):
+            self._score_batch([(request, scored)])
+
+
+def _overloaded() -> Exception:
+    from bentoml.exceptions import ServiceUnavailable
+
+    return ServiceUnavailable("the service is overloaded; retry later")
+
+
+def _mlflow_version(stored: bentoml.Model) -> str:
+    """The MLflow registry version recorded when `churnsense build` imported the model (else the tag)."""
+    return str(stored.info.labels.get("mlflow_version") or stored.tag.version)

@@ -1,0 +1,157 @@
+"""A short live check of a built Bento, used by `make demo`: serve it, send one request to each model, stop it.
+
+    from serving.build import build_bento
+    from serving.smoke import demo_requests
+    demo_requests(build_bento(), spec_path="demo_out/data/spec.yaml")
+
+The /churn_risk request is a real customer from the spec's data (one with texts, as of the newest label date);
+without a spec it is made up from the churn model's own schema.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from features.columns import CUSTOMER_ID, EVENT_TYPE, SIGNUP_DATE, TEXT, TIMESTAMP
+
+logger = logging.getLogger(__name__)
+
+SENTIMENT_EXAMPLES = [
+    "Support fixed my problem in five minutes, thank you!",
+    "Third time this month the app lost my settings and nobody answers the phone.",
+]
+
+
+def _json_scalar(value: Any) -> Any:
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    return value.item() if hasattr(value, "item") else value
+
+
+def churn_request_from_tables(
+    customers: pd.DataFrame,
+    events: pd.DataFrame,
+    customer_id: str,
+    as_of: Any,
+    value_columns: tuple[str, ...],
+) -> dict[str, Any]:
+    """A /churn_risk body for one customer of canonical tables: their profile and events before `as_of`."""
+    row = customers.loc[customers[CUSTOMER_ID].astype(str) == customer_id].iloc[0]
+    profile = {
+        str(name): _json_scalar(value)
+        for name, value in row.items()
+        if name not in (CUSTOMER_ID, SIGNUP_DATE, "churned", "churn_date")
+    }
+    mine = events[
+        (events[CUSTOMER_ID].astype(str) == customer_id) & (events[TIMESTAMP] < pd.Timestamp(as_of))
+    ]
+    body_events = []
+    for record in mine.to_dict("records"):
+        item: dict[str, Any] = {
+            "timestamp": pd.Timestamp(record[TIMESTAMP]).isoformat(),
+            "type": str(record[EVENT_TYPE]),
+        }
+        item.update({name: _json_scalar(record.get(name)) for name in value_columns})
+        text = record.get(TEXT)
+        if isinstance(text, str) and text.strip():
+            item["text"] = text
+        body_events.append(item)
+    signup = row.get(SIGNUP_DATE)
+    return {
+        "customer": {
+            "customer_id": customer_id,
+            "signup_date": None if signup is None or pd.isna(signup) else pd.Timestamp(signup).isoformat(),
+            **profile,
+        },
+        "events": body_events,
+        "as_of": pd.Timestamp(as_of).isoformat(),
+    }
+
+
+def example_from_spec(spec_path: Path) -> dict[str, Any]:
+    """A customer with texts from the spec's data, as of the newest label date (or today without one)."""
+    from features.pipeline import load_data
+    from features.spec import load_spec
+
+    spec = load_spec(Path(spec_path))
+    data = load_data(spec, with_text=True)
+    dates = spec.labels.as_of_dates()
+    as_of = pd.Timestamp(dates[-1] if dates else dt.date.today())
+    events = data.events
+    before = events[events[TIMESTAMP] < as_of]
+    if TEXT in before.columns and before[TEXT].notna().any():
+        texts = before.dropna(subset=[TEXT]).groupby(CUSTOMER_ID, observed=True).size()
+        customer_id = str(texts.sort_values(ascending=False).index[0])
+    else:
+        customer_id = str(before[CUSTOMER_ID].iloc[0])
+    values = tuple(spec.events.values) if spec.events else ()
+    return churn_request_from_tables(data.customers, events, customer_id, as_of, values)
+
+
+def example_from_schema(schema: Any) -> dict[str, Any]:
+    """A made-up customer with one event of every type the model knows (null profile values)."""
+    now = dt.datetime.now(dt.UTC)
+    profile = {name: None for name in (*schema.profile_numeric, *schema.profile_categorical)}
+    events = [
+        {"timestamp": (now - dt.timedelta(days=3 * (i + 1))).isoformat(), "type": kind}
+        | {name: 1.0 for name in schema.value_columns}
+        for i, kind in enumerate(schema.event_types)
+    ]
+    events[0]["text"] = SENTIMENT_EXAMPLES[1]
+    return {"customer": {"customer_id": "example", **profile}, "events": events}
+
+
+def demo_requests(
+    bento_tag: str | None = None, spec_path: Path | str | None = None, port: int | None = None
+) -> dict[str, Any]:
+    """Serve the Bento on 127.0.0.1 briefly, send one /churn_risk and one /sentiment request, print both
+    answers, stop the server, and return them ({"churn_risk": ..., "sentiment": ...}).
+
+    Args:
+        bento_tag: the Bento to serve (default: the newest churnsense Bento).
+        spec_path: a dataset spec whose data gives the /churn_risk customer (default: a made-up one).
+        port: the port (default: a free one).
+    """
+    import bentoml
+    import httpx
+    from mlflow.models import Model
+
+    from features.engine import FeatureSchema
+    from serving.server import ServerProcess, latest_bento_tag
+
+    tag = bento_tag or latest_bento_tag()
+    if spec_path is not None:
+        churn_body = example_from_spec(Path(spec_path))
+    else:
+        churn_model = next(m for m in bentoml.get(tag).info.all_models if m.tag.name == "churnsense-churn")
+        folder = bentoml.models.get(churn_model.tag).path_of("mlflow_model")
+        churn_body = example_from_schema(
+            FeatureSchema.from_json(Model.load(folder).metadata["feature_schema"])
+        )
+    sentiment_body = {"texts": SENTIMENT_EXAMPLES}
+    with ServerProcess(tag, port=port) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+        print(f"serving {tag} at {server.url} (OpenAPI docs at {server.url}/)")
+        churn = client.post("/churn_risk", json=churn_body)
+        sentiment = client.post("/sentiment", json=sentiment_body)
+        health = client.get("/healthz").status_code
+    n_texts = sum("text" in e for e in churn_body["events"])
+    print(
+        f"\nPOST /churn_risk  customer {churn_body['customer']['customer_id']} with "
+        f"{len(churn_body['events'])} events ({n_texts} with text), as_of {churn_body.get('as_of', 'now')}"
+    )
+    print(f"-> {churn.status_code} {json.dumps(churn.json(), indent=2)}")
+    print(f"\nPOST /sentiment  {json.dumps(sentiment_body)}")
+    print(f"-> {sentiment.status_code} {json.dumps(sentiment.json(), indent=2)}")
+    print(f"\n/healthz {health}; server stopped")
+    for name, response in (("/churn_risk", churn), ("/sentiment", sentiment)):
+        if response.status_code != 200:
+            from churnsense.errors import UserError
+
+            raise UserError(f"{name} answered {response.status_code}: {response.text[:500]}")
+    return {"churn_risk": churn.json(), "sentiment": sentiment.json()}

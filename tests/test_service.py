@@ -1,0 +1,618 @@
+"""The BentoML service: request validation, online scoring = offline scoring, and the real server over HTTP.
+
+Levels (STYLE anchor: BentoML's own services):
+- schema tests with no model (fast);
+- in-process scoring with small real models against the offline path (`build_customer_features` + `score`);
+- a real `bentoml serve` of the built Bento on a free 127.0.0.1 port, spoken to with httpx.
+
+The session fixture trains a small churn model on simulator data and a tiny random BERT sentiment model into
+the session's temporary MLflow store, promotes both, and runs `churnsense build` into the temporary BENTOML_HOME.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from pydantic import ValidationError
+
+from serving.settings import ServingSettings, current_settings
+
+SERVER_LIMITS = {
+    "CHURNSENSE_MAX_EVENTS": "300",
+    "CHURNSENSE_MAX_TEXTS": "20",
+    "CHURNSENSE_MAX_TEXT_CHARS": "400",
+    "CHURNSENSE_BATCH_MAX_CUSTOMERS": "6",
+}
+SECRET = "my-secret-complaint-text-7f3a"
+
+
+@pytest.fixture
+def limits(monkeypatch: pytest.MonkeyPatch):
+    """The test limits as environment settings (the settings cache is read again around the test)."""
+    for name, value in SERVER_LIMITS.items():
+        monkeypatch.setenv(name, value)
+    current_settings.cache_clear()
+    yield current_settings()
+    current_settings.cache_clear()
+
+
+# --- schemas and settings: no model ------------------------------------------------------------------------
+
+
+def test_settings_from_env_reads_and_names_bad_values():
+    settings = ServingSettings.from_env({"CHURNSENSE_MAX_EVENTS": "12", "CHURNSENSE_LOG_TEXT": "true"})
+    assert settings.max_events == 12 and settings.log_text is True
+    assert ServingSettings.from_env({}).log_text is False  # nothing a customer wrote is logged by default
+    from churnsense.errors import UserError
+
+    with pytest.raises(UserError, match="CHURNSENSE_MAX_EVENTS"):
+        ServingSettings.from_env({"CHURNSENSE_MAX_EVENTS": "many"})
+
+
+def _churn_body(**overrides) -> dict:
+    body = {
+        "customer": {"customer_id": "c1", "plan": "basic"},
+        "events": [{"timestamp": "2024-05-01T10:00:00Z", "type": "usage", "amount": 3.0, "channel": "web"}],
+        "as_of": "2024-06-01",
+    }
+    body.update(overrides)
+    return body
+
+
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        (_churn_body(events=[{"timestamp": "2024-07-01", "type": "usage"}]), "after as_of"),
+        (_churn_body(events=[{"timestamp": "not a date", "type": "usage"}]), "events.0.timestamp"),
+        (_churn_body(events=[{"timestamp": "1500-01-01", "type": "usage"}]), "events.0.timestamp"),
+        (_churn_body(events=[{"type": "usage"}]), "events.0.timestamp"),
+        (_churn_body(events=[{"timestamp": "2024-05-01", "type": "  "}]), "events.0.type"),
+        (_churn_body(events=[{"timestamp": "2024-05-01", "type": "usage", "text": " "}]), "events.0.text"),
+        (_churn_body(events=[{"timestamp": "2024-05-01", "type": "usage", "amount": [1]}]), "events.0.amount"),
+        (_churn_body(customer={"plan": "basic"}), "customer.customer_id"),
+        (_churn_body(customer={"customer_id": "c1", "plan": {"a": 1}}), "customer.plan"),
+        (_churn_body(events=[{"timestamp": "2024-05-01", "type": "usage"}] * 301), "CHURNSENSE_MAX_EVENTS"),
+        (
+            _churn_body(events=[{"timestamp": "2024-05-01", "type": "x", "text": "hi"}] * 21),
+            "CHURNSENSE_MAX_TEXTS",
+        ),
+        (
+            _churn_body(events=[{"timestamp": "2024-05-01", "type": "x", "text": "a" * 401}]),
+            "CHURNSENSE_MAX_TEXT_",
+        ),
+        (_churn_body(unexpected=1), "unexpected"),
+    ],
+)
+def test_churn_request_rejects_bad_input_naming_the_field(limits, body, where):
+    from serving.schemas import ChurnRiskRequest
+
+    with pytest.raises(ValidationError) as error:
+        ChurnRiskRequest.model_validate_json(json.dumps(body))
+    assert where in str(error.value)
+
+
+def test_churn_request_rejects_nan_and_infinity(limits):
+    from serving.schemas import ChurnRiskRequest
+
+    nan_profile = '{"customer": {"customer_id": "c1", "age": NaN}}'
+    inf_value = '{"customer": {"customer_id": "c1"}, "events": [{"timestamp": "2024-01-01", "type": "a", "x": Infinity}]}'
+    for body in (nan_profile, inf_value):
+        with pytest.raises(ValidationError, match="finite number"):
+            ChurnRiskRequest.model_validate_json(body)
+
+
+def test_validation_errors_never_echo_what_the_customer_wrote(limits):
+    from serving.schemas import ChurnRiskRequest, SentimentRequest
+
+    with pytest.raises(ValidationError) as error:
+        SentimentRequest.model_validate({"texts": [SECRET * 20]})
+    with pytest.raises(ValidationError) as nested:
+        ChurnRiskRequest.model_validate(_churn_body(customer={"customer_id": SECRET, "plan": [SECRET]}))
+    assert SECRET not in str(error.value) and SECRET not in str(nested.value)
+
+
+def test_churn_request_without_as_of_and_names_stripped(limits):
+    from serving.schemas import ChurnRiskRequest
+
+    request = ChurnRiskRequest.model_validate(
+        {"customer": {"customer_id": " c1 "}, "events": [{"timestamp": "2024-05-01", "type": " usage "}]}
+    )
+    assert request.as_of is None  # scored as of the moment its batch runs
+    assert request.customer.customer_id == "c1" and request.events[0].type == "usage"
+    assert request.events[0].timestamp.tzinfo is not None  # naive times are read as UTC
+
+
+def test_batch_request_limits(limits):
+    from serving.schemas import ChurnRiskBatchRequest
+
+    one = _churn_body()
+    with pytest.raises(ValidationError, match="CHURNSENSE_BATCH_MAX_CUSTOMERS"):
+        ChurnRiskBatchRequest.model_validate({"customers": [one] * 7})
+    with pytest.raises(ValidationError, match="repeat"):
+        ChurnRiskBatchRequest.model_validate({"customers": [one, one]})
+
+
+def test_micro_batcher_coalesces_concurrent_calls_and_keeps_order():
+    import asyncio
+    import time
+
+    from serving.batching import MicroBatcher
+
+    calls: list[list[int]] = []
+
+    def compute(items: list[int]) -> list[int | Exception]:
+        calls.append(items)
+        time.sleep(0.05)  # while this runs, the other callers queue
+        return [ValueError("seven") if item == 7 else item * 10 for item in items]
+
+    async def main():
+        batcher = MicroBatcher(compute, max_batch=4)
+        first = asyncio.ensure_future(batcher.submit(0))
+        await asyncio.sleep(0.01)  # a lone request starts at once, without waiting for company
+        rest = await asyncio.gather(*(batcher.submit(i) for i in range(1, 9)), return_exceptions=True)
+        return batcher, [await first, *rest]
+
+    batcher, results = asyncio.run(main())
+    assert results[:7] == [0, 10, 20, 30, 40, 50, 60] and results[8] == 80
+    assert isinstance(results[7], ValueError)  # only the failing item's caller sees its error
+    assert [len(c) for c in calls] == [1, 4, 4]  # the first runs at once, the rest share batches
+    assert batcher.batches == 3 and batcher.items == 9
+
+
+def test_micro_batcher_counts_units_and_sheds_items_that_waited_too_long():
+    import asyncio
+    import time
+
+    from serving.batching import MicroBatcher
+
+    def compute(items: list[list[str]]) -> list[int]:
+        time.sleep(1.0)
+        return [len(item) for item in items]
+
+    async def main():
+        batcher = MicroBatcher(
+            compute, max_batch=3, size=len, max_latency_s=0.5, overloaded=lambda: TimeoutError("busy")
+        )
+        first = asyncio.ensure_future(batcher.submit(["a"]))
+        await asyncio.sleep(0.01)  # the first batch is running (1 s); these wait longer than 0.5 s
+        rest = await asyncio.gather(batcher.submit(["b", "c"]), batcher.submit(["d"]), return_exceptions=True)
+        return await first, rest, batcher
+
+    first, rest, batcher = asyncio.run(main())
+    assert first == 1
+    assert all(isinstance(r, TimeoutError) for r in rest) and batcher.shed == 2
+
+
+# --- small real models --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def demo_data(session_tmp: Path) -> Path:
+    from features.simulate import write_demo_data
+
+    folder = session_tmp / "service_data"
+    write_demo_data(folder, n_customers=1000, seed=5)
+    return folder / "spec.yaml"
+
+
+@pytest.fixture(scope="session")
+def trained(demo_data: Path, session_tmp: Path) -> dict:
+    """Small churn and tiny sentiment models trained, registered and promoted in the session's MLflow store."""
+    from tests.sentiment_helpers import build_tiny_backbone, review_texts, write_reviews
+    from training.churn import promote_churn, train_churn
+    from training.sentiment import promote_sentiment, train_sentiment
+
+    backbone = build_tiny_backbone(session_tmp / "tiny_bert")
+    reviews_spec = write_reviews(session_tmp / "service_reviews", review_texts(40, seed=1))
+    train_sentiment(
+        reviews_spec,
+        None,
+        backbone=str(backbone),
+        max_steps=6,
+        batch_size=16,
+        max_length=32,
+        baseline=False,
+        quantize=False,
+        num_threads=1,
+    )
+    promote_sentiment()
+    from models.sentiment import SentimentClassifier
+
+    scorer = SentimentClassifier.load("models:/churnsense-sentiment@champion")
+    train_churn(demo_data, None, sentiment_scorer=scorer)
+    promote_churn()
+    # Other test modules share the session store and register versions too: ask which ones are champion.
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    versions = {
+        kind: client.get_model_version_by_alias(f"churnsense-{kind}", "champion").version
+        for kind in ("churn", "sentiment")
+    }
+    return {"spec": demo_data, "versions": versions}
+
+
+@pytest.fixture(scope="session")
+def models(trained):
+    from models.churn import ChurnModel
+    from models.sentiment import SentimentClassifier
+
+    return ChurnModel.load("models:/churnsense-churn@champion"), SentimentClassifier.load(
+        "models:/churnsense-sentiment@champion"
+    )
+
+
+@pytest.fixture(scope="session")
+def canonical(trained) -> tuple[pd.DataFrame, pd.DataFrame, dt.date]:
+    """Customers and events as the loaders give them, and the newest snapshot date."""
+    from features.pipeline import load_data
+    from features.spec import load_spec
+
+    spec = load_spec(trained["spec"])
+    data = load_data(spec, with_text=True)
+    return data.customers, data.events, spec.labels.as_of_dates()[-1]
+
+
+def _request_for(customers: pd.DataFrame, events: pd.DataFrame, customer_id: str, as_of) -> dict:
+    """A /churn_risk body for one customer from canonical tables (what a client would send)."""
+    from features.columns import CUSTOMER_ID, EVENT_TYPE, SIGNUP_DATE, TEXT, TIMESTAMP
+
+    row = customers.loc[customers[CUSTOMER_ID] == customer_id].iloc[0]
+    profile = {}
+    for name, value in row.items():
+        if name in (CUSTOMER_ID, SIGNUP_DATE, "churned", "churn_date"):
+            continue
+        profile[name] = None if pd.isna(value) else (value.item() if hasattr(value, "item") else value)
+    signup = row.get(SIGNUP_DATE)
+    mine = events[(events[CUSTOMER_ID] == customer_id) & (events[TIMESTAMP] < pd.Timestamp(as_of))]
+    body_events = []
+    for _, event in mine.iterrows():
+        item = {"timestamp": pd.Timestamp(event[TIMESTAMP]).isoformat(), "type": str(event[EVENT_TYPE])}
+        for name in ("duration_s", "amount"):
+            if name in mine.columns:
+                item[name] = None if pd.isna(event[name]) else float(event[name])
+        if TEXT in mine.columns and not pd.isna(event[TEXT]) and str(event[TEXT]).strip():
+            item["text"] = str(event[TEXT])
+        body_events.append(item)
+    return {
+        "customer": {
+            "customer_id": customer_id,
+            "signup_date": None if pd.isna(signup) else pd.Timestamp(signup).isoformat(),
+            **profile,
+        },
+        "events": body_events,
+        "as_of": pd.Timestamp(as_of).isoformat(),
+    }
+
+
+def _pick_customers(events: pd.DataFrame, as_of, n: int) -> list[str]:
+    """Customers with several distinct texts before as_of (so sentiment feeds their features)."""
+    from features.columns import CUSTOMER_ID, TEXT, TIMESTAMP
+
+    before = events[events[TIMESTAMP] < pd.Timestamp(as_of)]
+    texts = before.dropna(subset=[TEXT])
+    counts = texts.groupby(CUSTOMER_ID, observed=True)[TEXT].nunique()
+    totals = texts.groupby(CUSTOMER_ID, observed=True).size()
+    eligible = counts[(counts >= 2) & (counts == totals)].index.astype(str).tolist()
+    return sorted(eligible)[:n]
+
+
+def _offline(models, customers, events, customer_id, as_of) -> pd.Series:
+    """The batch path for one customer: the engine on the loaded tables, then ChurnModel.score."""
+    from features.columns import CUSTOMER_ID
+    from features.engine import build_customer_features
+    from features.pipeline import add_sentiment
+
+    churn, sentiment = models
+    mine = events[events[CUSTOMER_ID] == customer_id]
+    scored = add_sentiment(mine, sentiment)
+    one = customers[customers[CUSTOMER_ID] == customer_id]
+    features = build_customer_features(scored, as_of, churn.schema, customers=one)
+    return churn.score(features, top_k=current_settings().top_reasons).loc[customer_id]
+
+
+@pytest.mark.slow
+def test_online_scoring_in_process_equals_offline(models, canonical):
+    """`serving.scoring` with the real (small) models gives the batch path's numbers for the same customer."""
+    from serving.schemas import ChurnRiskRequest, ModelVersions, TextSentiment
+    from serving.scoring import request_texts, score_requests
+
+    churn, sentiment = models
+    customers, events, as_of = canonical
+    ids = _pick_customers(events, as_of, 3)
+    assert ids, "the simulator should give customers with texts"
+    requests = [ChurnRiskRequest.model_validate(_request_for(customers, events, cid, as_of)) for cid in ids]
+    texts = list(dict.fromkeys(t for r in requests for t in request_texts(r)))
+    proba = sentiment.predict_proba(texts)
+    polarity = sentiment.scores_from_proba(proba)
+    scored = {
+        t: TextSentiment(label="x", score=0.0, scores={}, polarity=float(p))
+        for t, p in zip(texts, polarity, strict=True)
+    }
+    # Per customer (one request each, as the service gets them), and all three in one vectorised call.
+    for cid, request in zip(ids, requests, strict=True):
+        own = {t: scored[t] for t in request_texts(request)}
+        (answer,) = score_requests(
+            [request], churn.schema, churn.score, own, ModelVersions(churn="1", sentiment="1")
+        )
+        offline = _offline(models, customers, events, cid, as_of)
+        assert math.isclose(answer.churn_risk, float(offline["churn_risk"]), rel_tol=0, abs_tol=1e-9)
+        assert answer.risk_band == offline["risk_band"]
+    versions = ModelVersions(churn="1", sentiment="1")
+    together = score_requests(requests, churn.schema, churn.score, scored, versions)
+    assert [a.customer_id for a in together] == ids
+    # Concurrent requests about the same customer, and one without as_of (scored as of `now`), in one batch.
+    now = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+    undated = requests[1].model_copy(update={"as_of": None})
+    mixed = score_requests(
+        [requests[0], requests[0], undated], churn.schema, churn.score, scored, versions, now
+    )
+    assert mixed[0] == mixed[1] == together[0]
+    dated = requests[1].model_copy(update={"as_of": now})
+    (alone,) = score_requests([dated], churn.schema, churn.score, scored, versions)
+    assert mixed[2] == alone and alone.as_of == now
+
+
+# --- the real server ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def bento_tag(trained) -> str:
+    from serving.build import build_bento
+
+    return build_bento()
+
+
+@pytest.fixture(scope="session")
+def server(bento_tag: str, session_tmp: Path):
+    from serving.server import ServerProcess
+
+    process = ServerProcess(bento_tag, env=SERVER_LIMITS, log_path=session_tmp / "server.log")
+    process.start(ready_timeout_s=240)
+    yield process
+    process.stop()
+    assert process.process.poll() is not None
+
+
+@pytest.fixture(scope="session")
+def bentoml_batching_server(bento_tag: str, session_tmp: Path):
+    """The same Bento with texts batched by BentoML behind /classify_texts (CHURNSENSE_SENTIMENT_BATCHING)."""
+    from serving.server import ServerProcess
+
+    env = {**SERVER_LIMITS, "CHURNSENSE_SENTIMENT_BATCHING": "bentoml", "CHURNSENSE_WORKERS": "1"}
+    process = ServerProcess(bento_tag, env=env, log_path=session_tmp / "server_bentoml_batching.log")
+    process.start(ready_timeout_s=240)
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def http(server):
+    import httpx
+
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        yield client
+
+
+@pytest.mark.slow
+def test_bento_carries_both_models(bento_tag: str):
+    import bentoml
+
+    names = sorted(m.tag.name for m in bentoml.get(bento_tag).info.all_models)
+    assert names == ["churnsense-churn", "churnsense-sentiment"]
+    for model in bentoml.get(bento_tag).info.all_models:
+        labels = bentoml.models.get(model.tag).info.labels
+        assert labels["mlflow_version"] and labels["mlflow_run_id"]
+    churn = next(m for m in bentoml.get(bento_tag).info.all_models if m.tag.name == "churnsense-churn")
+    from features.engine import FEATURE_VERSION
+
+    assert bentoml.models.get(churn.tag).info.labels["feature_version"] == FEATURE_VERSION
+
+
+@pytest.mark.slow
+def test_framework_endpoints_keep_working(http):
+    for path in ("/healthz", "/readyz", "/livez", "/metrics", "/docs.json", "/"):
+        assert http.get(path).status_code == 200, path
+    paths = http.get("/docs.json").json()["paths"]
+    assert {"/churn_risk", "/churn_risk_batch", "/sentiment"} <= set(paths)
+
+
+@pytest.mark.slow
+def test_sentiment_endpoint(http, models, trained):
+    texts = ["the flight was great today", "the staff was rude again"]
+    response = http.post("/sentiment", json={"texts": texts})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model_version"] == trained["versions"]["sentiment"]
+    expected = models[1].predict(texts)
+    for result, want in zip(body["results"], expected, strict=True):
+        assert set(result) == {"label", "score", "scores"}
+        assert result["label"] == want.label
+        assert result["score"] == pytest.approx(want.score, abs=1e-6)
+        assert result["scores"] == pytest.approx(want.probabilities, abs=1e-6)
+        assert sum(result["scores"].values()) == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_churn_risk_over_http_equals_offline_score(http, models, canonical, trained):
+    customers, events, as_of = canonical
+    (customer_id,) = _pick_customers(events, as_of, 1)
+    body = _request_for(customers, events, customer_id, as_of)
+    response = http.post("/churn_risk", json=body)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    offline = _offline(models, customers, events, customer_id, as_of)
+
+    assert answer["customer_id"] == customer_id
+    assert abs(answer["churn_risk"] - float(offline["churn_risk"])) <= 1e-9
+    assert answer["risk_band"] == offline["risk_band"]
+    assert [r["feature"] for r in answer["reasons"]] == [r["feature"] for r in offline["reasons"]]
+    for got, want in zip(answer["reasons"], offline["reasons"], strict=True):
+        assert got["contribution"] == pytest.approx(want["contribution"], abs=1e-9)
+    assert pd.Timestamp(answer["as_of"]) == pd.Timestamp(as_of, tz="UTC")
+    assert answer["model_versions"] == trained["versions"]
+
+    texts = [e["text"] for e in body["events"] if "text" in e]
+    polarity = models[1].sentiment_scores([t.strip() for t in texts])
+    summary = answer["sentiment"]
+    assert summary["count"] == len(texts)
+    assert summary["mean"] == pytest.approx(float(np.mean(polarity)), abs=1e-6)
+    assert summary["min"] == pytest.approx(float(np.min(polarity)), abs=1e-6)
+    assert sum(summary["labels"].values()) == len(texts)
+
+
+@pytest.mark.slow
+def test_churn_risk_batch_equals_single_calls(http, canonical):
+    customers, events, as_of = canonical
+    ids = _pick_customers(events, as_of, 3)
+    bodies = [_request_for(customers, events, cid, as_of) for cid in ids]
+    # One customer without any history and with as_of defaulting to now.
+    bodies.append({"customer": {**bodies[0]["customer"], "customer_id": "newcomer"}, "events": []})
+    response = http.post("/churn_risk_batch", json={"customers": bodies})
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["customer_id"] for r in results] == [*ids, "newcomer"]
+    for body, result in zip(bodies[:3], results, strict=False):
+        single = http.post("/churn_risk", json=body).json()
+        assert result["churn_risk"] == single["churn_risk"]
+        assert result["reasons"] == single["reasons"]
+    assert results[-1]["sentiment"]["count"] == 0
+    assert 0.0 <= results[-1]["churn_risk"] <= 1.0
+
+
+@pytest.mark.slow
+def test_unknown_event_types_count_as_other_not_an_error(http, canonical):
+    customers, events, as_of = canonical
+    (customer_id,) = _pick_customers(events, as_of, 1)
+    body = _request_for(customers, events, customer_id, as_of)
+    body["events"].append({"timestamp": body["events"][-1]["timestamp"], "type": "carrier_pigeon"})
+    response = http.post("/churn_risk", json=body)
+    assert response.status_code == 200, response.text
+
+
+def _bad_requests(customers, events, as_of) -> list[tuple[str, object, str]]:
+    (customer_id,) = _pick_customers(events, as_of, 1)
+    good = _request_for(customers, events, customer_id, as_of)
+    profile_field = next(k for k in good["customer"] if k not in ("customer_id", "signup_date"))
+
+    def churn(**changes) -> dict:
+        return {**json.loads(json.dumps(good)), **changes}
+
+    without_profile = churn(customer={k: v for k, v in good["customer"].items() if k != profile_field})
+    other_without_profile = {
+        **without_profile,
+        "customer": {**without_profile["customer"], "customer_id": "other"},
+    }
+    string_amount = churn(events=[{"timestamp": "2024-03-01", "type": "billing", "amount": "lots"}])
+    many_events = churn(events=[{"timestamp": "2024-03-01", "type": "usage"}] * 301)
+    many_texts = churn(events=[{"timestamp": "2024-03-01", "type": "complaint", "text": "bad"}] * 21)
+    future = churn(events=[{"timestamp": "2030-01-01", "type": "usage"}])
+    return [
+        ("/sentiment", {"texts": []}, "texts"),
+        ("/sentiment", {"texts": [""]}, "empty"),
+        ("/sentiment", {"texts": ["x" * 401]}, "CHURNSENSE_MAX_TEXT_CHARS"),
+        ("/sentiment", {"texts": ["ok"] * 21}, "CHURNSENSE_MAX_TEXTS"),
+        ("/sentiment", {"texts": "not a list"}, "texts"),
+        ("/sentiment", {"text": ["wrong field"]}, "texts"),
+        ("/sentiment", "{not json", "json"),
+        ("/churn_risk", {"events": []}, "customer"),
+        ("/churn_risk", churn(customer={"customer_id": 12}), "customer_id"),
+        ("/churn_risk", without_profile, profile_field),
+        ("/churn_risk", string_amount, "amount"),
+        ("/churn_risk", many_events, "CHURNSENSE_MAX_EVENTS"),
+        ("/churn_risk", many_texts, "CHURNSENSE_MAX_TEXTS"),
+        ("/churn_risk", future, "after as_of"),
+        ("/churn_risk", '{"customer": {"customer_id": "c", "age": NaN}}', "finite"),
+        (
+            "/churn_risk",
+            churn(events=[{"timestamp": "2024-03-01", "type": "x", "text": SECRET + " " * 500}]),
+            "text",
+        ),
+        ("/classify_texts", {"texts": [SECRET + " " * 500]}, "CHURNSENSE_MAX_TEXT_CHARS"),
+        ("/classify_texts", {"texts": ["ok", " "]}, "empty"),
+        ("/churn_risk_batch", {"customers": [good] * 7}, "CHURNSENSE_BATCH_MAX_CUSTOMERS"),
+        ("/churn_risk_batch", {"customers": [good, good]}, "repeat"),
+        ("/churn_risk_batch", {"customers": [good, other_without_profile]}, profile_field),
+    ]
+
+
+@pytest.mark.slow
+def test_bad_input_is_a_4xx_naming_the_field_and_the_server_stays_healthy(http, server, canonical):
+    customers, events, as_of = canonical
+    for path, body, where in _bad_requests(customers, events, as_of):
+        content = body if isinstance(body, str) else json.dumps(body)
+        response = http.post(path, content=content, headers={"Content-Type": "application/json"})
+        assert 400 <= response.status_code < 500, (path, where, response.status_code, response.text)
+        assert where.lower() in response.text.lower(), (path, where, response.text)
+    assert http.get("/healthz").status_code == 200
+    assert http.post("/sentiment", json={"texts": ["still fine"]}).status_code == 200
+    assert SECRET not in server.log_path.read_text(errors="replace")
+
+
+@pytest.mark.slow
+def test_concurrent_requests_share_batches_and_answer_like_single_ones(http, canonical):
+    """Many clients at once get the answers single calls get."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    customers, events, as_of = canonical
+    ids = _pick_customers(events, as_of, 4)
+    bodies = [_request_for(customers, events, cid, as_of) for cid in ids]
+    singles = [http.post("/churn_risk", json=body).json() for body in bodies]
+    texts = [f"the {word} was great today, ticket {i}" for i, word in enumerate(["app", "crew", "seat"] * 50)]
+    single_text = http.post("/sentiment", json={"texts": texts[:1]}).json()["results"][0]
+
+    def churn(i: int):
+        return http.post("/churn_risk", json=bodies[i % len(bodies)])
+
+    def sentiment(i: int):
+        return http.post("/sentiment", json={"texts": [texts[i]]})
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        churn_answers = list(pool.map(churn, range(48)))
+        sentiment_answers = list(pool.map(sentiment, range(len(texts))))
+    assert all(r.status_code == 200 for r in churn_answers + sentiment_answers), {
+        r.status_code for r in churn_answers + sentiment_answers
+    }
+    for i, response in enumerate(churn_answers):
+        want = singles[i % len(bodies)]
+        got = response.json()
+        assert got["customer_id"] == want["customer_id"]
+        # Texts may share a forward pass with other requests' texts (other padding): equal to float noise.
+        assert got["churn_risk"] == pytest.approx(want["churn_risk"], abs=1e-6)
+    first = sentiment_answers[0].json()["results"][0]
+    assert first["label"] == single_text["label"]
+    assert first["scores"] == pytest.approx(single_text["scores"], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_bentoml_batching_mode_answers_the_same_under_concurrency(bentoml_batching_server, http, canonical):
+    """Through /classify_texts: more calls than BentoML's client session serves before it is recycled (the
+    service turns recycling off; with it on, some of these fail with 500)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    customers, events, as_of = canonical
+    (customer_id,) = _pick_customers(events, as_of, 1)
+    body = _request_for(customers, events, customer_id, as_of)
+    texts = [f"the {word} was awful again, ticket {i}" for i, word in enumerate(["app", "crew", "seat"] * 50)]
+    with httpx.Client(base_url=bentoml_batching_server.url, timeout=60) as hop:
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            answers = list(pool.map(lambda t: hop.post("/sentiment", json={"texts": [t]}), texts))
+        assert [r.status_code for r in answers] == [200] * len(texts)
+        churn = hop.post("/churn_risk", json=body).json()
+        sentiment = hop.post("/sentiment", json={"texts": texts[:2]}).json()
+    default = http.post("/churn_risk", json=body).json()
+    assert churn["churn_risk"] == pytest.approx(default["churn_risk"], abs=1e-9)
+    assert churn["sentiment"]["labels"] == default["sentiment"]["labels"]
+    assert churn["sentiment"]["mean"] == pytest.approx(default["sentiment"]["mean"], abs=1e-9)
+    expected = http.post("/sentiment", json={"texts": texts[:2]}).json()
+    for got, want in zip(sentiment["results"], expected["results"], strict=True):
+        assert got["label"] == want["label"]
+        assert got["scores"] == pytest.approx(want["scores"], abs=1e-6)
