@@ -1,0 +1,424 @@
+"""The Spark engine of the batch job: the same bucket scoring as the local engine, spread over Spark tasks.
+
+    summary = score_customers(spec, "2024-10-01", "scores/", engine="spark", master="local[*]")
+
+Plan:
+
+0. Splits (shared with the local engine, `serving.batch.plan_splits`): one row per CSV file or run of Parquet
+   row groups of about a million rows. If the spec's texts feed the model, a first small job lists the texts the
+   sentiment cache lacks, makes them distinct and scores each once, in parallel, into the shared cache.
+1. A `mapInArrow` task reads its split with the local engine's reader (`serving.batch.iter_raw_batches`: same
+   parsing, same text sentiment from the cache), hashes customer ids into buckets and emits each bucket's slice
+   as compressed Arrow IPC bytes.
+2. `groupBy(bucket).applyInArrow`: a Python worker gets every slice of one bucket, restores the rows in
+   source order and runs `serving.batch.score_bucket` (loaders with rejects, `build_customer_features`,
+   `ChurnModel.score`). The model is broadcast once (pickled by the driver after its contract check) and
+   unpickled once per Python worker, which is reused across tasks.
+3. Results and rejects are staged once, then written as Parquet folders under temporary names and renamed.
+
+Why the raw rows travel as Arrow bytes rather than Spark columns: Spark's Parquet reader cannot read
+nanosecond timestamps (pandas' default), its CSV reader parses numbers, blanks and "NA" differently from
+pandas, and it does not know a row's number in its file. Reading with the project's own reader keeps every
+customer's input identical to the local engine's and the rejects precise, so both engines agree exactly.
+No feature is computed in Spark SQL.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from serving.batch import (
+    CUSTOMERS,
+    EVENTS,
+    REJECT_SCHEMA,
+    RESULT_COLUMNS,
+    RESULT_SCHEMA,
+    SOURCE_ROW,
+    BatchError,
+    BatchPlan,
+    BatchSummary,
+    Split,
+    _ipc_bytes,
+    _ipc_table,
+    _limit_threads,
+    _raw_schema,
+    bucket_of,
+    churn_model,
+    id_column,
+    install_churn_model,
+    model_bytes,
+    plan_splits,
+    rejects_path_for,
+    score_bucket,
+    score_new_texts,
+    split_by_bucket,
+    unscored_texts,
+)
+
+logger = logging.getLogger(__name__)
+
+SLICE_DDL = "bucket int, kind string, seq long, payload binary"
+SPLIT_DDL = "kind string, file_index int, first_group int, last_group int, row_offset long, id_offset long"
+RECORD = "record"
+OUTPUT_DDL = (
+    "record string, customer_id string, churn_risk double, risk_band string, "
+    "reasons array<struct<feature:string,value:string,contribution:double>>, as_of date, model_version string, "
+    "table string, file string, row long, column string, reason string"
+)
+_SEQ_FILE_SHIFT = 40  # seq = file index << 40 | first source row of the slice: source order within a bucket
+
+
+def _require_pyspark() -> Any:
+    try:
+        import pyspark  # noqa: F401
+        from pyspark.sql import SparkSession
+    except ImportError:
+        raise BatchError(
+            "--engine spark needs PySpark and a Java runtime: pip install 'churnsense[spark]' "
+            "(or use the default --engine local)"
+        ) from None
+    return SparkSession
+
+
+def default_driver_memory() -> str:
+    """A quarter of the machine's memory, between 1 and 16 GiB (in local mode the driver is the executor)."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return "2g"
+    gib = int(min(16, max(1, total / 4 / 2**30)))
+    return f"{gib}g"
+
+
+def spark_session(
+    master: str = "local[*]", app_name: str = "churnsense-score", driver_memory: str | None = None
+):
+    """A quiet Spark session (no UI, WARN logs, Arrow on, UTC) whose Python workers use this interpreter.
+
+    Returns the active session if there is one (its settings stay as they are: driver memory, for one, can
+    only be set before the JVM starts).
+    """
+    SparkSession = _require_pyspark()
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    # PySpark warns about pandas 3 on every import, in the driver and in each Python worker.
+    warnings.filterwarnings("ignore", message=_PANDAS_WARNING, category=FutureWarning)
+    os.environ.setdefault("PYTHONWARNINGS", f"ignore:{_PANDAS_WARNING}:FutureWarning")
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    builder = (
+        SparkSession.builder.master(master)
+        .appName(app_name)
+        .config("spark.ui.enabled", "false")
+        .config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile=file:{_log4j_config()}")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.driver.memory", driver_memory or default_driver_memory())
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.pyspark.python", sys.executable)
+        .config("spark.executorEnv.PYSPARK_PYTHON", sys.executable)
+        .config("spark.python.worker.reuse", "true")
+        .config("spark.sql.adaptive.enabled", "false")  # one bucket group per shuffle partition, as planned
+    )
+    try:
+        spark = builder.getOrCreate()
+    except Exception as error:  # PySpark raises plain runtime errors when the JVM cannot start
+        raise BatchError(
+            f"--engine spark: Spark did not start ({type(error).__name__}: {str(error)[:300]}); it needs Java 17+ "
+            "(JAVA_HOME or java on PATH)"
+        ) from error
+    spark.sparkContext.setLogLevel("WARN")
+    return spark
+
+
+_PANDAS_WARNING = "PySpark does not yet fully support pandas"
+_LOG4J2 = """\
+rootLogger.level = warn
+rootLogger.appenderRef.stderr.ref = stderr
+appender.console.type = Console
+appender.console.name = stderr
+appender.console.target = SYSTEM_ERR
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = %d{HH:mm:ss} %p %c{1}: %m%n%ex
+logger.native.name = org.apache.hadoop.util.NativeCodeLoader
+logger.native.level = error
+"""
+
+
+def _log4j_config() -> Path:
+    """A log4j2 file that keeps the JVM at WARN from its first line (setLogLevel only acts after start-up)."""
+    path = Path(tempfile.gettempdir()) / "churnsense-spark-log4j2.properties"
+    if not path.exists() or path.read_text() != _LOG4J2:
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+        tmp.write_text(_LOG4J2)
+        os.replace(tmp, path)
+    return path
+
+
+# --- stage 1: splits -> bucket slices ---------------------------------------------------------------------------
+
+
+def read_splits(plan: BatchPlan, batches: Any) -> Any:
+    """`mapInArrow` body: read each split, emit (bucket, kind, seq, payload) per non-empty bucket slice."""
+    for batch in batches:
+        for row in batch.to_pylist():
+            split = Split(**row)
+            for table in split.batches(plan):
+                if table.num_rows == 0:
+                    continue
+                buckets = bucket_of(table.column(id_column(plan, split.kind)), plan.n_buckets)
+                first_row = table.column(SOURCE_ROW)[0].as_py()
+                seq = (split.file_index << _SEQ_FILE_SHIFT) | first_row
+                out_buckets, payloads = [], []
+                for bucket, part in split_by_bucket(table, buckets, plan.n_buckets):
+                    out_buckets.append(bucket)
+                    payloads.append(_ipc_bytes(part))
+                yield pa.RecordBatch.from_pydict(
+                    {
+                        "bucket": pa.array(out_buckets, pa.int32()),
+                        "kind": pa.array([split.kind] * len(out_buckets), pa.string()),
+                        "seq": pa.array([seq] * len(out_buckets), pa.int64()),
+                        "payload": pa.array(payloads, pa.binary()),
+                    }
+                )
+
+
+def find_unscored_texts(plan: BatchPlan, batches: Any) -> Any:
+    """`mapInArrow` body: the distinct texts of each split that the sentiment cache lacks."""
+    _mark_worker()
+    for batch in batches:
+        for row in batch.to_pylist():
+            texts = unscored_texts(plan, Split(**row))
+            if texts:
+                yield pa.RecordBatch.from_pydict({"text": pa.array(texts, pa.string())})
+
+
+def score_texts(plan: BatchPlan, batches: Any) -> Any:
+    """`mapInArrow` body: score a partition of (distinct, new) texts into the cache; yields how many."""
+    _mark_worker()
+    for batch in batches:
+        texts = batch.column("text").to_pylist()
+        yield pa.RecordBatch.from_pydict({"scored": pa.array([score_new_texts(plan, texts)], pa.int64())})
+
+
+def _mark_worker() -> None:
+    import serving.batch
+
+    if not serving.batch._IN_WORKER:
+        serving.batch._IN_WORKER = True
+        _limit_threads()
+
+
+# --- stage 2: one bucket group ----------------------------------------------------------------------------------
+
+
+def _output_schema() -> pa.Schema:
+    fields = [pa.field(RECORD, pa.string())]
+    fields += list(RESULT_SCHEMA)
+    fields += [f for f in REJECT_SCHEMA if f.name != "customer_id"]
+    return pa.schema(fields)
+
+
+def score_group(plan: BatchPlan, key: tuple, slices: pa.Table) -> pa.Table:
+    """`applyInArrow` body: one bucket's slices -> its result rows and reject rows in one table."""
+    order = np.lexsort(
+        (slices.column("seq").to_numpy(), slices.column("kind").to_numpy(zero_copy_only=False))
+    )
+    slices = slices.take(pa.array(order))
+    kinds = slices.column("kind").to_pylist()
+    payloads = slices.column("payload").to_pylist()
+    with tempfile.TemporaryDirectory(prefix="churnsense-bucket-") as folder:
+        files: dict[str, Path | None] = {}
+        for kind, names in ((CUSTOMERS, plan.customers_files), (EVENTS, plan.events_files)):
+            if not names:
+                files[kind] = None
+                continue
+            schema = _raw_schema(plan, kind)
+            table = _ipc_table([p for k, p in zip(kinds, payloads, strict=True) if k == kind], schema)
+            files[kind] = Path(folder) / f"{kind}.parquet"
+            pq.write_table(table.cast(schema), files[kind])
+        results, rejects = score_bucket(plan, files[CUSTOMERS], files[EVENTS])
+    return _union(results, rejects)
+
+
+_ready_workers: set[str] = set()
+
+
+def score_group_with_model(plan: BatchPlan, model: Any, key: tuple, slices: pa.Table) -> pa.Table:
+    """`score_group` after making sure this Python worker has the broadcast model and one OpenMP thread
+    (Spark runs one task per core; more threads per task would fight over the cores)."""
+    if plan.model_uri not in _ready_workers:
+        _mark_worker()
+        install_churn_model(plan.model_uri, model.value)
+        _limit_threads()
+        _ready_workers.add(plan.model_uri)
+    return score_group(plan, key, slices)
+
+
+def _union(results: pa.Table, rejects: pa.Table) -> pa.Table:
+    schema = _output_schema()
+    parts = []
+    for record, table in (("score", results), ("reject", rejects)):
+        n = table.num_rows
+        if n == 0:
+            continue
+        columns = {}
+        for field in schema:
+            if field.name == RECORD:
+                columns[field.name] = pa.array([record] * n, pa.string())
+            elif field.name in table.column_names:
+                columns[field.name] = table.column(field.name)
+            else:
+                columns[field.name] = pa.nulls(n, field.type)
+        parts.append(pa.table(columns, schema=schema))
+    return pa.concat_tables(parts) if parts else schema.empty_table()
+
+
+# --- the run ----------------------------------------------------------------------------------------------------
+
+
+def run_spark(
+    plan: BatchPlan,
+    out: str | Path,
+    master: str = "local[*]",
+    progress: bool = False,
+    started: float | None = None,
+    spark: Any = None,
+) -> BatchSummary:
+    """Score with Spark and write `out` (a Parquet folder) and `<out>.rejects.parquet` (a folder).
+
+    Nothing appears at `out` until every task has succeeded: the results are written to a temporary folder
+    beside it and renamed (an older `out` is moved aside first and removed after).
+    """
+    from pyspark.sql import functions as F
+
+    started = time.perf_counter() if started is None else started
+    out = Path(out).expanduser().resolve()
+    if out.is_file():
+        raise BatchError(f"--out: {out} is a file (the Spark engine writes a Parquet folder)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    spark = spark or spark_session(master)
+    if master != "local[*]" and spark.sparkContext.master != master:
+        logger.warning(
+            "using the running Spark session (master %s), not %s", spark.sparkContext.master, master
+        )
+    shuffle_partitions = spark.conf.get("spark.sql.shuffle.partitions")
+    spark.conf.set("spark.sql.shuffle.partitions", str(plan.n_buckets))  # one bucket per reduce task
+    splits = plan_splits(plan)
+    scratch = out.parent / f".{out.name}.spark-{uuid.uuid4().hex[:8]}"
+    try:
+        split_frame = _split_frame(spark, splits)
+        if plan.sentiment is not None:
+            _score_new_texts(spark, plan, [s for s in splits if s.kind == EVENTS])
+
+        # The driver's contract-checked model, unpickled once per Python worker (no MLflow load per worker).
+        model = spark.sparkContext.broadcast(model_bytes(churn_model(plan.model_uri, plan.tracking_uri)))
+
+        # Plain closures, not functools.partial: PySpark inspects the function's type hints. They only call
+        # module functions: a closure is pickled by value, with any module global it names (a model cache
+        # named here would travel with every task and hide the worker's own).
+        def read(batches):  # noqa: ANN001, ANN202
+            return read_splits(plan, batches)
+
+        def score(key, table):  # noqa: ANN001, ANN202
+            return score_group_with_model(plan, model, key, table)
+
+        slices = split_frame.mapInArrow(read, SLICE_DDL)
+        scored = slices.groupBy("bucket").applyInArrow(score, OUTPUT_DDL)
+        stage = scratch / "stage"
+        scored.write.mode("overwrite").parquet(str(stage))
+        staged = spark.read.parquet(str(stage))
+        results = staged.where(F.col(RECORD) == "score").select(*RESULT_COLUMNS)
+        rejects = staged.where(F.col(RECORD) == "reject").select(*REJECT_SCHEMA.names)
+        results.write.parquet(str(scratch / "scores"))
+        rejects.coalesce(1).write.parquet(str(scratch / "rejects"))
+        # One pass over the staged rows for the summary: bands (with their lowest risk) and reject reasons.
+        counts = staged.groupBy(RECORD, "risk_band", "table", "reason").agg(
+            F.count(F.lit(1)).alias("n"), F.min("churn_risk").alias("low")
+        )
+        bands, band_floor, reasons = {}, {}, {}
+        for row in counts.collect():
+            if row[RECORD] == "score":
+                bands[row["risk_band"]] = int(row["n"])
+                band_floor[row["risk_band"]] = row["low"]
+            else:
+                reasons[f"{row['table']}: {row['reason']}"] = int(row["n"])
+        rejects_path = rejects_path_for(out)
+        _swap_in(scratch / "rejects", rejects_path)
+        _swap_in(scratch / "scores", out)
+    finally:
+        spark.conf.set("spark.sql.shuffle.partitions", shuffle_partitions)
+        shutil.rmtree(scratch, ignore_errors=True)
+    return BatchSummary(
+        out=out,
+        rejects_path=rejects_path,
+        engine=f"spark {spark.sparkContext.master}",
+        model_uri=plan.model_uri,
+        model_version=plan.model_version,
+        as_of=plan.as_of,
+        n_customers=sum(bands.values()),
+        band_counts=bands,
+        n_rejected=sum(reasons.values()),
+        rejected_by_reason=reasons,
+        seconds=time.perf_counter() - started,
+        n_buckets=plan.n_buckets,
+        bands_order=tuple(sorted(band_floor, key=lambda b: band_floor[b])),
+    )
+
+
+def _split_frame(spark: Any, splits: list[Split]) -> Any:
+    """The splits as a DataFrame with one split per partition (each becomes one read task)."""
+    rows = [dataclasses.astuple(split) for split in splits]
+    return spark.sparkContext.parallelize(rows, max(1, len(rows))).toDF(SPLIT_DDL)
+
+
+def _score_new_texts(spark: Any, plan: BatchPlan, splits: list[Split]) -> int:
+    """Texts the cache lacks, found by the read tasks, made distinct by Spark and scored once each, in parallel.
+
+    The main job then finds every text in the cache, so no text is scored twice, whichever tasks meet it.
+    """
+    if not splits:
+        return 0
+
+    def find(batches):  # noqa: ANN001, ANN202
+        return find_unscored_texts(plan, batches)
+
+    def score(batches):  # noqa: ANN001, ANN202
+        return score_texts(plan, batches)
+
+    new = _split_frame(spark, splits).mapInArrow(find, "text string").distinct()
+    parallelism = spark.sparkContext.defaultParallelism
+    counts = new.repartition(parallelism).mapInArrow(score, "scored long").collect()
+    scored = sum(row["scored"] for row in counts)
+    if scored:
+        logger.info("scored %d texts the sentiment cache had not seen", scored)
+    return scored
+
+
+def _swap_in(staged: Path, target: Path) -> None:
+    """Rename `staged` to `target`; an existing target is moved aside first and deleted after."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(target, old)
+    os.replace(staged, target)
+    if old is not None:
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)

@@ -1,0 +1,435 @@
+"""Batch scoring: local and Spark engines against direct in-process scoring, chunking, crashes, rejects, cache.
+
+A module fixture trains a tiny random-BERT sentiment model and a small churn model (with text-sentiment
+features) on simulator data into the session's MLflow store, by explicit version (nothing is promoted, so other
+test modules' champions are left alone). "Direct" scoring is the offline path written out by hand:
+loaders -> `build_customer_features` -> `ChurnModel.score`, texts through the shared sentiment cache.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- fixtures ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sim_dir(session_tmp: Path) -> Path:
+    from features.simulate import write_demo_data
+
+    folder = session_tmp / "batch_sim"
+    write_demo_data(folder, n_customers=1500, seed=5)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def models(sim_dir: Path, session_tmp: Path) -> dict:
+    """Sentiment and churn models registered in the session store; the churn model uses text sentiment."""
+    from models.sentiment import SentimentClassifier
+    from models.sentiment_cache import score_texts_cached
+    from serving.batch import sentiment_model_version
+    from tests.sentiment_helpers import build_tiny_backbone, review_texts, write_reviews
+    from training.churn import train_churn
+    from training.sentiment import train_sentiment
+
+    backbone = build_tiny_backbone(session_tmp / "batch_tiny_bert")
+    reviews = write_reviews(session_tmp / "batch_reviews", review_texts(40, seed=1))
+    sentiment = train_sentiment(
+        reviews,
+        None,
+        backbone=str(backbone),
+        max_steps=6,
+        batch_size=16,
+        max_length=32,
+        baseline=False,
+        quantize=False,
+        num_threads=1,
+    )
+    classifier = SentimentClassifier.load(sentiment.model_uri)
+    version = sentiment_model_version(sentiment.model_uri)
+    cache_dir = session_tmp / "batch_cache"
+
+    def cached(texts):
+        return score_texts_cached(texts, classifier, cache_dir, version)
+
+    churn = train_churn(sim_dir / "spec.yaml", None, sentiment_scorer=cached)
+    return {
+        "churn_uri": churn.model_uri,
+        "sentiment_uri": sentiment.model_uri,
+        "sentiment_version": version,
+        "classifier": classifier,
+        "cache_dir": cache_dir,
+        "as_of": dt.date(2024, 12, 1),
+    }
+
+
+@pytest.fixture(scope="module")
+def churn(models):
+    from models.churn import ChurnModel
+
+    return ChurnModel.load(models["churn_uri"])
+
+
+# Injected rows: (file part, 0-based data row in that file, what is wrong, the loader's reason).
+BAD_EVENTS = [
+    (2, 5, {"timestamp": "not a date"}, "timestamp is missing or not a date"),
+    (2, 9, {"customer_id": ""}, "customer id is empty"),
+    (2, 14, {"amount": "abc"}, "amount is not a number"),
+    (1, 3, {"event_type": " "}, "event type is empty"),
+]
+
+
+@pytest.fixture(scope="module")
+def dirty_dir(sim_dir: Path, session_tmp: Path) -> Path:
+    """The simulator data as CSV in several files (a glob), with rows that fail validation."""
+    folder = session_tmp / "batch_dirty"
+    (folder / "events").mkdir(parents=True)
+    events = pd.read_parquet(sim_dir / "events.parquet")
+    events = events.astype({c: "string" for c in ("customer_id", "event_type", "channel", "text")})
+    events["timestamp"] = events["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%S.%f")
+    events = events.astype({"timestamp": "string", "amount": "string"})
+    half = len(events) // 2
+    parts = {1: events.iloc[:half].reset_index(drop=True), 2: events.iloc[half:].reset_index(drop=True)}
+    for part, row, change, _ in BAD_EVENTS:
+        for column, value in change.items():
+            parts[part].loc[row, column] = value
+    for part, frame in parts.items():
+        frame.to_csv(folder / "events" / f"part-{part}.csv", index=False)
+    customers = (sim_dir / "customers.csv").read_text().rstrip("\n").splitlines()
+    header = customers[0].split(",")
+    blank = [
+        "" if name == "customer_id" else value
+        for name, value in zip(header, customers[1].split(","), strict=True)
+    ]
+    customers += [",".join(blank), customers[2]]  # no id; a duplicate of the second customer (first kept)
+    (folder / "customers.csv").write_text("\n".join(customers) + "\n")
+    spec = yaml.safe_load((sim_dir / "spec.yaml").read_text())
+    spec["events"]["path"] = "events/*.csv"
+    spec.pop("reviews", None)
+    (folder / "spec.yaml").write_text(yaml.safe_dump(spec))
+    return folder
+
+
+def direct_features(spec_path: Path, models: dict, churn) -> pd.DataFrame:
+    """The offline path by hand: loaders and the feature engine, texts via the shared sentiment cache."""
+    from features.engine import build_customer_features
+    from features.pipeline import load_data
+    from features.spec import load_spec
+    from models.sentiment_cache import score_texts_cached
+
+    def cached(texts):
+        return score_texts_cached(
+            texts, models["classifier"], models["cache_dir"], models["sentiment_version"]
+        )
+
+    data = load_data(load_spec(spec_path), sentiment_scorer=cached)
+    return build_customer_features(data.events, models["as_of"], churn.schema, customers=data.customers)
+
+
+def direct_scores(spec_path: Path, models: dict, churn) -> pd.DataFrame:
+    return churn.score(direct_features(spec_path, models, churn), top_k=5).sort_index()
+
+
+def run_local(spec: Path, out: Path, models: dict, **options):
+    from serving.batch import score_customers
+
+    options.setdefault("cache_dir", models["cache_dir"])
+    return score_customers(
+        spec,
+        models["as_of"],
+        out,
+        model_uri=models["churn_uri"],
+        sentiment_model=models["sentiment_uri"],
+        **options,
+    )
+
+
+def assert_same_scores(got: pd.DataFrame, expected: pd.DataFrame) -> None:
+    """Same customers, churn_risk within 1e-9, same bands, same reasons (features, values, contributions)."""
+    got = got.set_index("customer_id").sort_index()
+    assert list(got.index) == list(expected.index)
+    np.testing.assert_allclose(
+        got["churn_risk"].to_numpy(), expected["churn_risk"].to_numpy(), rtol=0, atol=1e-9
+    )
+    assert (got["risk_band"].to_numpy() == expected["risk_band"].astype(str).to_numpy()).all()
+    for mine, theirs in zip(got["reasons"], expected["reasons"], strict=True):
+        mine = list(mine)
+        assert [r["feature"] for r in mine] == [r["feature"] for r in theirs]
+        np.testing.assert_allclose(
+            [r["contribution"] for r in mine], [r["contribution"] for r in theirs], rtol=0, atol=1e-9
+        )
+
+
+@pytest.fixture(scope="module")
+def local_dirty(dirty_dir: Path, models: dict, tmp_path_factory) -> tuple:
+    out = tmp_path_factory.mktemp("local_dirty") / "scores.parquet"
+    summary = run_local(dirty_dir / "spec.yaml", out, models, chunk_customers=400)
+    return summary, out
+
+
+@pytest.fixture(scope="module")
+def local_sim(sim_dir: Path, models: dict, tmp_path_factory) -> tuple:
+    out = tmp_path_factory.mktemp("local_sim") / "scores.parquet"
+    summary = run_local(sim_dir / "spec.yaml", out, models, chunk_customers=300)
+    return summary, out
+
+
+# --- fast: no models ---------------------------------------------------------------------------------------
+
+
+def test_sentiment_cache_scores_each_distinct_text_once(tmp_path: Path):
+    from models.sentiment_cache import score_texts_cached
+
+    calls: list[list[str]] = []
+
+    def scorer(texts):
+        calls.append(list(texts))
+        return np.array([len(t) / 100 for t in texts])
+
+    first = score_texts_cached(["good", "bad", None, "good", "meh"], scorer, tmp_path, "v1")
+    assert sorted(calls[0]) == ["bad", "good", "meh"]
+    np.testing.assert_array_equal(first[[0, 1, 3, 4]], [0.04, 0.03, 0.04, 0.03])
+    assert np.isnan(first[2])
+    again = score_texts_cached(["meh", "good", "new"], scorer, tmp_path, "v1")
+    assert calls[1:] == [["new"]]
+    np.testing.assert_array_equal(again, [0.03, 0.04, 0.03])
+    score_texts_cached(["good"], scorer, tmp_path, "v2")  # another model version: its own cache
+    assert calls[2:] == [["good"]]
+    parts = list((tmp_path / "sentiment" / "v1").glob("part-*.parquet"))
+    assert pq.read_table(parts[0]).schema.names == ["text_hash", "score"]
+
+
+def test_bucket_of_is_stable_and_reads_ids_as_the_loaders_do():
+    import pyarrow as pa
+
+    from serving.batch import bucket_of
+
+    texts = bucket_of(pa.array(["7", " 7 ", "8", None]), 16)
+    numbers = bucket_of(pa.array([7, 7, 8, None]), 16)
+    encoded = bucket_of(pa.array(["7", "7", "8", None]).dictionary_encode(), 16)
+    assert list(texts) == list(numbers) == list(encoded)
+    assert texts[3] == 0
+    assert list(bucket_of(pa.array([str(i) for i in range(1000)]), 7)) == list(
+        bucket_of(pa.array([str(i) for i in range(1000)]), 7)
+    )
+    assert set(bucket_of(pa.array([str(i) for i in range(1000)]), 7)) == set(range(7))
+
+
+# --- local engine ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_model_scores_are_row_independent(sim_dir: Path, models: dict, churn):
+    """Chunking is only safe if a customer's score does not depend on the other rows scored with it."""
+    features = direct_features(sim_dir / "spec.yaml", models, churn)
+    some = features.sample(200, random_state=1).iloc[::-1]
+    alone = churn.score(some, top_k=5)
+    together = churn.score(features, top_k=5).loc[alone.index]
+    np.testing.assert_array_equal(alone["churn_risk"].to_numpy(), together["churn_risk"].to_numpy())
+    assert alone["reasons"].tolist() == together["reasons"].tolist()
+
+
+@pytest.mark.slow
+def test_local_engine_equals_direct_scoring_on_multi_file_csv(
+    dirty_dir: Path, models: dict, churn, local_dirty
+):
+    summary, out = local_dirty
+    from serving.batch import read_scores
+
+    got = read_scores(out)
+    assert list(got.columns) == [
+        "customer_id",
+        "churn_risk",
+        "risk_band",
+        "reasons",
+        "as_of",
+        "model_version",
+    ]
+    assert (got["as_of"] == models["as_of"]).all()
+    assert (got["model_version"] == churn.version).all()
+    assert summary.n_buckets > 2
+    assert_same_scores(got, direct_scores(dirty_dir / "spec.yaml", models, churn))
+    assert summary.n_customers == len(got) and sum(summary.band_counts.values()) == len(got)
+    text = summary.render()
+    assert "customers/s" in text and "rejected input rows: 6" in text
+
+
+@pytest.mark.slow
+def test_rejected_rows_land_in_the_rejects_file_with_reasons(dirty_dir: Path, local_dirty):
+    from features.pipeline import load_data
+    from features.spec import load_spec
+
+    summary, out = local_dirty
+    rejects = pd.read_parquet(summary.rejects_path)
+    assert summary.rejects_path == out.with_name("scores.rejects.parquet")
+    expected = load_data(load_spec(dirty_dir / "spec.yaml"), with_text=False).rejects
+    count = lambda frame: frame.groupby(["table", "reason"]).size().to_dict()  # noqa: E731
+    assert count(rejects) == count(expected)
+    assert summary.n_rejected == len(rejects) == len(BAD_EVENTS) + 2
+    events = rejects[rejects["table"] == "events"].set_index("reason")
+    for part, row, _, reason in BAD_EVENTS:
+        assert events.loc[reason, "file"].endswith(f"events/part-{part}.csv")
+        assert events.loc[reason, "row"] == row
+    customers = rejects[rejects["table"] == "customers"].set_index("reason")
+    lines = (dirty_dir / "customers.csv").read_text().splitlines()
+    assert customers.loc["customer id is empty", "row"] == len(lines) - 3
+    assert customers.loc["duplicate customer id (first kept)", "row"] == len(lines) - 2
+
+
+@pytest.mark.slow
+def test_chunking_does_not_change_results(sim_dir: Path, models: dict, churn, local_sim, tmp_path: Path):
+    from serving.batch import read_scores
+
+    summary, out = local_sim
+    one_bucket = run_local(
+        sim_dir / "spec.yaml", tmp_path / "one.parquet", models, chunk_customers=10**6, workers=1
+    )
+    assert summary.n_buckets == 5 and one_bucket.n_buckets == 1
+    pd.testing.assert_frame_equal(read_scores(out), read_scores(one_bucket.out))
+    assert_same_scores(read_scores(out), direct_scores(sim_dir / "spec.yaml", models, churn))
+
+
+@pytest.mark.slow
+def test_killed_run_leaves_no_output_and_a_rerun_resumes_to_the_same_result(
+    sim_dir: Path, models: dict, local_sim, tmp_path: Path
+):
+    from typer.testing import CliRunner
+
+    from churnsense.cli import app
+    from serving.batch import SLEEP_HOOK_ENV, read_scores
+
+    out = tmp_path / "scores.parquet"
+    args = [
+        "score",
+        "--spec", str(sim_dir / "spec.yaml"),
+        "--as-of", models["as_of"].isoformat(),
+        "--out", str(out),
+        "--model", models["churn_uri"],
+        "--sentiment-model", models["sentiment_uri"],
+        "--cache-dir", str(models["cache_dir"]),
+        "--chunk-customers", "300",
+        "--workers", "1",
+        "--no-progress",
+    ]  # fmt: skip
+    env = {**os.environ, SLEEP_HOOK_ENV: "60"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "churnsense.cli", *args], cwd=ROOT, env=env, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    work_root = tmp_path / ".scores.parquet.work"
+    deadline = time.monotonic() + 120
+    try:
+        while not list(work_root.glob("*/scored/bucket-*.parquet")):
+            assert process.poll() is None, process.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "no bucket finished within 120 s"
+            time.sleep(0.2)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # the driver and its workers, mid-run
+        process.wait()
+    assert not out.exists()
+    assert not out.with_name("scores.rejects.parquet").exists()
+    assert not list(tmp_path.glob(".scores.parquet.*.tmp"))
+    done = len(list(work_root.glob("*/scored/bucket-*.parquet")))
+    assert done == 1  # the hook holds the only worker after its first bucket
+
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert f"resumed: {done} of 5 buckets were already done" in result.output
+    pd.testing.assert_frame_equal(read_scores(out), read_scores(local_sim[1]))
+    assert not work_root.exists()
+
+
+@pytest.mark.slow
+def test_second_run_scores_no_text_twice(sim_dir: Path, models: dict, tmp_path: Path):
+    from features.pipeline import load_data
+    from features.spec import load_spec
+    from models.sentiment_cache import cache_folder
+    from serving.batch import read_scores
+
+    scored: list[str] = []
+
+    def counting(texts):
+        scored.extend(texts)
+        return models["classifier"](texts)
+
+    cache = tmp_path / "cache"
+    first = run_local(
+        sim_dir / "spec.yaml", tmp_path / "a.parquet", models, cache_dir=cache, text_scorer=counting
+    )
+    events = load_data(load_spec(sim_dir / "spec.yaml"), with_text=True).events
+    texts = events["text"].astype("string").str.strip()
+    distinct = set(texts[texts.notna() & (texts != "")])
+    assert len(scored) == len(set(scored)) == len(distinct) > 0
+    scored.clear()
+    second = run_local(
+        sim_dir / "spec.yaml", tmp_path / "b.parquet", models, cache_dir=cache, text_scorer=counting
+    )
+    assert scored == []
+    pd.testing.assert_frame_equal(read_scores(first.out), read_scores(second.out))
+    parts = list(cache_folder(cache, models["sentiment_version"]).glob("part-*.parquet"))
+    assert sum(pq.read_metadata(p).num_rows for p in parts) == len(distinct)
+
+
+# --- Spark engine ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One local Spark session for the whole test run."""
+    pytest.importorskip("pyspark")
+    from serving.spark_batch import spark_session
+
+    session = spark_session("local[2]", driver_memory="2g")
+    yield session
+    session.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.spark
+def test_spark_engine_equals_local_engine_and_direct_scoring(
+    spark, dirty_dir: Path, models: dict, churn, local_dirty, tmp_path: Path
+):
+    from serving.batch import read_scores, score_customers
+
+    parts_before = sorted(models["cache_dir"].rglob("part-*.parquet"))
+    out = tmp_path / "spark_scores"
+    summary = score_customers(
+        dirty_dir / "spec.yaml",
+        models["as_of"],
+        out,
+        engine="spark",
+        model_uri=models["churn_uri"],
+        sentiment_model=models["sentiment_uri"],
+        cache_dir=models["cache_dir"],
+        chunk_customers=400,
+    )
+    assert out.is_dir() and summary.engine.startswith("spark")
+    got = read_scores(out)
+    pd.testing.assert_frame_equal(got, read_scores(local_dirty[1]))
+    assert_same_scores(got, direct_scores(dirty_dir / "spec.yaml", models, churn))
+    local_rejects = pd.read_parquet(local_dirty[0].rejects_path)
+    spark_rejects = pd.read_parquet(summary.rejects_path)
+    key = ["table", "file", "row"]
+    pd.testing.assert_frame_equal(
+        spark_rejects.sort_values(key).reset_index(drop=True),
+        local_rejects.sort_values(key).reset_index(drop=True),
+        check_dtype=False,
+    )
+    assert summary.band_counts == local_dirty[0].band_counts and summary.n_rejected == 6
+    assert sorted(models["cache_dir"].rglob("part-*.parquet")) == parts_before  # warm cache: no text rescored
+    assert not list(tmp_path.glob(".spark_scores.*"))
