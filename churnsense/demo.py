@@ -1,0 +1,149 @@
+"""`make demo`: the whole loop on generated data, end to end.
+
+    python -m churnsense.demo --out demo_out [--customers 3000]
+
+generate data -> validate -> feature table -> train + promote sentiment (short MiniLM fine-tune) -> train +
+promote churn (with the sentiment of event texts as features) -> batch-score everyone -> build the Bento,
+serve it briefly and send one /churn_risk and one /sentiment request.
+Everything goes under --out (data, MLflow store, BentoML home, sentiment cache), so the demo never touches
+your own stores. Open the runs with `mlflow ui --backend-store-uri sqlite:///demo_out/mlflow.db`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from churnsense.errors import UserError
+
+
+def _banner(step: str) -> float:
+    print(f"\n=== {step} " + "=" * max(0, 70 - len(step)), flush=True)
+    return time.perf_counter()
+
+
+def _isolate_stores(out: Path) -> None:
+    """Keep the demo's MLflow runs/registry and BentoML models inside --out."""
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{(out / 'mlflow.db').resolve()}")
+    os.environ.setdefault("CHURNSENSE_ARTIFACT_ROOT", str((out / "mlruns").resolve()))
+    os.environ.setdefault("BENTOML_HOME", str((out / "bentoml").resolve()))
+    os.environ.setdefault("CHURNSENSE_CACHE_DIR", str((out / "cache").resolve()))
+    for name, value in {
+        "BENTOML_DO_NOT_TRACK": "true",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }.items():
+        os.environ.setdefault(name, value)
+
+
+def run_demo(out: Path, customers: int, seed: int, sentiment_steps: int) -> None:
+    from features.pipeline import write_feature_table
+    from features.simulate import write_demo_data
+    from features.validate import validate_spec_file
+
+    _isolate_stores(out)
+    data_dir = out / "data"
+    spec_path = data_dir / "spec.yaml"
+
+    started = _banner(f"1. generate {customers:,} customers with events, texts and reviews")
+    print(write_demo_data(data_dir, n_customers=customers, seed=seed))
+    print(f"({time.perf_counter() - started:.1f}s)")
+
+    started = _banner("2. validate the dataset spec")
+    report = validate_spec_file(spec_path)
+    print(report.render())
+    if report.errors:
+        raise UserError(f"{spec_path}: the generated data failed validation")
+
+    started = _banner("3. build the feature table as of the newest snapshot date")
+    from features.spec import load_spec
+
+    as_of = load_spec(spec_path).labels.as_of_dates()[-1]
+    print(write_feature_table(spec_path, as_of.isoformat(), out / "features.parquet"))
+    print(f"({time.perf_counter() - started:.1f}s)")
+
+    started = _banner(
+        f"4. fine-tune the sentiment model on the reviews ({sentiment_steps} steps) and promote it"
+    )
+    from training.sentiment import promote_sentiment, train_sentiment
+
+    # A short budget: a higher learning rate for the new classifier head makes 60 steps worth running.
+    sentiment_run = train_sentiment(
+        spec_path, max_steps=sentiment_steps, epochs=1, learning_rate=1e-4, head_learning_rate=1e-3
+    )
+    print(sentiment_run.headline())
+    print(promote_sentiment().render())
+    print(f"({time.perf_counter() - started:.1f}s)")
+
+    started = _banner(
+        "5. train the churn model (event texts scored by the sentiment champion) and promote it"
+    )
+    from serving.batch import cached_text_scorer
+    from training.churn import promote_churn, train_churn
+    from training.registry import champion_uri
+
+    cached_scores = cached_text_scorer(champion_uri("churnsense-sentiment"))
+    churn_run = train_churn(spec_path, sentiment_scorer=cached_scores)
+    print(churn_run.render())
+    print(promote_churn().render())
+    print(f"({time.perf_counter() - started:.1f}s)")
+
+    started = _banner(f"6. batch-score every customer as of {as_of} (local engine)")
+    from serving.batch import score_customers, top_risk
+
+    scores_path = out / "scores.parquet"
+    summary = score_customers(spec_path, as_of, scores_path, progress=True)
+    print(summary.render())
+    print("\nten riskiest customers:")
+    with _wide_pandas():
+        print(top_risk(scores_path, 10).to_string(index=False))
+    print(f"({time.perf_counter() - started:.1f}s)")
+
+    started = _banner("7. build the Bento, serve it on 127.0.0.1 and ask it about one customer")
+    from serving.build import build_bento
+    from serving.smoke import demo_requests
+
+    tag = build_bento()
+    print(f"built {tag}")
+    demo_requests(tag, spec_path)
+    print(f"({time.perf_counter() - started:.1f}s)")
+    print(
+        f"\ndone: everything is under {out}/ (MLflow: mlflow ui --backend-store-uri sqlite:///{out}/mlflow.db)"
+    )
+
+
+def _wide_pandas():
+    import pandas as pd
+
+    return pd.option_context("display.width", 200, "display.max_colwidth", 120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("demo_out"), help="folder for everything the demo writes"
+    )
+    parser.add_argument("--customers", type=int, default=10000, help="size of the generated customer base")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--sentiment-steps", type=int, default=60, help="fine-tuning steps for the demo's MiniLM"
+    )
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        run_demo(args.out, args.customers, args.seed, args.sentiment_steps)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
