@@ -323,6 +323,7 @@ def test_sentiment_score_is_polarity_and_directional(trained) -> None:
     np.testing.assert_allclose(
         scores[: len(positive)],
         proba[:, classifier.labels.index("positive")] - proba[:, classifier.labels.index("negative")],
+        atol=1e-6,  # float32: a different batch (16 texts vs 8) rounds the last bit differently
     )
     assert scores[: len(positive)].mean() > 0.3 > -0.3 > scores[len(positive) :].mean()
     assert np.allclose(classifier(positive), scores[: len(positive)])  # usable as a SentimentScorer

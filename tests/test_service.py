@@ -232,7 +232,7 @@ def trained(demo_data: Path, session_tmp: Path) -> dict:
 
     client = MlflowClient()
     versions = {
-        kind: client.get_model_version_by_alias(f"churnsense-{kind}", "champion").version
+        kind: str(client.get_model_version_by_alias(f"churnsense-{kind}", "champion").version)
         for kind in ("churn", "sentiment")
     }
     return {"spec": demo_data, "versions": versions}
