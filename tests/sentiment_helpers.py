@@ -91,3 +91,23 @@ def write_reviews(folder: Path, frame: pd.DataFrame, name: str = "reviews.csv", 
     spec = folder / "spec.yaml"
     spec.write_text(yaml.safe_dump({"reviews": reviews}), encoding="utf-8")
     return spec
+
+
+def train_tiny_sentiment(folder: Path):
+    """A tiny random-BERT sentiment model fine-tuned for six steps and registered in the session's store
+    (the recipe the service and batch tests share). Returns the `SentimentRunResult`."""
+    from training.sentiment import train_sentiment
+
+    backbone = build_tiny_backbone(folder / "tiny_bert")
+    reviews = write_reviews(folder / "reviews", review_texts(40, seed=1))
+    return train_sentiment(
+        reviews,
+        None,
+        backbone=str(backbone),
+        max_steps=6,
+        batch_size=16,
+        max_length=32,
+        baseline=False,
+        quantize=False,
+        num_threads=1,
+    )

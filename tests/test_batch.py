@@ -43,23 +43,10 @@ def models(sim_dir: Path, session_tmp: Path) -> dict:
     from models.sentiment import SentimentClassifier
     from models.sentiment_cache import score_texts_cached
     from serving.batch import sentiment_model_version
-    from tests.sentiment_helpers import build_tiny_backbone, review_texts, write_reviews
+    from tests.sentiment_helpers import train_tiny_sentiment
     from training.churn import train_churn
-    from training.sentiment import train_sentiment
 
-    backbone = build_tiny_backbone(session_tmp / "batch_tiny_bert")
-    reviews = write_reviews(session_tmp / "batch_reviews", review_texts(40, seed=1))
-    sentiment = train_sentiment(
-        reviews,
-        None,
-        backbone=str(backbone),
-        max_steps=6,
-        batch_size=16,
-        max_length=32,
-        baseline=False,
-        quantize=False,
-        num_threads=1,
-    )
+    sentiment = train_tiny_sentiment(session_tmp / "batch_sentiment")
     classifier = SentimentClassifier.load(sentiment.model_uri)
     version = sentiment_model_version(sentiment.model_uri)
     cache_dir = session_tmp / "batch_cache"

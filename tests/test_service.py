@@ -204,23 +204,11 @@ def demo_data(session_tmp: Path) -> Path:
 @pytest.fixture(scope="session")
 def trained(demo_data: Path, session_tmp: Path) -> dict:
     """Small churn and tiny sentiment models trained, registered and promoted in the session's MLflow store."""
-    from tests.sentiment_helpers import build_tiny_backbone, review_texts, write_reviews
+    from tests.sentiment_helpers import train_tiny_sentiment
     from training.churn import promote_churn, train_churn
-    from training.sentiment import promote_sentiment, train_sentiment
+    from training.sentiment import promote_sentiment
 
-    backbone = build_tiny_backbone(session_tmp / "tiny_bert")
-    reviews_spec = write_reviews(session_tmp / "service_reviews", review_texts(40, seed=1))
-    train_sentiment(
-        reviews_spec,
-        None,
-        backbone=str(backbone),
-        max_steps=6,
-        batch_size=16,
-        max_length=32,
-        baseline=False,
-        quantize=False,
-        num_threads=1,
-    )
+    train_tiny_sentiment(session_tmp / "service_sentiment")
     promote_sentiment()
     from models.sentiment import SentimentClassifier
 
