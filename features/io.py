@@ -238,7 +238,10 @@ def _stripped_categorical(values: pd.Series) -> pd.Series:
     """
     if not isinstance(values.dtype, pd.CategoricalDtype):
         values = values.astype("category")
-    names = pd.Index(values.cat.categories.astype(str)).str.strip()
+    raw_names = pd.Index(values.cat.categories.astype(str))
+    names = raw_names.str.strip()
+    if (names != "").all() and names.equals(raw_names):
+        return values  # already clean (the usual case): no remapping of millions of codes
     clean = names[names != ""].unique()
     remap = np.append(clean.get_indexer(names), -1)  # blank names and missing rows (code -1) -> -1
     codes = remap[values.cat.codes.to_numpy()]
@@ -264,22 +267,27 @@ def load_events(spec: DatasetSpec, with_text: bool = True) -> Loaded:
     file = str(spec.resolve(es.path))
     ids = _stripped_categorical(frame[es.id])
     types = _stripped_categorical(frame[es.type])
-    out = pd.DataFrame({CUSTOMER_ID: ids, TIMESTAMP: parse_timestamps(frame[es.time]), EVENT_TYPE: types})
+    timestamps = parse_timestamps(frame[es.time])
+    columns: dict[str, Any] = {CUSTOMER_ID: ids, TIMESTAMP: timestamps, EVENT_TYPE: types}
     rejects = []
     checks = [
         (ids.isna().to_numpy(), es.id, "customer id is empty"),
-        (out[TIMESTAMP].isna().to_numpy(), es.time, "timestamp is missing or not a date"),
+        (timestamps.isna().to_numpy(), es.time, "timestamp is missing or not a date"),
         (types.isna().to_numpy(), es.type, "event type is empty"),
     ]
     for name in es.values:
         raw = frame[name]
+        if pd.api.types.is_float_dtype(raw.dtype) and not pd.api.types.is_extension_array_dtype(raw.dtype):
+            columns[name] = raw.to_numpy(dtype="float64")  # Parquet doubles: nothing to parse or reject
+            continue
         numeric = pd.to_numeric(raw, errors="coerce").astype("float64")
         checks.append(((numeric.isna() & raw.notna()).to_numpy(), name, f"{name} is not a number"))
-        out[name] = numeric.to_numpy()
+        columns[name] = numeric.to_numpy()
     if with_text and es.text:
-        out[TEXT] = frame[es.text].astype("string")
+        columns[TEXT] = frame[es.text].astype("string")
     if es.sentiment:
-        out[SENTIMENT] = pd.to_numeric(frame[es.sentiment], errors="coerce").astype("float64")
+        columns[SENTIMENT] = pd.to_numeric(frame[es.sentiment], errors="coerce").astype("float64")
+    out = pd.DataFrame(columns, copy=False)
     keep = np.ones(len(out), dtype=bool)
     for mask, column, reason in checks:
         if mask.any():
