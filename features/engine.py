@@ -82,7 +82,11 @@ class FeatureSchema:
         longest = self.windows[-1]
         for value in self.value_columns:
             names += [f"sum_{value}_{w}d" for w in self.windows]
-            names += [f"mean_{value}_{longest}d", f"max_{value}_{longest}d", f"trend_{value}_{self.trend_window}d"]
+            names += [
+                f"mean_{value}_{longest}d",
+                f"max_{value}_{longest}d",
+                f"trend_{value}_{self.trend_window}d",
+            ]
         if self.use_sentiment:
             names += [
                 f"n_texts_{longest}d",
@@ -136,12 +140,15 @@ def infer_schema(
             (numeric if present.any() and parsed.notna().all() else categorical).append(column)
     if events is None or len(events) == 0:
         return FeatureSchema(
-            profile_numeric=tuple(numeric), profile_categorical=tuple(categorical), use_events=events is not None,
+            profile_numeric=tuple(numeric),
+            profile_categorical=tuple(categorical),
+            use_events=events is not None,
             windows=windows,
         )
     shares = events[EVENT_TYPE].astype("string").value_counts(normalize=True)
     types = sorted(
-        str(t) for t, share in shares.items()
+        str(t)
+        for t, share in shares.items()
         if share >= min_type_share and str(t) not in exclude_event_types and str(t) != OTHER_EVENT_TYPE
     )
     return FeatureSchema(
@@ -175,13 +182,17 @@ def _codes(values: pd.Series, categories: pd.Index) -> np.ndarray:
     return categories.get_indexer(values.astype(str)).astype(np.int64)
 
 
-def _profile_block(customers: pd.DataFrame | None, ids: pd.Index, schema: FeatureSchema) -> dict[str, np.ndarray]:
+def _profile_block(
+    customers: pd.DataFrame | None, ids: pd.Index, schema: FeatureSchema
+) -> dict[str, np.ndarray]:
     columns: dict[str, np.ndarray] = {}
     if not schema.profile_numeric and not schema.profile_categorical:
         return columns
     if customers is None:
         raise ValueError("this feature schema needs a customers table with profile columns")
-    missing = [c for c in (*schema.profile_numeric, *schema.profile_categorical) if c not in customers.columns]
+    missing = [
+        c for c in (*schema.profile_numeric, *schema.profile_categorical) if c not in customers.columns
+    ]
     if missing:
         raise ValueError(f"customers table lacks profile column(s): {', '.join(missing)}")
     frame = customers.set_index(CUSTOMER_ID)
@@ -254,8 +265,11 @@ def build_customer_features(
     if schema.use_events:
         if events is None:
             events = pd.DataFrame(
-                {CUSTOMER_ID: pd.Series(dtype="string"), TIMESTAMP: pd.Series(dtype="datetime64[ns]"),
-                 EVENT_TYPE: pd.Series(dtype="string")}
+                {
+                    CUSTOMER_ID: pd.Series(dtype="string"),
+                    TIMESTAMP: pd.Series(dtype="datetime64[ns]"),
+                    EVENT_TYPE: pd.Series(dtype="string"),
+                }
             )
         signup = None
         if customers is not None and SIGNUP_DATE in customers.columns:
@@ -298,7 +312,8 @@ def _event_block(
     def windowed(cells: np.ndarray, size: int, weights: np.ndarray | None = None) -> np.ndarray:
         """Per key and window: the count (or sum of `weights`) of events, from their (key, bucket) cells."""
         table = np.bincount(cells, weights=weights, minlength=size * n_buckets).reshape(size, n_buckets)
-        for j in range(1, n_buckets):  # in place, column by column: np.cumsum along a short axis is ~5x slower
+        # In place, column by column: np.cumsum along a 5-wide axis is slower.
+        for j in range(1, n_buckets):
             table[:, j] += table[:, j - 1]
         return table
 
@@ -316,14 +331,22 @@ def _event_block(
     out[f"trend_events_{trend}d"] = _trend(totals[:, recent], totals[:, doubled] - totals[:, recent])
 
     pair = customer * n_types + type_code
-    by_type = windowed(pair * n_buckets + bucket, n_customers * n_types).astype("float64").reshape(n_customers, n_types, n_buckets)
-    type_newest = _group_min(pair, age, n_customers * n_types, np.iinfo(np.int64).max).reshape(n_customers, n_types)
+    by_type = (
+        windowed(pair * n_buckets + bucket, n_customers * n_types)
+        .astype("float64")
+        .reshape(n_customers, n_types, n_buckets)
+    )
+    type_newest = _group_min(pair, age, n_customers * n_types, np.iinfo(np.int64).max).reshape(
+        n_customers, n_types
+    )
     for t, kind in enumerate(schema.counted_types):
         for w in schema.windows:
             out[f"n_{kind}_{w}d"] = by_type[:, t, window_at[w]]
         newest = type_newest[:, t]
         out[f"days_since_{kind}"] = np.where(newest == np.iinfo(np.int64).max, np.nan, newest / DAY_NS)
-        out[f"trend_{kind}_{trend}d"] = _trend(by_type[:, t, recent], by_type[:, t, doubled] - by_type[:, t, recent])
+        out[f"trend_{kind}_{trend}d"] = _trend(
+            by_type[:, t, recent], by_type[:, t, doubled] - by_type[:, t, recent]
+        )
 
     longest = schema.windows[-1]
     in_longest = age <= longest * DAY_NS
@@ -356,7 +379,12 @@ def _event_block(
 
 
 def _sentiment_block(
-    events: pd.DataFrame, keep: np.ndarray, customer: np.ndarray, age: np.ndarray, longest: int, n_customers: int
+    events: pd.DataFrame,
+    keep: np.ndarray,
+    customer: np.ndarray,
+    age: np.ndarray,
+    longest: int,
+    n_customers: int,
 ) -> dict[str, np.ndarray]:
     longest_name = f"{longest}d"
     nan = np.full(n_customers, np.nan)

@@ -64,7 +64,9 @@ def resolve_files(spec: DatasetSpec, table: TableSpec) -> list[Path]:
         if not file.is_file():
             raise DataLoadError(f"{file}: file not found")
         if file.suffix.lower() not in SUPPORTED_SUFFIXES:
-            raise DataLoadError(f"{file}: unsupported file type {file.suffix!r} (use {', '.join(SUPPORTED_SUFFIXES)})")
+            raise DataLoadError(
+                f"{file}: unsupported file type {file.suffix!r} (use {', '.join(SUPPORTED_SUFFIXES)})"
+            )
     return files
 
 
@@ -109,7 +111,9 @@ def read_table(
         if columns is not None:
             missing = [c for c in columns if c not in present]
             if missing:
-                raise DataLoadError(f"{file}: column(s) {', '.join(map(repr, missing))} not found (has: {', '.join(present[:30])})")
+                raise DataLoadError(
+                    f"{file}: column(s) {', '.join(map(repr, missing))} not found (has: {', '.join(present[:30])})"
+                )
         if _is_parquet(file):
             frames.append(_read_parquet(file, columns, dictionary_columns))
         else:
@@ -171,7 +175,9 @@ def parse_churn_label(values: pd.Series, positive: Any = None) -> pd.Series:
     return churned.fillna(False).astype("int8")
 
 
-def _reject_rows(table: str, file: str, mask: np.ndarray, ids: pd.Series, column: str, reason: str) -> pd.DataFrame:
+def _reject_rows(
+    table: str, file: str, mask: np.ndarray, ids: pd.Series, column: str, reason: str
+) -> pd.DataFrame:
     rows = np.flatnonzero(mask)
     return pd.DataFrame(
         {
@@ -212,7 +218,9 @@ def load_customers(spec: DatasetSpec) -> Loaded:
         rejects.append(_reject_rows("customers", file, bad, ids, cs.id or "", "customer id is empty"))
     dup = ids.duplicated(keep="first").to_numpy() & ~bad
     if dup.any():
-        rejects.append(_reject_rows("customers", file, dup, ids, cs.id or "", "duplicate customer id (first kept)"))
+        rejects.append(
+            _reject_rows("customers", file, dup, ids, cs.id or "", "duplicate customer id (first kept)")
+        )
     if cs.label:
         out[CHURNED] = parse_churn_label(frame.pop(cs.label), cs.positive).to_numpy()
     for source, target in ((cs.churn_date, CHURN_DATE), (cs.signup_date, SIGNUP_DATE)):
@@ -221,7 +229,9 @@ def load_customers(spec: DatasetSpec) -> Loaded:
             parsed = parse_timestamps(raw)
             unparseable = (parsed.isna() & raw.notna() & (raw.astype("string").str.strip() != "")).to_numpy()
             if unparseable.any():
-                rejects.append(_reject_rows("customers", file, unparseable, ids, source, f"{source} is not a date"))
+                rejects.append(
+                    _reject_rows("customers", file, unparseable, ids, source, f"{source} is not a date")
+                )
             out[target] = parsed.to_numpy()
     out = pd.concat([out, frame], axis=1)
     keep = ~(bad | dup)
@@ -263,7 +273,9 @@ def load_events(spec: DatasetSpec, with_text: bool = True) -> Loaded:
     if es.sentiment:
         columns.append(es.sentiment)
     columns = list(dict.fromkeys(columns))
-    frame = read_table(spec, es, columns=columns, string_columns=(es.id, es.type), dictionary_columns=(es.id, es.type))
+    frame = read_table(
+        spec, es, columns=columns, string_columns=(es.id, es.type), dictionary_columns=(es.id, es.type)
+    )
     file = str(spec.resolve(es.path))
     ids = _stripped_categorical(frame[es.id])
     types = _stripped_categorical(frame[es.type])

@@ -39,7 +39,9 @@ def isolated_stores(session_tmp: Path):
     """A throwaway MLflow store (SQLite + artifacts) and BentoML home for the whole test session."""
     mlflow_dir = session_tmp / "mlflow"
     mlflow_dir.mkdir()
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "BENTOML_HOME", "CHURNSENSE_ARTIFACT_ROOT")}
+    saved = {
+        k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "BENTOML_HOME", "CHURNSENSE_ARTIFACT_ROOT")
+    }
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{mlflow_dir / 'mlflow.db'}"
     os.environ["CHURNSENSE_ARTIFACT_ROOT"] = str(mlflow_dir / "artifacts")
     os.environ["BENTOML_HOME"] = str(session_tmp / "bentoml")

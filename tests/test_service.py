@@ -74,7 +74,10 @@ def _churn_body(**overrides) -> dict:
         (_churn_body(events=[{"type": "usage"}]), "events.0.timestamp"),
         (_churn_body(events=[{"timestamp": "2024-05-01", "type": "  "}]), "events.0.type"),
         (_churn_body(events=[{"timestamp": "2024-05-01", "type": "usage", "text": " "}]), "events.0.text"),
-        (_churn_body(events=[{"timestamp": "2024-05-01", "type": "usage", "amount": [1]}]), "events.0.amount"),
+        (
+            _churn_body(events=[{"timestamp": "2024-05-01", "type": "usage", "amount": [1]}]),
+            "events.0.amount",
+        ),
         (_churn_body(customer={"plan": "basic"}), "customer.customer_id"),
         (_churn_body(customer={"customer_id": "c1", "plan": {"a": 1}}), "customer.plan"),
         (_churn_body(events=[{"timestamp": "2024-05-01", "type": "usage"}] * 301), "CHURNSENSE_MAX_EVENTS"),
