@@ -95,7 +95,11 @@ def main() -> None:
     fp32 = load_model(args.model)
     int8 = quantize_int8(fp32)
     vocab = fp32.config.vocab_size
-    print(f"torch {torch.__version__}, {args.threads} threads, load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}"
+        f" (ACTIVE: faster on an idle machine, much slower on a contended one), "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
     print(f"\ninference (texts/second, >= {args.seconds:g} s per cell)")
     print(f"{'tokens':>7} {'batch':>6} {'fp32':>10} {'int8':>10} {'int8/fp32':>10}")
     ratios = {}

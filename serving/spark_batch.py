@@ -121,6 +121,9 @@ def spark_session(
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
+    if master.startswith("local"):
+        # A local session needs no network interface: bind the driver to loopback, not the machine's address.
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     builder = (
         SparkSession.builder.master(master)
         .appName(app_name)
