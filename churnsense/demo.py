@@ -78,6 +78,10 @@ def run_demo(out: Path, customers: int, seed: int, sentiment_steps: int) -> None
         spec_path, max_steps=sentiment_steps, epochs=1, learning_rate=1e-4, head_learning_rate=1e-3
     )
     print(sentiment_run.headline())
+    print(
+        "  (a demo budget: on these synthetic reviews 180 steps reach the TF-IDF baseline, about 0.76 accuracy;"
+        " README 'Measured quality' has real-data figures)"
+    )
     print(promote_sentiment().render())
     print(f"({time.perf_counter() - started:.1f}s)")
 

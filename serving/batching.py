@@ -9,7 +9,7 @@ gains from batching only without the hop.
 
 The policy is the simplest one that adapts to load: while a batch is being computed, new items queue; when it
 finishes, everything queued (up to `max_batch` units) becomes the next batch. A lone request is computed at
-once (no waiting for company), and under load batches grow to arrival rate x compute time. An item that has
+once (or after `settle_s`, a millisecond for churn), and under load batches grow to arrival rate x compute time. An item that has
 waited longer than `max_latency_s` when its batch would start is answered 503, as BentoML's dispatcher does,
 so an overloaded worker sheds load instead of queueing without bound.
 """
@@ -38,6 +38,11 @@ class MicroBatcher(Generic[T, R]):
         size: units in one item (default 1; e.g. `len` for lists of texts).
         max_latency_s: items that waited longer than this before their batch starts get `overloaded()`.
         overloaded: the exception for shed items (the service passes a 503).
+        in_thread: run `compute` in a worker thread (right for torch, which releases the GIL, so the event loop
+            keeps parsing requests meanwhile). False runs it on the event loop: for pandas/scikit-learn work,
+            which holds the GIL, a thread only makes the loop and the batch take turns, and batches stay small.
+        settle_s: before each batch, let the event loop run this long (and then until the queue stops
+            growing), so requests that arrived during the last batch join the next one.
     """
 
     def __init__(
@@ -48,12 +53,16 @@ class MicroBatcher(Generic[T, R]):
         size: Callable[[T], int] = lambda _: 1,
         max_latency_s: float = float("inf"),
         overloaded: Callable[[], Exception] = lambda: RuntimeError("overloaded"),
+        in_thread: bool = True,
+        settle_s: float = 0.0,
     ) -> None:
         self.compute = compute
         self.max_batch = max_batch
         self.size = size
         self.max_latency_s = max_latency_s
         self.overloaded = overloaded
+        self.in_thread = in_thread
+        self.settle_s = settle_s
         self._queue: collections.deque[tuple[T, asyncio.Future[R], float]] = collections.deque()
         self._running = False
         self._limiter = anyio.CapacityLimiter(1)
@@ -92,15 +101,32 @@ class MicroBatcher(Generic[T, R]):
             units += units_here
         return batch
 
+    async def _settle(self) -> None:
+        """Requests that arrived while the last batch ran still sit in socket buffers, unparsed: give the loop
+        `settle_s`, then more turns until the queue has stopped growing for two of them."""
+        await asyncio.sleep(self.settle_s)
+        quiet = 0
+        for _ in range(16):
+            before = len(self._queue)
+            await asyncio.sleep(0)
+            quiet = quiet + 1 if len(self._queue) == before else 0
+            if quiet >= 2:
+                return
+
     async def _drain(self) -> None:
         try:
             while self._queue:
+                if self.settle_s > 0:
+                    await self._settle()
                 batch = self._next_batch()
                 if not batch:
                     continue
                 items = [item for item, _, _ in batch]
                 try:
-                    results = await anyio.to_thread.run_sync(self.compute, items, limiter=self._limiter)
+                    if self.in_thread:
+                        results = await anyio.to_thread.run_sync(self.compute, items, limiter=self._limiter)
+                    else:
+                        results = self.compute(items)
                     if len(results) != len(items):
                         raise RuntimeError(f"batch of {len(items)} gave {len(results)} results")
                 except Exception as error:  # the whole batch failed: every caller gets the error

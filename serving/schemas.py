@@ -39,7 +39,11 @@ MAX_VALUE_CHARS = 1000
 
 def utc(stamp: dt.datetime) -> dt.datetime:
     """Aware UTC; a naive time is taken as UTC (as the loaders and the feature engine do)."""
-    return stamp.replace(tzinfo=dt.UTC) if stamp.tzinfo is None else stamp.astimezone(dt.UTC)
+    if stamp.tzinfo is None:
+        return stamp.replace(tzinfo=dt.UTC)
+    offset = stamp.utcoffset()
+    # Most clients send UTC: re-label it instead of converting (astimezone is ~10x slower per event).
+    return stamp.replace(tzinfo=dt.UTC) if not offset else (stamp - offset).replace(tzinfo=dt.UTC)
 
 
 def _check_text(value: str) -> str:

@@ -144,6 +144,7 @@ def score_requests(
     scored_texts: Mapping[str, TextSentiment],
     versions: ModelVersions,
     now: dt.datetime | None = None,
+    check: bool = True,
 ) -> list[ChurnRiskResponse]:
     """Churn risk for validated requests, in request order; requests without `as_of` are scored as of `now`.
 
@@ -154,8 +155,10 @@ def score_requests(
         versions: stamped on every answer.
         now: the as_of of requests without one (default: the current time). Requests sharing an as_of are
             scored in one call of the feature engine and the model.
+        check: run `check_against_schema` first (the service has already run it, before scoring texts).
     """
-    check_against_schema(requests, schema)
+    if check:
+        check_against_schema(requests, schema)
 
     def polarity(texts: Sequence[str]) -> np.ndarray:
         return np.array([scored_texts[text].polarity for text in texts], dtype="float64")
@@ -176,14 +179,18 @@ def score_requests(
         events = add_sentiment(events_frame(group, schema), polarity)
         features = build_customer_features(events, as_of, schema, customers=customers_frame(group, schema))
         scored = score(features)
-        for i, request in zip(positions, group, strict=True):
-            row = scored.loc[request.customer.customer_id]
+        # Plain lists and one indexer: a `.loc` row lookup per customer costs more than scoring it.
+        rows = scored.index.get_indexer([request.customer.customer_id for request in group])
+        risks = scored["churn_risk"].to_numpy(dtype="float64")
+        bands = scored["risk_band"].astype(str).tolist()
+        reasons = scored["reasons"].tolist()
+        for i, request, row in zip(positions, group, rows, strict=True):
             answers[i] = ChurnRiskResponse(
                 customer_id=request.customer.customer_id,
                 as_of=as_of,
-                churn_risk=float(row["churn_risk"]),
-                risk_band=str(row["risk_band"]),
-                reasons=[Reason.model_validate(reason) for reason in row["reasons"]],
+                churn_risk=float(risks[row]),
+                risk_band=bands[row],
+                reasons=[Reason.model_validate(reason) for reason in reasons[row]],
                 sentiment=sentiment_summary(request, scored_texts),
                 model_versions=versions,
             )

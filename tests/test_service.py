@@ -168,6 +168,39 @@ def test_micro_batcher_coalesces_concurrent_calls_and_keeps_order():
     assert batcher.batches == 3 and batcher.items == 9
 
 
+def test_micro_batcher_on_the_loop_settles_so_late_arrivals_share_the_batch():
+    import asyncio
+    import time
+
+    from serving.batching import MicroBatcher
+
+    def run(settle_s: float) -> list[int]:
+        calls: list[list[int]] = []
+
+        def compute(items: list[int]) -> list[int]:
+            calls.append(items)
+            time.sleep(0.02)  # on the loop: nothing else runs meanwhile
+            return [item * 2 for item in items]
+
+        batcher = MicroBatcher(compute, max_batch=64, in_thread=False, settle_s=settle_s)
+
+        async def request(i: int) -> int:
+            for _ in range(3):  # a request takes a few loop turns (body, middlewares) before it submits
+                await asyncio.sleep(0)
+            return await batcher.submit(i)
+
+        async def main():
+            first = asyncio.ensure_future(batcher.submit(0))
+            rest = [asyncio.ensure_future(request(i)) for i in range(1, 11)]
+            return await asyncio.gather(first, *rest)
+
+        assert asyncio.run(main()) == [2 * i for i in range(11)]
+        return [len(c) for c in calls]
+
+    assert run(settle_s=0.0) == [1, 10]  # the batch starts before the others got through the loop
+    assert run(settle_s=0.001) == [11]  # a millisecond's settling lets them join it
+
+
 def test_micro_batcher_counts_units_and_sheds_items_that_waited_too_long():
     import asyncio
     import time
