@@ -41,6 +41,7 @@ from features.columns import AS_OF, CHURNED, CUSTOMER_ID, TIMESTAMP
 from features.engine import FEATURE_VERSION, FeatureSchema
 from features.pipeline import SentimentScorer, SpecData, load_data, schema_for, training_frame
 from features.spec import DatasetSpec, load_spec
+from features.validate import MIN_POSITIVES
 from models.churn import ChurnModel, RiskCutoffs, prepare_features, risk_band
 from training import plots
 from training.churn_config import BoosterConfig, ChurnConfig, load_config
@@ -109,7 +110,9 @@ def check_label_windows(data: SpecData) -> None:
         )
 
 
-def label_training_data(data: SpecData, min_positives: int = 50) -> tuple[pd.DataFrame, FeatureSchema]:
+def label_training_data(
+    data: SpecData, min_positives: int = MIN_POSITIVES
+) -> tuple[pd.DataFrame, FeatureSchema]:
     """Labelled snapshots (`customer_id`, `as_of`, the schema's features, `churned`) and the feature schema.
 
     Raises:

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from churnsense.errors import UserError, read_yaml_file
+from features.validate import MIN_POSITIVES
 from models.churn import RiskCutoffs
 
 
@@ -135,7 +136,7 @@ class ChurnConfig(_Frozen):
     """Everything the churn trainer can be told. `ChurnConfig()` is the default."""
 
     seed: int = 42
-    min_positives: int = Field(50, ge=1, description="refuse to train on fewer churned examples")
+    min_positives: int = Field(MIN_POSITIVES, ge=1, description="refuse to train on fewer churned examples")
     booster: BoosterConfig = BoosterConfig()
     baseline: BaselineConfig = BaselineConfig()
     calibration: CalibrationConfig = CalibrationConfig()
