@@ -1002,11 +1002,6 @@ def _reason_counts(table: pa.Table) -> dict[str, int]:
     return {str(item["values"]): int(item["counts"]) for item in keys.value_counts().to_pylist()}
 
 
-def _merge_counts(total: dict[str, int], more: dict[str, int]) -> None:
-    for key, value in more.items():
-        total[key] = total.get(key, 0) + value
-
-
 # --- the local engine -------------------------------------------------------------------------------------------
 
 
@@ -1260,28 +1255,32 @@ def merge_outputs(plan: BatchPlan, work: Path, out: Path) -> tuple[int, dict[str
     rejects_path = rejects_path_for(out)
     tmp_out = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
     tmp_rejects = rejects_path.with_name(f".{rejects_path.name}.{uuid.uuid4().hex}.tmp")
-    n_customers = n_rejected = 0
-    bands: dict[str, int] = {}
-    reasons: dict[str, int] = {}
     try:
-        with pq.ParquetWriter(tmp_rejects, REJECT_SCHEMA) as writer:
-            for bucket in range(plan.n_buckets):
-                table = pq.read_table(work / "rejects" / _bucket_name(bucket), schema=REJECT_SCHEMA)
-                writer.write_table(table)
-                n_rejected += table.num_rows
-                _merge_counts(reasons, _reason_counts(table))
-        with pq.ParquetWriter(tmp_out, RESULT_SCHEMA) as writer:
-            for bucket in range(plan.n_buckets):
-                table = pq.read_table(work / "scored" / _bucket_name(bucket), schema=RESULT_SCHEMA)
-                writer.write_table(table)
-                n_customers += table.num_rows
-                _merge_counts(bands, _band_counts(table))
+        n_rejected, reasons = _concatenate_buckets(
+            plan, work / "rejects", REJECT_SCHEMA, tmp_rejects, _reason_counts
+        )
+        n_customers, bands = _concatenate_buckets(plan, work / "scored", RESULT_SCHEMA, tmp_out, _band_counts)
         os.replace(tmp_rejects, rejects_path)
         os.replace(tmp_out, out)
     finally:
         tmp_out.unlink(missing_ok=True)
         tmp_rejects.unlink(missing_ok=True)
     return n_customers, bands, n_rejected, reasons
+
+
+def _concatenate_buckets(
+    plan: BatchPlan, folder: Path, schema: pa.Schema, path: Path, count: Callable[[pa.Table], dict[str, int]]
+) -> tuple[int, dict[str, int]]:
+    """Write the buckets' files in `folder` (bucket order) into one Parquet file; its rows and summed counts."""
+    rows, counts = 0, {}
+    with pq.ParquetWriter(path, schema) as writer:
+        for bucket in range(plan.n_buckets):
+            table = pq.read_table(folder / _bucket_name(bucket), schema=schema)
+            writer.write_table(table)
+            rows += table.num_rows
+            for key, value in count(table).items():
+                counts[key] = counts.get(key, 0) + value
+    return rows, counts
 
 
 def _bands_by_risk(path: Path) -> tuple[str, ...]:
