@@ -45,6 +45,8 @@ def add_sentiment(events: pd.DataFrame, scorer: SentimentScorer) -> pd.DataFrame
     """Fill the `sentiment` column for events with non-empty text (NaN elsewhere)."""
     if TEXT not in events.columns:
         return events
+    if events[TEXT].isna().all():  # no text at all (most online requests): skip the string work
+        return events.assign(**{SENTIMENT: np.full(len(events), np.nan)})
     text = events[TEXT].astype("string").str.strip()
     has_text = (text.notna() & (text != "")).to_numpy(dtype=bool)
     scores = np.full(len(events), np.nan)

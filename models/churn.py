@@ -246,8 +246,7 @@ class ChurnModel:
         return self._explainer.trees_input(self._encode.transform(prepare_features(features, self.schema)))
 
     def _trees_input(self, features: pd.DataFrame) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        missing = [c for c in self.columns if c not in features.columns]
-        if missing or self._tree_input is None:
+        if self._tree_input is None or not set(self.columns).issubset(features.columns.tolist()):
             prepared = prepare_features(
                 features, self.schema
             )  # raises ModelContractError naming what is missing

@@ -82,25 +82,34 @@ def check_against_schema(
         raise request_error("ChurnRiskRequest", problems)
 
 
-def customers_frame(requests: Sequence[ChurnRiskRequest], schema: FeatureSchema) -> pd.DataFrame:
-    """The canonical customers table (`customer_id`, `signup_date`, the schema's profile columns)."""
+def customers_frame(
+    requests: Sequence[ChurnRiskRequest], schema: FeatureSchema, keys: Sequence[str]
+) -> pd.DataFrame:
+    """The canonical customers table (`customer_id`, `signup_date`, the schema's profile columns), with each
+    request's row keyed by `keys` (one distinct key per request) in place of its customer id."""
     profiles = [r.customer.model_extra or {} for r in requests]
     columns: dict[str, Any] = {
-        CUSTOMER_ID: pd.array([r.customer.customer_id for r in requests], dtype="string"),
+        CUSTOMER_ID: pd.array(keys, dtype="string"),
         SIGNUP_DATE: _naive_utc_ns([r.customer.signup_date for r in requests]),
     }
     for name in (*schema.profile_numeric, *schema.profile_categorical):
-        # Raw JSON values: the engine parses profile columns itself, as it does for a loaded file.
-        columns[name] = pd.Series([profile.get(name) for profile in profiles])
+        # Raw JSON values: the engine parses profile columns itself, as it does for a loaded file. Plain lists
+        # (pandas infers each column's dtype as a Series would) build the frame in half the time of Series.
+        columns[name] = [profile.get(name) for profile in profiles]
     return pd.DataFrame(columns)
 
 
-def events_frame(requests: Sequence[ChurnRiskRequest], schema: FeatureSchema) -> pd.DataFrame:
-    """The canonical events table (`customer_id`, `timestamp`, `event_type`, value columns, `text`)."""
+def events_frame(
+    requests: Sequence[ChurnRiskRequest], schema: FeatureSchema, keys: Sequence[str]
+) -> pd.DataFrame:
+    """The canonical events table (`customer_id`, `timestamp`, `event_type`, value columns, `text`), each
+    request's events under its key in `keys`."""
     events = [e for r in requests for e in r.events]
     extras = [e.model_extra or {} for e in events]
     columns: dict[str, Any] = {
-        CUSTOMER_ID: pd.array([r.customer.customer_id for r in requests for _ in r.events], dtype="string"),
+        CUSTOMER_ID: pd.array(
+            [key for r, key in zip(requests, keys, strict=True) for _ in r.events], dtype="string"
+        ),
         TIMESTAMP: _naive_utc_ns([e.timestamp for e in events]),
         EVENT_TYPE: pd.array([e.type for e in events], dtype="string"),
     }
@@ -150,7 +159,7 @@ def score_requests(
 
     Args:
         schema: the churn model's feature schema.
-        score: features (indexed by customer_id) -> `churn_risk`, `risk_band`, `reasons` per customer.
+        score: features (one row per request, in order) -> `churn_risk`, `risk_band`, `reasons` per row.
         scored_texts: the sentiment of every (stripped) event text in the requests.
         versions: stamped on every answer.
         now: the as_of of requests without one (default: the current time). Requests sharing an as_of are
@@ -164,27 +173,24 @@ def score_requests(
         return np.array([scored_texts[text].polarity for text in texts], dtype="float64")
 
     now = now or dt.datetime.now(dt.UTC)
-    # One engine call per (as_of, round): customer ids must be unique within a call, and concurrent requests
-    # may well ask about the same customer (each repeat goes to the next round).
-    groups: dict[tuple[dt.datetime, int], list[int]] = {}
-    seen: dict[tuple[dt.datetime, str], int] = {}
+    groups: dict[dt.datetime, list[int]] = {}
     for i, request in enumerate(requests):
-        as_of = request.as_of or now
-        key = (as_of, request.customer.customer_id)
-        repeat = seen[key] = seen.get(key, -1) + 1
-        groups.setdefault((as_of, repeat), []).append(i)
+        groups.setdefault(request.as_of or now, []).append(i)
     answers: list[ChurnRiskResponse | None] = [None] * len(requests)
-    for (as_of, _), positions in groups.items():
+    for as_of, positions in groups.items():
         group = [requests[i] for i in positions]
-        events = add_sentiment(events_frame(group, schema), polarity)
-        features = build_customer_features(events, as_of, schema, customers=customers_frame(group, schema))
+        # Rows are keyed by position, not by customer id: concurrent requests may ask about the same customer,
+        # and the engine gives one row per key. With `customers` given, its rows come out in this order.
+        keys = [str(k) for k in range(len(group))]
+        events = add_sentiment(events_frame(group, schema, keys), polarity)
+        features = build_customer_features(
+            events, as_of, schema, customers=customers_frame(group, schema, keys)
+        )
         scored = score(features)
-        # Plain lists and one indexer: a `.loc` row lookup per customer costs more than scoring it.
-        rows = scored.index.get_indexer([request.customer.customer_id for request in group])
         risks = scored["churn_risk"].to_numpy(dtype="float64")
         bands = scored["risk_band"].astype(str).tolist()
         reasons = scored["reasons"].tolist()
-        for i, request, row in zip(positions, group, rows, strict=True):
+        for row, (i, request) in enumerate(zip(positions, group, strict=True)):
             answers[i] = ChurnRiskResponse(
                 customer_id=request.customer.customer_id,
                 as_of=as_of,

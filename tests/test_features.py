@@ -221,6 +221,18 @@ def test_one_customer_alone_equals_its_row_among_thousands():
     assert checked > 0  # the comparison covered NaN positions too (C02999 has no events)
 
 
+def test_profile_rows_follow_the_customers_table_whatever_its_id_dtype():
+    # Rows are the customers table's rows in its order: integer ids (a DataFrame built by hand) keep their
+    # profile values instead of being looked up as strings and lost; all-missing profile columns stay typed.
+    customers = pd.DataFrame({CUSTOMER_ID: [7, 3], "seats": [2.0, None], "plan": [None, None]})
+    schema = FeatureSchema(profile_numeric=("seats",), profile_categorical=("plan",), use_events=False)
+    frame = build_customer_features(None, AS_OF, schema, customers=customers)
+    assert frame.index.tolist() == ["7", "3"]
+    assert frame["seats"].tolist()[0] == 2.0 and np.isnan(frame["seats"].tolist()[1])
+    assert frame["seats"].dtype == "float64" and frame["plan"].dtype == "str"
+    assert frame["plan"].isna().all()
+
+
 def test_feature_names_and_order_come_from_the_schema():
     customers, events = _random_data(50, 2000, seed=3)
     schema = infer_schema(customers, events, value_columns=("amount",))
