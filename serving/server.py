@@ -61,11 +61,15 @@ def serve_command(target: str, host: str, port: int, working_dir: Path | None = 
 
 
 def server_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """This process's environment, telemetry off and thread limits set (unless already set), plus `extra`."""
+    """This process's environment, telemetry off and thread limits set (unless already set), plus `extra`;
+    BENTOML_HOME made absolute."""
     env = dict(os.environ)
     for name, value in QUIET_ENV.items():
         env.setdefault(name, value)
     env.update(extra or {})
+    # `bentoml serve <bento>` runs in the Bento's own folder: a relative store path would point elsewhere.
+    if env.get("BENTOML_HOME"):
+        env["BENTOML_HOME"] = str(Path(env["BENTOML_HOME"]).resolve())
     return env
 
 

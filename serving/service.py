@@ -29,6 +29,7 @@ import time
 import bentoml
 
 from serving.batching import MicroBatcher
+from serving.connections import BalanceConnections
 from serving.schemas import (
     ChurnRiskBatchRequest,
     ChurnRiskBatchResponse,
@@ -249,6 +250,13 @@ class ChurnSense:
         )
         for _ in range(3):
             self._score_batch([(request, scored)])
+
+
+# Connections opened in a burst land unevenly on the workers and stay there: even them out (serving.connections).
+# BentoML's own client calling /classify_texts (CHURNSENSE_SENTIMENT_BATCHING=bentoml) is left alone.
+ChurnSense.add_asgi_middleware(
+    BalanceConnections, enabled=_SETTINGS.balance_connections, exclude_paths=("/classify_texts",)
+)
 
 
 def _overloaded() -> Exception:

@@ -22,6 +22,7 @@ Every limit that turns bad input into a 400 lives here, so an operator can tune 
 | CHURNSENSE_SENTIMENT_MAX_BATCH | 64 | most texts in one forward pass |
 | CHURNSENSE_SENTIMENT_MAX_LATENCY_MS | 5000 | texts queued longer than this are answered 503 (both modes) |
 | CHURNSENSE_TIMEOUT_S | 60 | request timeout of the service |
+| CHURNSENSE_BALANCE_CONNECTIONS | true | a worker holding more than its share of keep-alive connections asks a client to reconnect (`serving.connections`) |
 
 Threads and workers: two workers with one torch thread each keep both cores busy without OpenMP threads
 waiting on each other. Measured on the shared 2-core machine, MiniLM with 2 torch threads ran at 22 texts/s
@@ -66,6 +67,7 @@ class ServingSettings(BaseModel):
     sentiment_max_batch: int = Field(64, ge=2, le=4096)
     sentiment_max_latency_ms: int = Field(5000, ge=10, le=600_000)
     timeout_s: int = Field(60, ge=1, le=3600)
+    balance_connections: bool = True
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServingSettings:

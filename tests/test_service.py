@@ -65,6 +65,17 @@ def _churn_body(**overrides) -> dict:
     return body
 
 
+def test_server_env_makes_a_relative_bentoml_home_absolute(monkeypatch, tmp_path):
+    # `bentoml serve <bento>` runs in the Bento's folder, where a relative store path would not resolve.
+    from serving.server import server_env
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BENTOML_HOME", "store")
+    env = server_env({"CHURNSENSE_WORKERS": "1"})
+    assert env["BENTOML_HOME"] == str(tmp_path / "store")
+    assert env["CHURNSENSE_WORKERS"] == "1" and env["BENTOML_DO_NOT_TRACK"] == "true"
+
+
 @pytest.mark.parametrize(
     ("body", "where"),
     [
@@ -223,6 +234,52 @@ def test_micro_batcher_counts_units_and_sheds_items_that_waited_too_long():
     first, rest, batcher = asyncio.run(main())
     assert first == 1
     assert all(isinstance(r, TimeoutError) for r in rest) and batcher.shed == 2
+
+
+def test_balance_connections_closes_only_the_busier_workers_excess(tmp_path):
+    import asyncio
+
+    from serving.connections import SHED_EVERY_S, SYNC_S, BalanceConnections, WorkerCounts
+
+    async def app(scope, receive, send):
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"connection", b"keep-alive")]}
+        )
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    clock = [100.0]
+    workers = {
+        name: BalanceConnections(app, counts=WorkerCounts(tmp_path, name=name), clock=lambda: clock[0])
+        for name in ("a", "b")
+    }
+
+    def request(worker: str, port: int) -> bytes | None:
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "client": ("127.0.0.1", port), "server": ("127.0.0.1", 3000), "path": "/x"}
+        asyncio.run(workers[worker](scope, None, send))
+        return dict(sent[0]["headers"]).get(b"connection")
+
+    def one_round(b_ports, a_ports) -> list[bytes | None]:
+        return [request("b", port) for port in b_ports] + [request("a", port) for port in a_ports]
+
+    step = 1.5 * SYNC_S  # each round: every worker re-counts, and may close one more connection
+    assert step > SHED_EVERY_S
+    assert set(one_round([1, 2], range(11, 17))) == {b"keep-alive"}  # first sight: counts still partial
+    clock[0] += step
+    # a holds 6 connections and b 2: the fair share is 4, so a closes one (port 11) ...
+    assert one_round([1, 2], range(11, 17)) == [b"keep-alive"] * 2 + [b"close"] + [b"keep-alive"] * 5
+    clock[0] += step
+    # ... whose client reconnects and lands on b; a still holds 5 against b's 3 and closes one more (port 12) ...
+    assert one_round([1, 2, 21], range(12, 17)) == [b"keep-alive"] * 3 + [b"close"] + [b"keep-alive"] * 4
+    clock[0] += step
+    # ... which lands on b too: 4 and 4, nothing more to close.
+    assert set(one_round([1, 2, 21, 22], range(13, 17))) == {b"keep-alive"}
+    assert (workers["a"].closed, workers["b"].closed) == (2, 0)
+    assert sorted(WorkerCounts(tmp_path, name="a").all()) == [3, 4]  # b published before it saw port 22
 
 
 # --- small real models --------------------------------------------------------------------------------------
@@ -445,6 +502,42 @@ def test_framework_endpoints_keep_working(http):
         assert http.get(path).status_code == 200, path
     paths = http.get("/docs.json").json()["paths"]
     assert {"/churn_risk", "/churn_risk_batch", "/sentiment"} <= set(paths)
+
+
+@pytest.mark.slow
+def test_keep_alive_connections_end_up_evenly_spread_over_the_workers(server):
+    import threading
+    import time
+
+    import httpx
+    import psutil
+
+    def established_per_worker() -> list[int]:
+        workers = psutil.Process(server.process.pid).children(recursive=True)
+        return sorted(
+            sum(c.status == "ESTABLISHED" and c.laddr.port == server.port for c in w.net_connections())
+            for w in workers
+        )
+
+    clients = [httpx.Client(base_url=server.url, timeout=30.0) for _ in range(12)]
+    stop = time.monotonic() + 4.0
+
+    def keep_asking(client):
+        while time.monotonic() < stop:
+            assert client.get("/livez").status_code == 200
+
+    try:
+        threads = [threading.Thread(target=keep_asking, args=(c,)) for c in clients]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        spread = established_per_worker()  # the clients still hold their connections open
+    finally:
+        for client in clients:
+            client.close()
+    assert len(spread) == 2 and sum(spread) == 12
+    assert spread[1] - spread[0] <= 2, spread
 
 
 @pytest.mark.slow
