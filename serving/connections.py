@@ -18,6 +18,7 @@ sheds it again a little later. A reconnect on loopback costs ~0.1 ms.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import math
@@ -62,15 +63,15 @@ class WorkerCounts:
         atexit.register(self.remove)
 
     @classmethod
-    def for_server(cls, port: int) -> WorkerCounts:
-        """The folder that the workers of this server (same parent process, same port) share. Folders of
-        servers that are gone (workers killed before they could clean up) are removed on the way."""
+    def for_server(cls) -> WorkerCounts:
+        """The folder that the workers of this server (children of one `bentoml serve` process) share. Folders
+        of servers that are gone (workers killed before they could clean up) are removed on the way."""
         root = Path(tempfile.gettempdir())
         for folder in root.glob(f"{FOLDER_PREFIX}*"):
-            parent = folder.name.removeprefix(FOLDER_PREFIX).split("-")[0]
+            parent = folder.name.removeprefix(FOLDER_PREFIX)
             if parent.isdigit() and not _alive(int(parent)):
                 shutil.rmtree(folder, ignore_errors=True)
-        return cls(root / f"{FOLDER_PREFIX}{os.getppid()}-{port}")
+        return cls(root / f"{FOLDER_PREFIX}{os.getppid()}")
 
     def publish(self, count: int) -> None:
         temporary = self._mine.with_suffix(".tmp")
@@ -116,16 +117,19 @@ class BalanceConnections:
         self.clock = clock
         self._seen: dict[tuple[str, int], float] = {}
         self._synced = self._shed = 0.0
+        self._heartbeat: asyncio.Task[None] | None = None
         self._excess = 0
         self.closed = 0  # connections this worker asked to close (tests and debugging)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        client, server = scope.get("client"), scope.get("server")
+        if scope["type"] == "lifespan" and self.enabled:
+            await self._with_heartbeat(scope, receive, send)
+            return
+        client = scope.get("client")
         if (
             not self.enabled
             or scope["type"] != "http"
             or not client
-            or not server
             or scope.get("path") in self.exclude_paths
         ):
             await self.app(scope, receive, send)
@@ -133,8 +137,8 @@ class BalanceConnections:
         now = self.clock()
         key = (str(client[0]), int(client[1]))
         self._seen[key] = now
-        if now - self._synced >= SYNC_S:
-            self._sync(now, int(server[1]))
+        if self._heartbeat is None and now - self._synced >= SYNC_S:
+            self._sync(now)  # no lifespan events (tests, other servers): count on requests instead
         if self._excess <= 0 or now - self._shed < SHED_EVERY_S:
             await self.app(scope, receive, send)
             return
@@ -151,14 +155,31 @@ class BalanceConnections:
 
         await self.app(scope, receive, send_with_close)
 
-    def _sync(self, now: float, port: int) -> None:
+    async def _with_heartbeat(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """For the worker's whole life, publish its count every SYNC_S, requests or not: a worker nobody has
+        connected to yet must still count (as 0), or the others would see nobody to balance against."""
+
+        async def beat() -> None:
+            while True:
+                self._sync(self.clock())
+                await asyncio.sleep(SYNC_S)
+
+        self._heartbeat = asyncio.create_task(beat())
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self._heartbeat.cancel()
+            if self.counts is not None:
+                self.counts.remove()
+
+    def _sync(self, now: float) -> None:
         """Forget idle connections, publish this worker's count, and work out how many it holds too many."""
         self._synced = now
         self._seen = {key: seen for key, seen in self._seen.items() if now - seen < IDLE_S}
         mine = len(self._seen)
         try:
             if self.counts is None:
-                self.counts = WorkerCounts.for_server(port)
+                self.counts = WorkerCounts.for_server()
             self.counts.publish(mine)
             counts = self.counts.all()
         except OSError:  # no shared folder (read-only temp dir): nothing to balance against
