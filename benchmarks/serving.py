@@ -5,7 +5,7 @@
                                            [--only all|churn|sentiment] [--json bench_out/serving.json]
 
 Starts (unless --url names a running server) a real `bentoml serve` of the newest churnsense Bento on a free
-127.0.0.1 port, and measures, for 1, 8 and 32 concurrent clients, each for a fixed time (after a short warm-up)
+127.0.0.1 port, and measures, for 1, 8 and 32 concurrent clients, each for a fixed time (after a warm-up on the same connections)
 and with a bounded request count: requests/s, p50 and p99 latency and non-200 answers of
 
   - POST /churn_risk with 50 events and no text;
@@ -132,14 +132,17 @@ def sentiment_texts(count: int, seed: int) -> list[str]:
 
 
 async def _load(
-    url: str, path: str, bodies: list[bytes], clients: int, seconds: float
-) -> tuple[list[float], dict]:
+    url: str, path: str, bodies: list[bytes], clients: int, warm_up_s: float, seconds: float
+) -> tuple[list[float], dict, float]:
+    """`clients` concurrent loops on one connection pool: `warm_up_s` not counted (connections open, the
+    server spreads them over its workers), then `seconds` measured. Returns (latencies, errors, elapsed)."""
     import aiohttp
 
     latencies: list[float] = []
     errors: dict[str, int] = {}
     issued = 0
-    stop_at = time.perf_counter() + seconds
+    measuring_from = time.perf_counter() + warm_up_s
+    stop_at = measuring_from + seconds
     connector = aiohttp.TCPConnector(limit=clients, force_close=False)
     timeout = aiohttp.ClientTimeout(total=120)
     headers = {"Content-Type": "application/json"}
@@ -149,30 +152,32 @@ async def _load(
             nonlocal issued
             while time.perf_counter() < stop_at and issued < MAX_REQUESTS_PER_RUN:
                 body = bodies[(issued + k) % len(bodies)]
-                issued += 1
                 started = time.perf_counter()
+                counted = started >= measuring_from
+                issued += counted
                 try:
                     async with session.post(path, data=body, headers=headers) as response:
                         await response.read()
                         status = response.status
                 except aiohttp.ClientError as error:
                     status = type(error).__name__
+                if not counted:
+                    continue
                 if status == 200:
                     latencies.append(time.perf_counter() - started)
                 else:
                     errors[str(status)] = errors.get(str(status), 0) + 1
 
         await asyncio.gather(*(client(k) for k in range(clients)))
-    return latencies, errors
+    return latencies, errors, time.perf_counter() - measuring_from
 
 
 def measure(
     url: str, scenario: str, path: str, bodies: list[bytes], clients: int, seconds: float
 ) -> LoadResult:
-    asyncio.run(_load(url, path, bodies, clients, min(2.0, seconds / 4)))  # warm-up, not counted
-    started = time.perf_counter()
-    latencies, errors = asyncio.run(_load(url, path, bodies, clients, seconds))
-    elapsed = time.perf_counter() - started
+    latencies, errors, elapsed = asyncio.run(
+        _load(url, path, bodies, clients, min(2.0, seconds / 4), seconds)
+    )
     latencies.sort()
 
     def pct(q: float) -> float:

@@ -37,9 +37,9 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 IDLE_S = 1.0  # a connection not heard from for this long no longer counts as open
-SYNC_S = 0.1  # how often a worker publishes its count and reads the others'
+SYNC_S = 0.05  # how often a worker publishes its count and reads the others'
 STALE_S = 3.0  # a count file older than this belongs to a worker that is gone
-SHED_EVERY_S = 0.05  # at most one close per this interval per worker: counts lag behind by up to SYNC_S
+SHED_EVERY_S = 0.01  # at most one close per this interval per worker: counts lag behind by up to SYNC_S
 FOLDER_PREFIX = "churnsense-connections-"
 
 
