@@ -264,9 +264,8 @@ def build_customer_features(
     else:
         raise ValueError("give events, customers, or both")
 
-    columns = _profile_block(
-        customers, schema
-    )  # rows in the order of `customers`, which is the order of `ids`
+    # Profile rows come in the order of `customers`, which is the order of `ids`.
+    columns = _profile_block(customers, schema)
     if schema.use_events:
         if events is None:
             events = pd.DataFrame(
