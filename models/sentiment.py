@@ -30,11 +30,15 @@ import pandas as pd
 import torch
 
 from churnsense.errors import UserError
+from features.text import normalise_text
+from models.catalog import SENTIMENT_MODEL, champion_uri
+from models.lineage import artifact_digest, scoring_id
+from models.text_encoder import invariant_forward
 
 logger = logging.getLogger(__name__)
 
-MODEL_NAME = "churnsense-sentiment"
-DEFAULT_MODEL_URI = f"models:/{MODEL_NAME}@champion"
+MODEL_NAME = SENTIMENT_MODEL
+DEFAULT_MODEL_URI = champion_uri(SENTIMENT_MODEL)
 SIDECAR = "churnsense_sentiment.json"
 PACKAGED_BACKBONE = "all-MiniLM-L6-v2"
 POSITIVE, NEGATIVE = "positive", "negative"
@@ -101,31 +105,19 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[n
         yield order[start : start + batch_size]
 
 
-def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
-    """An int8 dynamically quantised copy (weights of every `nn.Linear`); activations stay float."""
-    import warnings
-
-    from torch.ao.quantization import quantize_dynamic
-
-    with warnings.catch_warnings():
-        # torch 2.13 deprecates quantized tensor creation in favour of torchao; it still works and is the
-        # only int8 path that needs no extra package. Tracked as its own issue.
-        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*deprecated.*")
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=False)
-
-
 class SentimentClassifier:
     """A fine-tuned sequence classifier with its tokenizer and label list, scoring texts in batches.
 
     Args:
-        model: a `transformers` sequence-classification model (fp32 or int8-quantised).
+        model: a fine-tuned fp32 `transformers` sequence-classification model (left unchanged).
         tokenizer: the tokenizer saved with it.
         max_length: tokens kept per text.
         batch_size: texts per forward pass.
         num_threads: if given, `torch.set_num_threads(num_threads)` (process-wide).
-        quantized: whether `model` is the int8 variant (reported, not applied here).
+        quantized: score with int8 linears (per-token scales) instead of fp32; both are batch-invariant
+            (`models.text_encoder`): a text's probabilities never depend on the other texts scored with it.
         source: where it was loaded from, for messages.
+        digest: the model artifact's content digest (`artifact_digest`), when loaded from files.
     """
 
     def __init__(
@@ -138,6 +130,7 @@ class SentimentClassifier:
         num_threads: int | None = None,
         quantized: bool = False,
         source: str | None = None,
+        digest: str | None = None,
     ) -> None:
         if num_threads:
             torch.set_num_threads(int(num_threads))
@@ -145,8 +138,10 @@ class SentimentClassifier:
         self.tokenizer = tokenizer
         self.max_length = int(max_length)
         self.batch_size = int(batch_size)
-        self.quantized = quantized
+        self.quantized = bool(quantized)
         self.source = source
+        self.digest = digest
+        self.forward = invariant_forward(self.model, self.quantized)
         id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
         self.labels: list[str] = [id2label[i] for i in range(len(id2label))]
 
@@ -175,8 +170,6 @@ class SentimentClassifier:
             raise SentimentModelError(
                 f"{folder}: {SIDECAR} labels {contract['labels']} disagree with config.json id2label {labels}"
             )
-        if quantize:
-            model = quantize_int8(model)
         return cls(
             model,
             tokenizer,
@@ -185,6 +178,7 @@ class SentimentClassifier:
             num_threads=num_threads,
             quantized=quantize,
             source=str(folder),
+            digest=artifact_digest(folder),
         )
 
     @classmethod
@@ -203,6 +197,11 @@ class SentimentClassifier:
             quantize: int8 or fp32; None follows the model's logged config (`quantize` at training time).
         """
         source_text = str(source)
+        if source_text.startswith("models:/"):
+            from models.catalog import resolve_model_uri
+
+            # An alias is pinned to the version it names now: the loaded model and its recorded source agree.
+            source_text, _ = resolve_model_uri(source_text)
         if "://" in source_text or source_text.startswith(("models:/", "runs:/")):
             # The weights are read into memory, so the downloaded copy can go (90 MB per load otherwise).
             with tempfile.TemporaryDirectory(prefix="churnsense-sentiment-") as tmp:
@@ -227,43 +226,50 @@ class SentimentClassifier:
         return classifier
 
     def to_int8(self) -> SentimentClassifier:
-        """The int8 dynamically quantised variant of this (fp32) classifier; this one is left unchanged."""
+        """The int8 (per-token scales, batch-invariant) variant of this fp32 classifier; this one is unchanged."""
         if self.quantized:
             return self
         return SentimentClassifier(
-            quantize_int8(self.model),
+            self.model,
             self.tokenizer,
             max_length=self.max_length,
             batch_size=self.batch_size,
             quantized=True,
             source=self.source,
+            digest=self.digest,
         )
+
+    @property
+    def scoring_id(self) -> str:
+        """What a cached score is keyed by: the artifact's digest, the arithmetic (int8 / fp32) and the version
+        of the batch-invariant forward. Two models share cached scores only if all three agree."""
+        if not self.digest:
+            raise SentimentModelError("this classifier was not loaded from files: it has no artifact digest")
+        return scoring_id(self.digest, self.quantized)
 
     # --- scoring --------------------------------------------------------------------------------------
 
-    def encode(self, texts: Sequence[str]) -> list[dict[str, list[int]]]:
-        """Token ids per text (truncated, not padded)."""
-        encoded = self.tokenizer(
-            [str(t) for t in texts], truncation=True, max_length=self.max_length, padding=False
-        )
-        keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded]
-        return [{k: encoded[k][i] for k in keys} for i in range(len(texts))]
+    def encode(self, texts: Sequence[str | None]) -> list[list[int]]:
+        """Token ids per text after `features.text.normalise_text` (truncated, not padded); no text -> ""."""
+        normalised = [normalise_text(t) or "" for t in texts]
+        encoded = self.tokenizer(normalised, truncation=True, max_length=self.max_length, padding=False)
+        return [list(ids) for ids in encoded["input_ids"]]
 
-    @torch.inference_mode()
-    def predict_proba(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
-        """Class probabilities, shape (len(texts), len(self.labels)), columns in `self.labels` order."""
+    def predict_proba(self, texts: Sequence[str | None], progress: bool = False) -> np.ndarray:
+        """Class probabilities, shape (len(texts), len(self.labels)), columns in `self.labels` order.
+
+        Each row is a function of that (normalised) text and the model alone: bit-identical whatever else is
+        in `texts`, whatever `batch_size` and thread count (see `models.text_encoder`).
+        """
         texts = list(texts)
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         if not texts:
             return out
-        encodings = self.encode(texts)
-        lengths = [len(e["input_ids"]) for e in encodings]
-        pad_id = self.tokenizer.pad_token_id or 0
-        batches = list(length_sorted_batches(lengths, self.batch_size))
+        token_ids = self.encode(texts)
         bar = _progress(len(texts), "scoring", progress)
-        for index in batches:
-            batch = pad_batch([encodings[i] for i in index], pad_id)
-            logits = self.model(**batch).logits.float()
+        # Similar lengths together: texts of one length share attention calls (the results do not depend on it).
+        for index in length_sorted_batches([len(ids) for ids in token_ids], self.batch_size):
+            logits = self.forward.logits([token_ids[i] for i in index]).float()
             out[index] = torch.softmax(logits, dim=-1).numpy()
             bar.update(len(index))
         bar.close()

@@ -1,7 +1,7 @@
 """MLflow setup shared by every training pipeline: where runs go, and what identifies data and code.
 
-Tracking URI: `MLFLOW_TRACKING_URI` if set, else the embedded SQLite store `sqlite:///mlflow.db` in the
-working directory. Artifacts go to `./mlruns` unless `CHURNSENSE_ARTIFACT_ROOT` names another folder (tests
+Tracking URI: `models.catalog.tracking_uri` (`MLFLOW_TRACKING_URI` if set, else `sqlite:///mlflow.db` in the
+working directory). Artifacts go to `./mlruns` unless `CHURNSENSE_ARTIFACT_ROOT` names another folder (tests
 use that to keep each session's store in a temporary directory).
 """
 
@@ -15,13 +15,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from models.catalog import tracking_uri
+
 logger = logging.getLogger(__name__)
-
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-
-
-def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
 def configure_mlflow(experiment_name: str) -> str:

@@ -1,0 +1,108 @@
+"""A sentiment model's identity: what its scores are a function of, and what a churn model records of it.
+
+Text scores are a function of the normalised text, the model's saved files and the inference arithmetic
+(`models.text_encoder`). `artifact_digest` hashes the files, `scoring_id` adds the arithmetic, and
+`SentimentLineage` carries both with the registry name and version. No torch here: batch workers unpickle
+lineages without loading a model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from churnsense.errors import UserError
+from models.catalog import registry_name_version
+
+INFERENCE_VERSION = "bi1"
+"""Bumped whenever the batch-invariant forward's arithmetic changes: cached scores of another version are not
+reused (`scoring_id`)."""
+
+
+def artifact_digest(folder: str | Path) -> str:
+    """SHA-256 of a saved model folder's files (relative names and contents, in name order): the model's identity,
+    whatever registry, version number or path it is reached by."""
+    root = Path(folder)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def scoring_id(digest: str, quantized: bool) -> str:
+    """`<digest[:32]>-<int8|fp32>-<INFERENCE_VERSION>`: the key of a model's scores in caches and lineage."""
+    return f"{digest[:32]}-{'int8' if quantized else 'fp32'}-{INFERENCE_VERSION}"
+
+
+class LineageError(UserError):
+    """A churn model and a sentiment model that were not trained together."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SentimentLineage:
+    """Which sentiment model scores texts, precisely enough to reproduce its scores bit for bit.
+
+    Attributes:
+        model_uri: where to load it: `models:/name/N`, `runs:/...` or a model folder.
+        artifact_digest: SHA-256 of its saved files (`models.sentiment.artifact_digest`).
+        quantized: int8 (per-token scales) or fp32 inference.
+        name / version: the registry entry, when it came from one.
+    """
+
+    model_uri: str
+    artifact_digest: str
+    quantized: bool
+    name: str | None = None
+    version: str | None = None
+
+    @property
+    def scoring_id(self) -> str:
+        return scoring_id(self.artifact_digest, self.quantized)
+
+    def describe(self) -> str:
+        where = f"{self.name} v{self.version}" if self.version else self.model_uri
+        return f"{where} ({'int8' if self.quantized else 'fp32'}, digest {self.artifact_digest[:12]})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) | {"scoring_id": self.scoring_id}
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> SentimentLineage:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in fields})
+
+    @classmethod
+    def of(cls, classifier: Any, model_uri: str | None = None) -> SentimentLineage:
+        """The lineage of a loaded classifier (it must have been loaded from files)."""
+        if not classifier.digest:
+            raise LineageError("sentiment model: loaded from memory, it has no artifact digest to record")
+        uri = model_uri or str(classifier.source or "")
+        pinned = registry_name_version(uri)
+        return cls(
+            model_uri=uri,
+            artifact_digest=classifier.digest,
+            quantized=classifier.quantized,
+            name=pinned[0] if pinned else None,
+            version=pinned[1] if pinned else None,
+        )
+
+
+def check_lineage(expected: SentimentLineage, classifier: Any, what: str) -> None:
+    """Raise `LineageError` unless `classifier` scores exactly as the model `expected` describes."""
+    if classifier.digest != expected.artifact_digest or classifier.quantized != expected.quantized:
+        got = (
+            f"digest {str(classifier.digest)[:12]}, {'int8' if classifier.quantized else 'fp32'}"
+            if classifier.digest
+            else "no digest"
+        )
+        raise LineageError(
+            f"{what}: expected {expected.describe()}, found {got}; its text scores would differ from the ones "
+            "the churn model was trained on"
+        )

@@ -1,0 +1,261 @@
+"""Batch-invariant forward passes of a sequence classifier: a text's logits never depend on its batch neighbours.
+
+A text's sentiment must be a function of the text and the model artifact alone, whichever path scores it (training
+features, the service alone or under load, the local batch engine, Spark). Two things in an ordinary padded batch
+break that:
+
+- **int8 dynamic quantisation** (`torch.ao.quantization.quantize_dynamic`) picks one activation scale for the whole
+  batch tensor, so a long angry text changes the rounding of every other text in its batch (seen: polarity -0.587
+  alone, -0.646 beside two other texts).
+- **padding and shapes**: attention over a padded length, and float kernels chosen by the batch's shape, round
+  differently (seen in fp32: 1e-8 differences between `/churn_risk` and `/churn_risk_batch`).
+
+`BatchInvariantBert` runs a BERT-family classifier (MiniLM, BERT, ...) on *packed* tokens, no padding:
+
+- every `nn.Linear` is an int8 matmul with **one activation scale per token** (each token row scaled by its own
+  max |value|) and per-output-channel weight scales (`Int8TokenLinear`, oneDNN's int8 kernel: AMX or VNNI where
+  the CPU has them). The matmul accumulates integers, which is exact whatever the order, so a token's output
+  depends on that token's row and the weights only;
+- embeddings, LayerNorm, GELU and residual sums are per token (hidden sizes are multiples of 32, so every value
+  goes through full vector lanes however the rows are split between threads);
+- attention runs per text, texts of one length stacked together: each text's attention sees only its own
+  tokens, with the same shapes whoever else is in the batch.
+
+In fp32 (`int8=False`) the linears are float matmuls whose rounding may depend on how many rows they get, so each
+text runs alone (same shapes every time, slower). Architectures other than BERT fall back to `PerTextForward`:
+the Hugging Face model called on one text at a time (int8 dynamic or fp32), invariant for the same reason.
+`tests/test_text_encoder.py` checks bit-identity against neighbours, batch sizes and thread counts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+TokenIds = Sequence[int]
+_TINY = torch.finfo(torch.float32).tiny
+
+
+@contextlib.contextmanager
+def _quiet_quantized_warnings() -> Iterator[None]:
+    """torch 2.13 deprecates quantized tensor creation in favour of torchao; the fbgemm ops still work and need
+    no extra package (tracked as its own issue)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*deprecated.*")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, message=".*quantized tensor creation.*")
+        yield
+
+
+def int8_matmul_available() -> bool:
+    """Whether this torch build has oneDNN's int8 linear (x86 builds do; it uses AMX or VNNI when present)."""
+    try:
+        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qlinear_pointwise")
+    except (AttributeError, RuntimeError):
+        return False
+
+
+class Int8TokenLinear:
+    """`y = x @ W.T + b` with int8 weights (one scale per output channel) and int8 activations (one scale per
+    input row, symmetric): a row's result depends on that row and the weights alone, bit for bit.
+
+    oneDNN multiplies the int8 codes with int32 accumulation (exact in any order) and scales each output by its
+    channel's weight scale (the activation scale passed to it is exactly 1, so there is one rounding and no
+    order of multiplications to differ); the row's own scale and the bias are applied afterwards, elementwise.
+    """
+
+    def __init__(self, linear: torch.nn.Linear) -> None:
+        weight = linear.weight.detach().float()
+        self.out_features = weight.shape[0]
+        self.weight_scales = (weight.abs().amax(dim=1) / 127.0).clamp_min(_TINY)
+        codes = torch.round(weight / self.weight_scales[:, None]).to(torch.int8)
+        self.packed = torch.ops.onednn.qlinear_prepack(codes, None)
+        self.zero_points = torch.zeros(self.out_features, dtype=torch.long)
+        self.bias = None if linear.bias is None else linear.bias.detach().float().clone()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        # Each row's largest |value| maps to 127 (a row of zeros divides by the smallest normal float).
+        largest = torch.maximum(x.amax(dim=1, keepdim=True), x.amin(dim=1, keepdim=True).neg_())
+        largest = largest.clamp_min_(_TINY)
+        codes = (x * (127.0 / largest)).round_().to(torch.int8)
+        out = torch.ops.onednn.qlinear_pointwise(
+            codes, 1.0, 0, self.packed, self.weight_scales, self.zero_points,
+            None, 1.0, 0, torch.float32, "none", [None], "",
+        )  # fmt: skip
+        row_scale = largest.div_(127.0)
+        if self.bias is None:
+            return out.mul_(row_scale)
+        return torch.addcmul(self.bias, out, row_scale)
+
+
+class Fp32Linear:
+    """The float layer as it is (used when every call sees one text, so shapes never vary by batch)."""
+
+    def __init__(self, linear: torch.nn.Linear) -> None:
+        self.weight = linear.weight.detach().float()
+        self.bias = None if linear.bias is None else linear.bias.detach().float()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+def supports_packed(model: Any) -> bool:
+    """Whether `BatchInvariantBert` can run this model: a BERT sequence classifier with absolute positions."""
+    config = getattr(model, "config", None)
+    return (
+        config is not None
+        and getattr(config, "model_type", None) == "bert"
+        and getattr(config, "position_embedding_type", "absolute") == "absolute"
+        and hasattr(model, "bert")
+        and getattr(model.bert, "pooler", None) is not None
+        and hasattr(model, "classifier")
+    )
+
+
+class BatchInvariantBert:
+    """Logits of a `BertForSequenceClassification` from token ids, each text independent of the others.
+
+    Args:
+        model: the fine-tuned fp32 model (left unchanged; its weights are copied or quantised).
+        int8: int8 linears with per-token scales (fast, packed batches) or fp32 (one text per pass).
+    """
+
+    def __init__(self, model: Any, int8: bool) -> None:
+        if not supports_packed(model):
+            raise ValueError("BatchInvariantBert needs a BERT sequence classifier")
+        self.int8 = bool(int8)
+        linear = Int8TokenLinear if self.int8 else Fp32Linear
+        config = model.config
+        embeddings = model.bert.embeddings
+        self.word = embeddings.word_embeddings.weight.detach()
+        self.position = embeddings.position_embeddings.weight.detach()
+        self.token_type0 = embeddings.token_type_embeddings.weight.detach()[0]
+        self.embed_norm = embeddings.LayerNorm
+        self.heads = int(config.num_attention_heads)
+        self.head_size = int(config.hidden_size) // self.heads
+        self.hidden = int(config.hidden_size)
+        self.max_positions = int(config.max_position_embeddings)
+        self.layers = []
+        for layer in model.bert.encoder.layer:
+            attention = layer.attention
+            self.layers.append(
+                {
+                    # One matmul for query, key and value: each output channel keeps its own weight scale and
+                    # each token its own activation scale, so fusing changes no bit.
+                    "qkv": linear(_stacked(attention.self.query, attention.self.key, attention.self.value)),
+                    "attn_out": linear(attention.output.dense),
+                    "attn_norm": attention.output.LayerNorm,
+                    "up": linear(layer.intermediate.dense),
+                    "act": layer.intermediate.intermediate_act_fn,
+                    "down": linear(layer.output.dense),
+                    "out_norm": layer.output.LayerNorm,
+                }
+            )
+        self.pooler = linear(model.bert.pooler.dense)
+        self.classifier = linear(model.classifier)
+        self.texts_per_pass = None if self.int8 else 1
+
+    @torch.inference_mode()
+    def logits(self, token_ids: Sequence[TokenIds]) -> torch.Tensor:
+        """Logits (len(token_ids), num_labels) in input order; each row depends only on its own ids."""
+        if not token_ids:
+            return torch.zeros(0, 0)
+        if self.texts_per_pass == 1 and len(token_ids) > 1:
+            return torch.cat([self.logits([ids]) for ids in token_ids])
+        lengths = np.array([len(ids) for ids in token_ids], dtype=np.int64)
+        if lengths.min() < 1 or lengths.max() > self.max_positions:
+            raise ValueError(f"token sequences must hold 1 to {self.max_positions} ids")
+        # Texts packed shortest first, so the texts of one length are one contiguous block of rows.
+        order = np.argsort(lengths, kind="stable")
+        lengths = lengths[order]
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        ids = torch.tensor([i for k in order for i in token_ids[k]], dtype=torch.long)
+        positions = torch.from_numpy(np.concatenate([np.arange(n) for n in lengths]))
+        x = F.embedding(ids, self.word) + self.token_type0
+        x = self.embed_norm(x + F.embedding(positions, self.position))
+        blocks = _length_blocks(lengths, starts)
+        for layer in self.layers:
+            context = self._attention(layer["qkv"](x), blocks)
+            x = layer["attn_norm"](layer["attn_out"](context) + x)
+            x = layer["out_norm"](layer["down"](layer["act"](layer["up"](x))) + x)
+        pooled = torch.tanh(self.pooler(x[torch.from_numpy(starts)]))
+        logits = self.classifier(pooled)
+        return logits[torch.from_numpy(np.argsort(order, kind="stable"))]
+
+    def _attention(self, qkv: torch.Tensor, blocks: list[tuple[int, int, int]]) -> torch.Tensor:
+        """Self-attention of each text over its own tokens. Texts of one length share one call: the same
+        per-text shapes whoever else is in the batch."""
+        out = torch.empty(qkv.shape[0], self.hidden)
+        for start, end, length in blocks:
+            n = (end - start) // length
+            q, k, v = (
+                qkv[start:end, part * self.hidden : (part + 1) * self.hidden]
+                .reshape(n, length, self.heads, self.head_size)
+                .transpose(1, 2)
+                for part in range(3)
+            )
+            attended = F.scaled_dot_product_attention(q, k, v)
+            out[start:end] = attended.transpose(1, 2).reshape(end - start, self.hidden)
+        return out
+
+
+def _stacked(*layers: torch.nn.Linear) -> torch.nn.Linear:
+    """One `nn.Linear` whose outputs are the given layers' outputs side by side."""
+    weight = torch.cat([layer.weight.detach() for layer in layers])
+    stacked = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=layers[0].bias is not None)
+    with torch.no_grad():
+        stacked.weight.copy_(weight)
+        if stacked.bias is not None:
+            stacked.bias.copy_(torch.cat([layer.bias.detach() for layer in layers]))
+    return stacked
+
+
+def _length_blocks(lengths: np.ndarray, starts: np.ndarray) -> list[tuple[int, int, int]]:
+    """(first row, end row, length) of each run of equal-length texts in packed (length-sorted) order."""
+    blocks = []
+    begin = 0
+    for index in range(1, len(lengths) + 1):
+        if index == len(lengths) or lengths[index] != lengths[begin]:
+            end = int(starts[index - 1] + lengths[index - 1])
+            blocks.append((int(starts[begin]), end, int(lengths[begin])))
+            begin = index
+    return blocks
+
+
+def quantize_dynamic_int8(model: torch.nn.Module) -> torch.nn.Module:
+    """torch's int8 *dynamic* quantisation of every `nn.Linear` (one activation scale per call): batch-invariant
+    only when each call holds one text. Kept for `PerTextForward` and as the benchmark's yardstick."""
+    from torch.ao.quantization import quantize_dynamic
+
+    with _quiet_quantized_warnings():
+        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=False)
+
+
+class PerTextForward:
+    """Any Hugging Face sequence classifier, one text per forward pass (int8 dynamic or fp32): with a batch of
+    one there are no neighbours, no padding and a per-text activation scale."""
+
+    def __init__(self, model: Any, int8: bool) -> None:
+        self.int8 = bool(int8)
+        self.model = (quantize_dynamic_int8(model) if self.int8 else model).eval()
+
+    @torch.inference_mode()
+    def logits(self, token_ids: Sequence[TokenIds]) -> torch.Tensor:
+        rows = [
+            self.model(input_ids=torch.tensor([list(ids)], dtype=torch.long)).logits.float()
+            for ids in token_ids
+        ]
+        return torch.cat(rows) if rows else torch.zeros(0, 0)
+
+
+def invariant_forward(model: Any, int8: bool) -> BatchInvariantBert | PerTextForward:
+    """The fastest batch-invariant forward this model and machine support."""
+    if supports_packed(model) and (int8_matmul_available() or not int8):
+        return BatchInvariantBert(model, int8)
+    return PerTextForward(model, int8)

@@ -1,0 +1,160 @@
+"""The batch-invariant text forward and the one text normaliser.
+
+A text's probabilities must be a function of the normalised text and the model artifact alone: bit-identical
+whatever else shares its forward pass, whatever the batch size, the torch thread count or the process.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from features.text import normalise_text, normalise_text_series, normalise_texts
+from models.sentiment import SentimentClassifier, artifact_digest, scoring_id
+from models.text_encoder import BatchInvariantBert, PerTextForward, quantize_dynamic_int8
+from tests.sentiment_helpers import build_tiny_backbone, review_texts
+
+ANGRY = "THE WORST!!! " * 20  # a long text with large activations: it used to change its neighbours' rounding
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random BERT sequence classifier saved as a model folder (no training needed for invariance)."""
+    from transformers import AutoModelForSequenceClassification
+
+    folder = build_tiny_backbone(tmp_path_factory.mktemp("tiny") / "bert")
+    torch.manual_seed(3)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        folder, num_labels=3, id2label={0: "negative", 1: "neutral", 2: "positive"},
+        label2id={"negative": 0, "neutral": 1, "positive": 2},
+    )  # fmt: skip
+    model.save_pretrained(folder)
+    return folder
+
+
+def _texts() -> list[str]:
+    return review_texts(12, seed=4)["text"].tolist() + ["ok", "the crew was rude", ANGRY]
+
+
+@pytest.mark.parametrize("quantize", [True, False], ids=["int8", "fp32"])
+def test_a_text_scores_the_same_whatever_its_neighbours(tiny_classifier: Path, quantize: bool) -> None:
+    classifier = SentimentClassifier.from_pretrained_dir(tiny_classifier, quantize=quantize, batch_size=8)
+    assert isinstance(classifier.forward, BatchInvariantBert)
+    texts = _texts()
+    together = classifier.predict_proba(texts)
+    alone = np.vstack([classifier.predict_proba([t]) for t in texts])
+    np.testing.assert_array_equal(together, alone)
+    rng = np.random.default_rng(1)
+    for _ in range(5):  # random subsets, orders and batch sizes
+        pick = rng.choice(len(texts), size=int(rng.integers(1, len(texts))), replace=False)
+        classifier.batch_size = int(rng.integers(1, 20))
+        np.testing.assert_array_equal(classifier.predict_proba([texts[i] for i in pick]), together[pick])
+
+
+def test_dynamic_int8_is_not_batch_invariant_and_the_new_path_is(tiny_classifier: Path) -> None:
+    """The defect, kept visible: torch's dynamic int8 changes a text's output when an angry text joins its
+    batch. The per-token int8 path does not."""
+    from models.sentiment import pad_batch
+
+    classifier = SentimentClassifier.from_pretrained_dir(tiny_classifier, quantize=True)
+    dynamic = quantize_dynamic_int8(classifier.model)
+    ids = classifier.encode(["the crew was friendly", ANGRY])
+    with torch.inference_mode():
+        alone = dynamic(input_ids=torch.tensor([ids[0]])).logits[0]
+        batch = pad_batch([{"input_ids": i, "attention_mask": [1] * len(i)} for i in ids], 0)
+        beside = dynamic(**batch).logits[0]
+    assert not torch.equal(alone, beside)
+    ours = classifier.forward
+    assert torch.equal(ours.logits([ids[0]])[0], ours.logits(ids)[0])
+
+
+def test_the_packed_forward_matches_the_transformers_model(tiny_classifier: Path) -> None:
+    classifier = SentimentClassifier.from_pretrained_dir(tiny_classifier, quantize=False)
+    ids = classifier.encode(_texts())
+    ours = classifier.forward.logits(ids)
+    with torch.inference_mode():
+        reference = torch.cat([classifier.model(input_ids=torch.tensor([i])).logits for i in ids])
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+    int8 = classifier.to_int8().forward.logits(ids)
+    assert (int8.argmax(1) == reference.argmax(1)).float().mean() >= 0.8
+    assert float((int8 - reference).abs().max()) < 0.1
+
+
+def test_other_architectures_fall_back_to_one_text_per_pass(tiny_classifier: Path) -> None:
+    from transformers import AutoModelForSequenceClassification, DistilBertConfig
+
+    config = DistilBertConfig(vocab_size=400, dim=32, n_layers=1, n_heads=2, hidden_dim=64, num_labels=3)
+    model = AutoModelForSequenceClassification.from_config(config).eval()
+    classifier = SentimentClassifier.from_pretrained_dir(tiny_classifier, quantize=True)
+    classifier.model, classifier.forward = model, None
+    from models.text_encoder import invariant_forward
+
+    classifier.forward = invariant_forward(model, True)
+    assert isinstance(classifier.forward, PerTextForward)
+    texts = _texts()
+    together = classifier.predict_proba(texts)
+    np.testing.assert_array_equal(together, np.vstack([classifier.predict_proba([t]) for t in texts]))
+
+
+_THREADS_SCRIPT = """
+import json, sys, torch
+torch.set_num_threads(int(sys.argv[2]))
+from models.sentiment import SentimentClassifier
+classifier = SentimentClassifier.from_pretrained_dir(sys.argv[1], quantize=sys.argv[3] == "int8", batch_size=5)
+texts = json.loads(sys.stdin.read())
+print(json.dumps(classifier.predict_proba(texts).astype(float).tolist()))
+"""
+
+
+@pytest.mark.parametrize("quantize", ["int8", "fp32"])
+def test_thread_count_and_process_do_not_change_a_score(tiny_classifier: Path, quantize: str) -> None:
+    texts = _texts()
+    results = []
+    for threads in (1, 2):
+        done = subprocess.run(
+            [sys.executable, "-c", _THREADS_SCRIPT, str(tiny_classifier), str(threads), quantize],
+            input=json.dumps(texts), capture_output=True, text=True, check=True,
+            cwd=Path(__file__).resolve().parents[1],
+        )  # fmt: skip
+        results.append(np.array(json.loads(done.stdout)))
+    np.testing.assert_array_equal(results[0], results[1])
+    here = SentimentClassifier.from_pretrained_dir(tiny_classifier, quantize=quantize == "int8")
+    np.testing.assert_array_equal(here.predict_proba(texts).astype(float), results[0])
+
+
+def test_scores_are_a_function_of_the_normalised_text(tiny_classifier: Path) -> None:
+    classifier = SentimentClassifier.from_pretrained_dir(tiny_classifier, quantize=True)
+    variants = ["the crew was rude", "  the crew\twas\n rude ", "the\u00a0crew was rude\r\n"]
+    proba = classifier.predict_proba(variants)
+    assert (proba == proba[0]).all()
+
+
+def test_normaliser() -> None:
+    assert normalise_text("  a\t b\n\nc ") == "a b c"
+    assert normalise_text("caf\u0065\u0301") == "caf\u00e9"  # NFC
+    assert normalise_text("a\u2003b") == "a b"  # Unicode spaces, not only ASCII ones
+    for blank in ("", "   ", "\n", None, float("nan")):
+        assert normalise_text(blank) is None
+    assert normalise_texts(["x ", None, "x "]) == ["x", None, "x"]
+    import pandas as pd
+
+    series = normalise_text_series(pd.Series([" a  b", None, " "], dtype="str"))
+    assert series.tolist()[0] == "a b" and series.isna().tolist() == [False, True, True]
+
+
+def test_artifact_digest_is_content_not_name(tiny_classifier: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(tiny_classifier, copy)
+    assert artifact_digest(copy) == artifact_digest(tiny_classifier)
+    (copy / "config.json").write_text((copy / "config.json").read_text() + " ")
+    assert artifact_digest(copy) != artifact_digest(tiny_classifier)
+    digest = artifact_digest(tiny_classifier)
+    assert scoring_id(digest, True) != scoring_id(digest, False)
