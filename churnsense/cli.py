@@ -117,7 +117,8 @@ def train_churn_command(
         typer.Option(
             "--sentiment-model",
             help="score event texts with this sentiment model (e.g. models:/churnsense-sentiment@champion) and add "
-            "text-sentiment features; scores are cached per text and model version (CHURNSENSE_CACHE_DIR)",
+            "text-sentiment features; the churn model records it (service and batch use exactly that model); "
+            "scores are cached per normalised text and model digest (CHURNSENSE_CACHE_DIR)",
         ),
     ] = None,
 ) -> None:
@@ -127,9 +128,9 @@ def train_churn_command(
 
     scorer = None
     if sentiment_model:
-        from serving.batch import cached_text_scorer
+        from models.text_scoring import CachedTextScorer, sentiment_lineage
 
-        scorer = cached_text_scorer(sentiment_model)
+        scorer = CachedTextScorer(sentiment_lineage(sentiment_model))
     result = train_churn(spec, config, sentiment_scorer=scorer)
     if summary is not None:
         write_summary(result, summary)
@@ -175,12 +176,25 @@ def score(
     workers: Annotated[int, typer.Option("--workers", min=1, help="processes of the local engine")] = 2,
     top_k: Annotated[int, typer.Option("--top-k", min=0, max=50, help="reasons per customer")] = 5,
     sentiment_model: Annotated[
-        str | None, typer.Option("--sentiment-model", help="sentiment model for event texts not yet cached")
+        str | None,
+        typer.Option(
+            "--sentiment-model",
+            help="where to load the churn model's own sentiment model from (default: where it was trained); "
+            "a different model is refused",
+        ),
     ] = None,
     cache_dir: Annotated[
         Path | None, typer.Option("--cache-dir", help="sentiment cache root (default ~/.cache/churnsense)")
     ] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="show progress bars")] = True,
+    ineligible: Annotated[
+        str,
+        typer.Option(
+            "--ineligible",
+            help="customers not active at --as-of (signed up later, churned before): exclude (counted in the "
+            "summary) or flag (kept with eligible=false and no risk)",
+        ),
+    ] = "exclude",
 ) -> None:
     """Score every customer as of a date (churn_risk, risk_band, reasons); rejected input rows go beside --out."""
     from serving.batch import score_customers
@@ -198,6 +212,7 @@ def score(
         sentiment_model=sentiment_model,
         cache_dir=cache_dir,
         progress=progress,
+        ineligible=ineligible,
     )
     typer.echo(summary.render())
 
@@ -239,14 +254,27 @@ def promote_sentiment_command(
         bool, typer.Option("--force", help="promote even if the challenger is not better")
     ] = False,
     name: Annotated[str, typer.Option("--name", help="registered model name")] = "churnsense-sentiment",
+    with_churn: Annotated[
+        bool,
+        typer.Option(
+            "--with-churn",
+            help="when the churn champion's text features come from another sentiment model: retrain the churn "
+            "model with the new one, gate it, and move both champion aliases together (or neither)",
+        ),
+    ] = False,
 ) -> None:
-    """Compare the newest sentiment version with the champion on its validation split (macro-F1, log loss)."""
-    _passive_omp_threads()
-    from training.sentiment import promote_sentiment
+    """Compare the newest sentiment version with the champion on its validation split (macro-F1, log loss).
 
-    decision = promote_sentiment(force=force, model_name=name)
-    typer.echo(decision.render())
-    raise typer.Exit(code=0 if decision.promoted else 1)
+    If the churn champion computes its text features with another sentiment model, the alias does not move alone
+    (churn risks would change, or the pair would not build): the churn champion's validation rows are rescored
+    with the new model's text features and shown; --with-churn retrains and gates the churn model and moves both.
+    Exit 0 when the sentiment champion moved, 1 otherwise."""
+    _passive_omp_threads()
+    from training.coupled import promote_sentiment_coupled
+
+    result = promote_sentiment_coupled(with_churn=with_churn, force=force, model_name=name)
+    typer.echo(result.render())
+    raise typer.Exit(code=0 if result.promoted else 1)
 
 
 @app.command("predict-sentiment")

@@ -88,11 +88,12 @@ def run_demo(out: Path, customers: int, seed: int, sentiment_steps: int) -> None
     started = _banner(
         "5. train the churn model (event texts scored by the sentiment champion) and promote it"
     )
-    from serving.batch import cached_text_scorer
+    from models.catalog import SENTIMENT_MODEL, champion_uri
+    from models.text_scoring import CachedTextScorer, sentiment_lineage
     from training.churn import promote_churn, train_churn
-    from training.registry import champion_uri
 
-    cached_scores = cached_text_scorer(champion_uri("churnsense-sentiment"))
+    # The churn model records this sentiment model: the batch job and the Bento use exactly it for text features.
+    cached_scores = CachedTextScorer(sentiment_lineage(champion_uri(SENTIMENT_MODEL)))
     churn_run = train_churn(spec_path, sentiment_scorer=cached_scores)
     print(churn_run.render())
     print(promote_churn().render())

@@ -99,35 +99,23 @@ def label_snapshot(
         else:
             ids = pd.Index(sorted(keys[before].astype(str).unique()))
 
-    # A customer is known at as_of through a signup date before it, or else an event before it.
-    known = np.zeros(len(ids), dtype=bool)
-    gone = np.zeros(len(ids), dtype=bool)
+    known, gone = _known_and_gone(ids, customers, events, start, churn_event)
     churned = np.zeros(len(ids), dtype=bool)
     inactive_before = np.zeros(len(ids), dtype=bool)
     if events is not None:
         times = events[TIMESTAMP].to_numpy("datetime64[ns]").view("int64")
         keys = events[CUSTOMER_ID]
-        known |= _per_customer(ids, keys, times < start)
         if churn_event:
             is_churn = _is_type(events[EVENT_TYPE], churn_event)
-            gone |= _per_customer(ids, keys, is_churn & (times < start))
             churned |= _per_customer(ids, keys, is_churn & (times >= start) & (times < end))
         if inactivity:
             active = _per_customer(ids, keys, (times < start) & (times >= start - horizon_days * DAY_NS))
             inactive_before = ~active
             churned |= ~_per_customer(ids, keys, (times >= start) & (times < end))
-    if customers is not None:
-        if SIGNUP_DATE in customers.columns:
-            signup = customers[SIGNUP_DATE].to_numpy("datetime64[ns]").view("int64")
-            has_signup = signup != np.iinfo(np.int64).min
-            known = np.where(has_signup, signup < start, known)
-        elif events is None:
-            known[:] = True
-        if has_date:
-            left = customers[CHURN_DATE].to_numpy("datetime64[ns]").view("int64")
-            has_left = left != np.iinfo(np.int64).min
-            gone |= has_left & (left < start)
-            churned |= has_left & (left >= start) & (left < end)
+    if has_date:
+        left = customers[CHURN_DATE].to_numpy("datetime64[ns]").view("int64")
+        has_left = left != np.iinfo(np.int64).min
+        churned |= has_left & (left >= start) & (left < end)
     eligible = known & ~gone & ~inactive_before
     return pd.DataFrame(
         {
@@ -136,6 +124,70 @@ def label_snapshot(
             CHURNED: churned[eligible].astype("int8"),
         }
     )
+
+
+def _known_and_gone(
+    ids: pd.Index,
+    customers: pd.DataFrame | None,
+    events: pd.DataFrame | None,
+    start: int,
+    churn_event: str | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The one statement of who is a customer at `start` (ns): (known, gone) per id in `ids`.
+
+    Known: a signup date before `start`, or (without one) an event before it. Gone: a churn date, or an event
+    of type `churn_event`, before `start`. Training snapshots and batch scoring both use this.
+    """
+    known = np.zeros(len(ids), dtype=bool)
+    gone = np.zeros(len(ids), dtype=bool)
+    if events is not None:
+        times = events[TIMESTAMP].to_numpy("datetime64[ns]").view("int64")
+        keys = events[CUSTOMER_ID]
+        known |= _per_customer(ids, keys, times < start)
+        if churn_event:
+            gone |= _per_customer(ids, keys, _is_type(events[EVENT_TYPE], churn_event) & (times < start))
+    if customers is not None:
+        if SIGNUP_DATE in customers.columns:
+            signup = customers[SIGNUP_DATE].to_numpy("datetime64[ns]").view("int64")
+            has_signup = signup != np.iinfo(np.int64).min
+            known = np.where(has_signup, signup < start, known)
+        elif events is None:
+            known[:] = True
+        if CHURN_DATE in customers.columns:
+            left = customers[CHURN_DATE].to_numpy("datetime64[ns]").view("int64")
+            gone |= (left != np.iinfo(np.int64).min) & (left < start)
+    return known, gone
+
+
+NOT_YET_A_CUSTOMER = "not a customer yet at as_of (signs up later, or no signup date and no earlier event)"
+ALREADY_CHURNED = "churned before as_of"
+
+
+def ineligible_reasons(
+    customers: pd.DataFrame | None, events: pd.DataFrame | None, as_of: dt.date | str, churn_event: str | None
+) -> pd.Series:
+    """Why each customer cannot be scored as of `as_of` (None when they can): the rule of `label_snapshot`
+    (known and not gone), without the training-only inactivity rule.
+
+    Returns:
+        A Series indexed by customer id (the customers table's ids, else every id in the events) of reason
+        strings or None.
+    """
+    if customers is not None:
+        ids = pd.Index(customers[CUSTOMER_ID].astype(str))
+    elif events is not None:
+        keys = events[CUSTOMER_ID]
+        categories = keys.cat.categories if isinstance(keys.dtype, pd.CategoricalDtype) else keys.unique()
+        ids = pd.Index(sorted(pd.Index(categories).dropna().astype(str)))
+    else:
+        return pd.Series([], dtype=object)
+    if customers is not None and events is None and not {SIGNUP_DATE, CHURN_DATE} & set(customers.columns):
+        return pd.Series([None] * len(ids), index=ids, dtype=object)  # one-table data: nothing to go by
+    known, gone = _known_and_gone(ids, customers, events, to_timestamp_ns(as_of), churn_event)
+    reasons = np.full(len(ids), None, dtype=object)
+    reasons[~known] = NOT_YET_A_CUSTOMER
+    reasons[known & gone] = ALREADY_CHURNED
+    return pd.Series(reasons, index=ids, dtype=object)
 
 
 def label_snapshots(

@@ -25,6 +25,8 @@ from features.engine import FeatureSchema, build_customer_features, infer_schema
 from features.io import empty_rejects, load_customers, load_events
 from features.labels import label_snapshots
 from features.spec import DatasetSpec, load_spec
+from features.text import has_text as has_text_mask
+from features.text import normalise_texts
 
 logger = logging.getLogger(__name__)
 
@@ -42,16 +44,18 @@ class SpecData:
 
 
 def add_sentiment(events: pd.DataFrame, scorer: SentimentScorer) -> pd.DataFrame:
-    """Fill the `sentiment` column for events with non-empty text (NaN elsewhere)."""
+    """Fill the `sentiment` column for events with text (NaN elsewhere). The scorer sees each text normalised
+    (`features.text.normalise_text`); blank texts are no texts."""
     if TEXT not in events.columns:
         return events
     if events[TEXT].isna().all():  # no text at all (most online requests): skip the string work
         return events.assign(**{SENTIMENT: np.full(len(events), np.nan)})
-    text = events[TEXT].astype("string").str.strip()
-    has_text = (text.notna() & (text != "")).to_numpy(dtype=bool)
+    texts = normalise_texts(events[TEXT].to_numpy(dtype=object))
+    has_text = has_text_mask(texts)
     scores = np.full(len(events), np.nan)
     if has_text.any():
-        scores[has_text] = np.asarray(scorer(text[has_text].tolist()), dtype="float64")
+        present = [t for t in texts if t is not None]
+        scores[has_text] = np.asarray(scorer(present), dtype="float64")
     out = events.copy()
     out[SENTIMENT] = scores
     return out

@@ -39,13 +39,14 @@ from scipy.special import logit
 
 from churnsense.errors import UserError
 from features.engine import FEATURE_VERSION, FeatureSchema
+from models.catalog import CHURN_MODEL, champion_uri
 from models.tree_input import TreeInput, categorical_values, numeric_block
 from models.treeshap import BoostedTreeExplainer
 
 logger = logging.getLogger(__name__)
 
-MODEL_NAME = "churnsense-churn"
-CHAMPION_URI = f"models:/{MODEL_NAME}@champion"
+MODEL_NAME = CHURN_MODEL
+CHAMPION_URI = champion_uri(CHURN_MODEL)
 RISK_BANDS = ("low", "medium", "high", "critical")
 # Probabilities are clipped this far from 0 and 1 before taking log-odds (isotonic can return exact 0 or 1).
 _LOGIT_EPS = 1e-9
@@ -161,6 +162,9 @@ class ChurnModel:
         self.version = version
         self.uri = uri
         self.columns = schema.feature_names()
+        # The sentiment model that built the text features it was trained on (None: no text features, or a
+        # model trained before lineage was recorded). Set by `load` from the model's metadata.
+        self.sentiment_lineage: Any = None
         self._encode = pipeline[:-1]
         calibrated = pipeline[-1]
         pair = calibrated.calibrated_classifiers_[0]
@@ -213,7 +217,7 @@ class ChurnModel:
         from mlflow.exceptions import MlflowException
         from mlflow.models import Model
 
-        from training.tracking import tracking_uri
+        from models.catalog import tracking_uri
 
         if not Path(uri).exists():
             mlflow.set_tracking_uri(tracking_uri())
@@ -234,6 +238,10 @@ class ChurnModel:
             version = info.run_id or Path(local).name
         cutoffs = RiskCutoffs.coerce(metadata.get("risk_cutoffs") or RiskCutoffs())
         model = cls(pipeline, schema, cutoffs, version=str(version), uri=uri)
+        if metadata.get("sentiment_model"):
+            from models.lineage import SentimentLineage
+
+            model.sentiment_lineage = SentimentLineage.from_dict(metadata["sentiment_model"])
         logger.info(
             "loaded churn model %s (version %s, %s calibration)", uri, model.version, model.calibration
         )
@@ -336,11 +344,29 @@ class ChurnModel:
         return self._reasons(features, values, contributions, top_k)
 
     def score(self, features: pd.DataFrame, top_k: int = 5) -> pd.DataFrame:
-        """`churn_risk` (calibrated probability), `risk_band` and `reasons` (list of dicts), index customer_id."""
+        """`churn_risk` (calibrated probability), `risk_band`, `reasons` (list of dicts), `base_value` and
+        `other_contribution`, index customer_id.
+
+        Reasons reconcile with the risk: `base_value` (the calibrated log-odds every customer starts from) plus
+        the listed contributions plus `other_contribution` (the features not listed) equals
+        logit(churn_risk), to float rounding.
+        """
         values, proba, contributions = self._scored(features, explain=top_k > 0)
         reasons = self._reasons(features, values, contributions, top_k) if contributions is not None else None
+        listed = np.array(
+            [sum(r["contribution"] for r in row) for row in reasons]
+            if reasons is not None
+            else np.zeros(len(proba)),
+            dtype=np.float64,
+        )
+        total = logit(np.clip(proba, _LOGIT_EPS, 1 - _LOGIT_EPS)) - self.base_logit
         out = pd.DataFrame(
-            {"churn_risk": proba, "risk_band": risk_band(proba, self.cutoffs)},
+            {
+                "churn_risk": proba,
+                "risk_band": risk_band(proba, self.cutoffs),
+                "base_value": np.full(len(proba), float(self.base_logit)),
+                "other_contribution": total - listed,
+            },
             index=features.index,
         )
         out["reasons"] = pd.Series(

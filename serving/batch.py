@@ -52,19 +52,23 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from churnsense.errors import UserError
 from features.columns import AS_OF
 from features.engine import FEATURE_VERSION, build_customer_features, to_timestamp_ns
 from features.io import REJECT_COLUMNS, DataLoadError, resolve_files
+from features.labels import ineligible_reasons
 from features.pipeline import load_data
 from features.spec import DatasetSpec, load_spec
+from features.text import normalise_texts
+from models.catalog import CHURN_MODEL, absolute_tracking_uri, champion_uri, resolve_model_uri
+from models.lineage import SentimentLineage
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CHURN_MODEL = "models:/churnsense-churn@champion"
-DEFAULT_SENTIMENT_MODEL = "models:/churnsense-sentiment@champion"
+DEFAULT_CHURN_MODEL = champion_uri(CHURN_MODEL)
 DEFAULT_CHUNK_CUSTOMERS = 50_000
 READ_BATCH_ROWS = 1_000_000
 # Bumped when the work-dir layout or the bucket format changes, so a resume never mixes formats.
@@ -81,18 +85,25 @@ SENTIMENT = (
 )
 CUSTOMERS, EVENTS = "customers", "events"
 
-RESULT_COLUMNS = ["customer_id", "churn_risk", "risk_band", "reasons", AS_OF, "model_version"]
 REASON_TYPE = pa.struct([("feature", pa.string()), ("value", pa.string()), ("contribution", pa.float64())])
 RESULT_SCHEMA = pa.schema(
     [
         ("customer_id", pa.string()),
-        ("churn_risk", pa.float64()),
+        ("churn_risk", pa.float64()),  # null for an ineligible customer (kept with --ineligible flag)
         ("risk_band", pa.string()),
         ("reasons", pa.list_(REASON_TYPE)),
+        ("base_value", pa.float64()),  # base_value + sum(reasons) + other_contribution = logit(churn_risk)
+        ("other_contribution", pa.float64()),
+        ("eligible", pa.bool_()),  # a customer at as_of: signed up before it, not churned before it
+        ("ineligible_reason", pa.string()),
         (AS_OF, pa.date32()),
         ("model_version", pa.string()),
+        ("sentiment_model_version", pa.string()),  # the sentiment model behind the text features, if any
+        ("sentiment_scoring_id", pa.string()),
     ]
 )
+RESULT_COLUMNS = RESULT_SCHEMA.names
+INELIGIBLE_CHOICES = ("exclude", "flag")
 REJECT_SCHEMA = pa.schema(
     [
         ("table", pa.string()),
@@ -115,11 +126,15 @@ class BatchError(UserError):
 
 @dataclasses.dataclass(frozen=True)
 class SentimentSource:
-    """Where event-text sentiment comes from: a model (registry URI or folder) and the cache it fills."""
+    """Where event-text sentiment comes from: the churn model's own sentiment model, and the cache it fills."""
 
-    model_uri: str
-    model_version: str
+    lineage: SentimentLineage
     cache_dir: str
+
+    def cache(self) -> Any:
+        from models.sentiment_cache import open_cache
+
+        return open_cache(self.cache_dir, self.lineage.scoring_id)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,9 +152,12 @@ class BatchPlan:
         customers_files / events_files: the input files, in the order the loaders read them.
         events_columns: raw event columns to read; the text column (if any) becomes `SENTIMENT`.
         text_column: the raw event text column to score, or None when sentiment is not needed or precomputed.
-        sentiment: the sentiment model and cache, when `text_column` is set.
+        sentiment: the sentiment model (the one the churn model was trained with) and cache, when
+            `text_column` is set.
         n_buckets: customer buckets (local engine: files on disk; Spark: groups).
         top_k: reasons per customer.
+        ineligible: "exclude" (default: customers who had not signed up or had already churned at `as_of` are
+            left out and counted in the summary) or "flag" (kept with `eligible=false` and no risk).
     """
 
     spec: DatasetSpec
@@ -155,6 +173,7 @@ class BatchPlan:
     n_buckets: int
     top_k: int = 5
     model_digest: str = ""
+    ineligible: str = "exclude"
 
     def fingerprint(self) -> str:
         """A key for the work dir: input files (path, size, mtime), spec, model, date, bucketing, formats."""
@@ -169,9 +188,12 @@ class BatchPlan:
             "files": files,
             "as_of": self.as_of.isoformat(),
             "model": [self.model_uri, self.model_version, self.model_digest],
-            "sentiment": dataclasses.asdict(self.sentiment) if self.sentiment else None,
+            "sentiment": [self.sentiment.lineage.scoring_id, self.sentiment.cache_dir]
+            if self.sentiment
+            else None,
             "n_buckets": self.n_buckets,
             "top_k": self.top_k,
+            "ineligible": self.ineligible,
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -216,68 +238,20 @@ def install_churn_model(uri: str, blob: bytes) -> Any:
     return model
 
 
-def sentiment_scorer(
-    source: SentimentSource, tracking_uri: str | None = None
-) -> Callable[[Sequence[str]], Any]:
-    """The sentiment model's scalar scorer (texts -> P(pos) - P(neg)), loaded once per process."""
-    scorer = _sentiment_models.get(source.model_uri)
+def sentiment_scorer(source: SentimentSource, tracking_uri: str | None = None) -> Any:
+    """The sentiment classifier of `source.lineage` (digest checked), loaded once per process."""
+    scorer = _sentiment_models.get(source.lineage.scoring_id)
     if scorer is None:
         if tracking_uri:
             _set_tracking_uri(tracking_uri)
-        from models.sentiment import SentimentClassifier
+        from models.text_scoring import load_sentiment
 
         # In a pool or Spark worker, one thread: the other cores run other workers.
         threads = 1 if _IN_WORKER else None
-        scorer = SentimentClassifier.load(source.model_uri, num_threads=threads, batch_size=64)
-        _sentiment_models[source.model_uri] = scorer
+        scorer = _sentiment_models[source.lineage.scoring_id] = load_sentiment(
+            source.lineage, num_threads=threads, batch_size=64
+        )
     return scorer
-
-
-def absolute_tracking_uri() -> str:
-    """The configured MLflow tracking URI with a relative SQLite or file path made absolute."""
-    from training.tracking import tracking_uri
-
-    uri = tracking_uri()
-    match = re.match(r"^sqlite:///(?!/)(.+)$", uri)
-    if match:
-        return f"sqlite:///{Path(match.group(1)).resolve()}"
-    if "://" not in uri:
-        return Path(uri).resolve().as_uri()
-    return uri
-
-
-def resolve_model_uri(uri: str) -> tuple[str, str | None]:
-    """`models:/name@alias` -> (`models:/name/<version>`, version); other URIs are returned as they are."""
-    match = re.match(r"^models:/([^/@]+)@(.+)$", uri)
-    if not match:
-        version = re.match(r"^models:/[^/@]+/(\d+)$", uri)
-        return uri, version.group(1) if version else None
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    name, alias = match.groups()
-    try:
-        version = MlflowClient(tracking_uri=absolute_tracking_uri()).get_model_version_by_alias(name, alias)
-    except MlflowException as error:
-        raise BatchError(
-            f"--model: {uri} does not resolve ({error.message}); train and promote a model first"
-        ) from None
-    return f"models:/{name}/{version.version}", str(version.version)
-
-
-def sentiment_model_version(uri: str) -> str:
-    """A cache key for a sentiment model: `<name>-v<version>` for registry URIs, the run id for `runs:/`, and a
-    hash of the weights and config for a local folder."""
-    concrete, version = resolve_model_uri(uri)
-    if version:
-        return f"{concrete.split('/')[1]}-v{version}"
-    run = re.match(r"^runs:/([^/]+)", uri)
-    if run:
-        return f"run-{run.group(1)}"
-    folder = Path(uri).expanduser()
-    if folder.exists():
-        return f"dir-{_folder_digest(folder)}"
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", uri)
 
 
 def _folder_digest(folder: Path) -> str:
@@ -290,28 +264,6 @@ def _folder_digest(folder: Path) -> str:
             f"{path.relative_to(folder) if path != folder else path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode()
         )
     return digest.hexdigest()[:16]
-
-
-def cached_text_scorer(
-    model_uri: str, cache_dir: str | Path | None = None
-) -> Callable[[Sequence[str]], np.ndarray]:
-    """Texts -> sentiment scores in [-1, 1] from `model_uri`, through the shared on-disk cache: training, the
-    batch job and `predict-sentiment` then score each text once per model version. The model loads lazily,
-    on the first text the cache lacks."""
-    from models.sentiment_cache import score_texts_cached
-
-    # Pinned: an alias is resolved once, so the model that loads is the version the cache is keyed by.
-    model_uri, _ = resolve_model_uri(model_uri)
-    key = sentiment_model_version(model_uri)
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    source = SentimentSource(model_uri=model_uri, model_version=key, cache_dir=str(root))
-
-    def score(texts: Sequence[str]) -> np.ndarray:
-        return score_texts_cached(
-            texts, lambda batch: sentiment_scorer(source).sentiment_scores(batch), root, key
-        )
-
-    return score
 
 
 # --- planning ---------------------------------------------------------------------------------------------------
@@ -342,6 +294,36 @@ def count_rows(files: Sequence[str]) -> int:
     return total
 
 
+def text_sentiment_source(
+    model: Any, sentiment_model: str | None, cache_dir: str | Path | None
+) -> SentimentSource:
+    """The sentiment model that computes the churn model's text features: the one it was trained with.
+
+    `sentiment_model` may say where to load that model from (another store, a folder), but it must be the same
+    model (artifact digest and arithmetic); anything else is refused, never used silently.
+    """
+    from models.text_scoring import default_cache_dir, sentiment_lineage
+
+    trained_with = model.sentiment_lineage
+    if trained_with is None:
+        raise BatchError(
+            f"churn model v{model.version} uses text sentiment features but does not record which sentiment "
+            "model built them (it predates lineage); retrain it: churnsense train churn --sentiment-model ..."
+        )
+    lineage = trained_with
+    if sentiment_model:
+        given = sentiment_lineage(sentiment_model)
+        if given.scoring_id != trained_with.scoring_id:
+            raise BatchError(
+                f"--sentiment-model: {given.describe()} is not the sentiment model churn model "
+                f"v{model.version} was trained with ({trained_with.describe()}); its text features would "
+                "differ. Leave --sentiment-model out, or retrain the churn model with this sentiment model"
+            )
+        lineage = given
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    return SentimentSource(lineage=lineage, cache_dir=str(root.resolve()))
+
+
 def make_plan(
     spec: DatasetSpec,
     as_of: dt.date,
@@ -351,6 +333,7 @@ def make_plan(
     top_k: int = 5,
     sentiment_model: str | None = None,
     cache_dir: str | Path | None = None,
+    ineligible: str = "exclude",
 ) -> BatchPlan:
     """Resolve the input files, decide whether texts must be scored, and size the buckets.
 
@@ -358,9 +341,12 @@ def make_plan(
         model: the loaded churn model (its `schema` says whether sentiment features are needed).
         model_uri: the concrete URI workers load.
         chunk_customers: customers per bucket (events-only specs assume ~50 events per customer).
+        sentiment_model: where to load the churn model's own sentiment model from (default: where it was).
     """
     if spec.customers is None and spec.events is None:
         raise BatchError(f"{spec.source}: the spec has neither customers nor events to score")
+    if ineligible not in INELIGIBLE_CHOICES:
+        raise BatchError(f"--ineligible: {ineligible!r} is not one of {', '.join(INELIGIBLE_CHOICES)}")
     schema = model.schema
     customers_files = tuple(str(p) for p in resolve_files(spec, spec.customers)) if spec.customers else ()
     events_files: tuple[str, ...] = ()
@@ -381,13 +367,7 @@ def make_plan(
                 )
             text_column = es.text
             columns.append(es.text)
-            # Pinned to a version, so every worker loads the model the cache is keyed by.
-            uri, _ = resolve_model_uri(sentiment_model or DEFAULT_SENTIMENT_MODEL)
-            sentiment = SentimentSource(
-                model_uri=uri,
-                model_version=sentiment_model_version(uri),
-                cache_dir=str(Path(cache_dir or default_cache_dir()).expanduser().resolve()),
-            )
+            sentiment = text_sentiment_source(model, sentiment_model, cache_dir)
         events_columns = tuple(dict.fromkeys(columns))
         missing = [v for v in schema.value_columns if v not in es.values]
         if missing:
@@ -409,13 +389,9 @@ def make_plan(
         sentiment=sentiment,
         n_buckets=n_buckets,
         top_k=top_k,
+        ineligible=ineligible,
         model_digest=_folder_digest(Path(model_uri)) if Path(model_uri).exists() else "",
     )
-
-
-def default_cache_dir() -> Path:
-    """`CHURNSENSE_CACHE_DIR`, else `~/.cache/churnsense`."""
-    return Path(os.environ.get("CHURNSENSE_CACHE_DIR") or Path.home() / ".cache" / "churnsense")
 
 
 # --- step 1: raw batches and buckets ----------------------------------------------------------------------------
@@ -562,7 +538,8 @@ def _read_file_batches(
 
 
 def _distinct_texts(texts: pa.ChunkedArray | pa.Array) -> tuple[list[str | None], np.ndarray]:
-    """(distinct values stripped, None for missing or blank; each row's index into them, -1 for null)."""
+    """(distinct values normalised (`features.text`), None for missing or blank; each row's index into them,
+    -1 for null)."""
     if isinstance(texts, pa.ChunkedArray):
         texts = texts.combine_chunks()
     if not pa.types.is_dictionary(texts.type):
@@ -572,23 +549,19 @@ def _distinct_texts(texts: pa.ChunkedArray | pa.Array) -> tuple[list[str | None]
     used = np.flatnonzero(np.bincount(codes[codes >= 0], minlength=len(texts.dictionary)))
     remap = np.full(len(texts.dictionary) + 1, -1, dtype=np.int64)
     remap[used] = np.arange(len(used))
-    values = pd.Series(texts.dictionary.take(pa.array(used)).to_pandas(), dtype="string").str.strip()
-    values = values.mask(values == "")
-    return values.to_numpy(dtype=object, na_value=None).tolist(), remap[codes]
+    values = normalise_texts(texts.dictionary.take(pa.array(used)).to_pylist())
+    return values, remap[codes]
 
 
 def _text_sentiment(plan: BatchPlan, texts: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """Sentiment of each event text (NaN without text), as `features.pipeline.add_sentiment` would give it:
-    stripped texts, blanks skipped, scored through the shared cache so each distinct text is scored once.
+    normalised texts, blanks skipped, scored through the shared cache so each distinct text is scored once.
 
     Works on the distinct values (dictionary encoding): event texts repeat, and most events have none.
     """
-    from models.sentiment_cache import open_cache
-
     assert plan.sentiment is not None
     values, codes = _distinct_texts(texts)
-    cache = open_cache(plan.sentiment.cache_dir, plan.sentiment.model_version)
-    per_value = cache.score(values, _LazyScorer(plan.sentiment, plan.tracking_uri))
+    per_value = plan.sentiment.cache().score(values, _LazyScorer(plan.sentiment, plan.tracking_uri))
     out = np.full(len(codes), np.nan)
     valid = codes >= 0
     out[valid] = per_value[codes[valid]]
@@ -602,7 +575,8 @@ class _LazyScorer:
         self.source, self.tracking_uri = source, tracking_uri
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        return np.asarray(sentiment_scorer(self.source, self.tracking_uri)(texts), dtype="float64")
+        scorer = sentiment_scorer(self.source, self.tracking_uri)
+        return np.asarray(getattr(scorer, "sentiment_scores", scorer)(texts), dtype="float64")
 
 
 def bucket_of(ids: pa.ChunkedArray | pa.Array, n_buckets: int) -> np.ndarray:
@@ -694,16 +668,14 @@ def plan_splits(plan: BatchPlan, rows_per_split: int = READ_BATCH_ROWS) -> list[
 
 
 def unscored_texts(plan: BatchPlan, split: Split) -> list[str]:
-    """Distinct event texts of a split (stripped, as `add_sentiment` scores them) that the cache lacks.
+    """Distinct event texts of a split (normalised, as `add_sentiment` scores them) that the cache lacks.
 
     Reads only the text column. Both engines collect these first and score them in one place, so each new
     text is scored exactly once even when several tasks meet it.
     """
-    from models.sentiment_cache import open_cache
-
     if plan.sentiment is None or split.kind != EVENTS:
         return []
-    cache = open_cache(plan.sentiment.cache_dir, plan.sentiment.model_version)
+    cache = plan.sentiment.cache()
     cache.refresh()
     table_spec = plan.spec.events
     missing: dict[str, None] = {}
@@ -720,11 +692,9 @@ def unscored_texts(plan: BatchPlan, split: Split) -> list[str]:
 
 def score_new_texts(plan: BatchPlan, texts: Sequence[str]) -> int:
     """Score texts (in this process) into the sentiment cache; returns how many were not there yet."""
-    from models.sentiment_cache import open_cache
-
     if plan.sentiment is None or not texts:
         return 0
-    cache = open_cache(plan.sentiment.cache_dir, plan.sentiment.model_version)
+    cache = plan.sentiment.cache()
     before = len(cache)
     cache.score(list(texts), _LazyScorer(plan.sentiment, plan.tracking_uri))
     return len(cache) - before
@@ -805,28 +775,53 @@ def score_bucket(
     features = build_customer_features(data.events, plan.as_of, model.schema, customers=data.customers)
     if len(features) == 0:
         return RESULT_SCHEMA.empty_table(), rejects
+    churn_event = plan.spec.events.churn_event if plan.spec.events else None
+    why_not = ineligible_reasons(data.customers, data.events, plan.as_of, churn_event)
+    why_not = why_not.reindex(pd.Index(features.index).astype(str)).to_numpy(dtype=object)
+    eligible = np.array([reason is None for reason in why_not], dtype=bool)
     scored = model.score(features, top_k=plan.top_k)
-    return result_table(scored, plan.as_of, plan.model_version), rejects
+    return result_table(scored, plan, eligible, why_not), rejects
 
 
-def result_table(scored: pd.DataFrame, as_of: dt.date, model_version: str) -> pa.Table:
-    """`ChurnModel.score` output (indexed by customer_id) as an Arrow table with `RESULT_SCHEMA`."""
+def result_table(
+    scored: pd.DataFrame, plan: BatchPlan, eligible: np.ndarray, why_not: np.ndarray
+) -> pa.Table:
+    """`ChurnModel.score` output (indexed by customer_id) as an Arrow table with `RESULT_SCHEMA`; ineligible
+    customers keep their row (the engines drop or flag them) with no risk or band and empty reasons."""
     n = len(scored)
     ids = pd.Index(scored.index).astype(str)
+    lineage = plan.sentiment.lineage if plan.sentiment is not None else None
+
+    def scored_only(values: np.ndarray, kind: pa.DataType) -> pa.Array:
+        return pa.array(values, kind, mask=~eligible)
+
+    reasons = reasons_array([row if ok else [] for row, ok in zip(scored["reasons"], eligible, strict=True)])
     return pa.table(
         {
             "customer_id": pa.array(ids.to_numpy(dtype=object), pa.string()),
-            "churn_risk": pa.array(scored["churn_risk"].to_numpy(dtype="float64")),
-            "risk_band": pa.array(scored["risk_band"].astype(str).to_numpy(dtype=object), pa.string()),
-            "reasons": reasons_array(scored["reasons"]),
-            AS_OF: pa.array(np.full(n, np.datetime64(as_of, "D")), pa.date32()),
-            "model_version": pa.array(np.full(n, str(model_version), dtype=object), pa.string()),
+            "churn_risk": scored_only(scored["churn_risk"].to_numpy(dtype="float64"), pa.float64()),
+            "risk_band": scored_only(scored["risk_band"].astype(str).to_numpy(dtype=object), pa.string()),
+            "reasons": reasons,
+            "base_value": scored_only(scored["base_value"].to_numpy(dtype="float64"), pa.float64()),
+            "other_contribution": scored_only(
+                scored["other_contribution"].to_numpy(dtype="float64"), pa.float64()
+            ),
+            "eligible": pa.array(eligible, pa.bool_()),
+            "ineligible_reason": pa.array(why_not, pa.string()),
+            AS_OF: pa.array(np.full(n, np.datetime64(plan.as_of, "D")), pa.date32()),
+            "model_version": pa.array(np.full(n, str(plan.model_version), dtype=object), pa.string()),
+            "sentiment_model_version": pa.array(
+                [lineage.version if lineage is not None else None] * n, pa.string()
+            ),
+            "sentiment_scoring_id": pa.array(
+                [lineage.scoring_id if lineage is not None else None] * n, pa.string()
+            ),
         },
         schema=RESULT_SCHEMA,
     )
 
 
-def reasons_array(reasons: pd.Series) -> pa.Array:
+def reasons_array(reasons: Sequence[Any]) -> pa.Array:
     """Each customer's reasons as list<struct<feature, value, contribution>>; values as text so that numeric
     and categorical features share one column."""
     rows = [_reason_items(row) for row in reasons]
@@ -837,7 +832,7 @@ def reasons_array(reasons: pd.Series) -> pa.Array:
     structs = pa.StructArray.from_arrays(
         [
             pa.array([str(item["feature"]) for item in flat], pa.string()),
-            pa.array([None if _missing(v) else _text(v) for v in values], pa.string()),
+            pa.array([None if _missing(v) else reason_value_text(v) for v in values], pa.string()),
             pa.array(np.fromiter((item.get("contribution", np.nan) for item in flat), float, len(flat))),
         ],
         fields=list(REASON_TYPE),
@@ -870,9 +865,11 @@ def _reason_items(row: Any) -> list[dict[str, Any]]:
     return items
 
 
-def _text(value: Any) -> str:
+def reason_value_text(value: Any) -> str:
+    """A reason's feature value as text: floats in their shortest exact form (`repr`), so the batch output
+    carries the very value the model saw (one truth: comparable bit for bit with the service's JSON)."""
     if isinstance(value, float | np.floating):
-        return f"{float(value):.6g}"
+        return repr(float(value))
     return str(value)
 
 
@@ -941,6 +938,8 @@ class BatchSummary:
     n_buckets: int = 0
     resumed_buckets: int = 0
     bands_order: tuple[str, ...] = ()
+    ineligible_by_reason: dict[str, int] = dataclasses.field(default_factory=dict)
+    ineligible: str = "exclude"
 
     @property
     def customers_per_second(self) -> float:
@@ -958,6 +957,12 @@ class BatchSummary:
             count = self.band_counts[band]
             share = count / self.n_customers if self.n_customers else 0.0
             lines.append(f"  {band:<10}{count:>12,}  {share:6.1%}")
+        if self.ineligible_by_reason:
+            n = sum(self.ineligible_by_reason.values())
+            how = "flagged eligible=false, no risk" if self.ineligible == "flag" else "left out"
+            lines.append(f"  not scored, not customers at {self.as_of} ({how}): {n:,}")
+            for reason, count in sorted(self.ineligible_by_reason.items(), key=lambda kv: -kv[1]):
+                lines.append(f"    {count:>10,}  {reason}")
         if self.resumed_buckets:
             lines.append(f"  resumed: {self.resumed_buckets} of {self.n_buckets} buckets were already done")
         lines.append(
@@ -978,7 +983,7 @@ def top_risk(path: str | Path, n: int = 10) -> pd.DataFrame:
     """The `n` highest `churn_risk` rows of a scores file (or Spark output folder), ties broken by id."""
     dataset = pq.ParquetDataset(str(path))
     head = dataset.read(columns=["customer_id", "churn_risk"])
-    risk = head.column("churn_risk").to_numpy()
+    risk = head.column("churn_risk").fill_null(-1.0).to_numpy()  # ineligible (flagged) rows last
     ids = head.column("customer_id").to_numpy(zero_copy_only=False)
     order = np.lexsort((ids, -risk))[:n]
     table = dataset.read(columns=["customer_id", "churn_risk", "risk_band", "reasons"]).take(pa.array(order))
@@ -991,8 +996,22 @@ def top_risk(path: str | Path, n: int = 10) -> pd.DataFrame:
 
 
 def _band_counts(table: pa.Table) -> dict[str, int]:
-    counts = table.column("risk_band").value_counts()
-    return {str(item["values"]): int(item["counts"]) for item in counts.to_pylist()}
+    """Customers per risk band, and per reason for ineligible ones (keys `ineligible: <reason>`)."""
+    counts = {}
+    for column, prefix in (("risk_band", ""), ("ineligible_reason", INELIGIBLE_PREFIX)):
+        for item in table.column(column).drop_null().value_counts().to_pylist():
+            counts[prefix + str(item["values"])] = int(item["counts"])
+    return counts
+
+
+INELIGIBLE_PREFIX = "ineligible: "
+
+
+def split_band_counts(counts: dict[str, int]) -> tuple[dict[str, int], dict[str, int]]:
+    """(`_band_counts` bands, ineligible reasons) apart."""
+    bands = {k: v for k, v in counts.items() if not k.startswith(INELIGIBLE_PREFIX)}
+    reasons = {k[len(INELIGIBLE_PREFIX) :]: v for k, v in counts.items() if k.startswith(INELIGIBLE_PREFIX)}
+    return bands, reasons
 
 
 def _reason_counts(table: pa.Table) -> dict[str, int]:
@@ -1169,7 +1188,8 @@ def run_local(
                 "a batch worker died (out of memory?); rerun to resume, with a smaller --chunk-customers"
             ) from None
     logger.info("scored %d bucket(s) in %.1fs", len(todo), time.perf_counter() - tick)
-    n_customers, bands, n_rejected, reasons = merge_outputs(plan, work, out)
+    n_customers, counts, n_rejected, reasons = merge_outputs(plan, work, out)
+    bands, ineligible = split_band_counts(counts)
     if not keep_work:
         shutil.rmtree(work, ignore_errors=True)
         with suppress(OSError):
@@ -1181,7 +1201,7 @@ def run_local(
         model_uri=plan.model_uri,
         model_version=plan.model_version,
         as_of=plan.as_of,
-        n_customers=n_customers,
+        n_customers=sum(bands.values()),
         band_counts=bands,
         n_rejected=n_rejected,
         rejected_by_reason=reasons,
@@ -1189,6 +1209,8 @@ def run_local(
         n_buckets=plan.n_buckets,
         resumed_buckets=resumed,
         bands_order=_bands_by_risk(out),
+        ineligible_by_reason=ineligible,
+        ineligible=plan.ineligible,
     )
 
 
@@ -1276,16 +1298,19 @@ def _concatenate_buckets(
     with pq.ParquetWriter(path, schema) as writer:
         for bucket in range(plan.n_buckets):
             table = pq.read_table(folder / _bucket_name(bucket), schema=schema)
-            writer.write_table(table)
-            rows += table.num_rows
             for key, value in count(table).items():
                 counts[key] = counts.get(key, 0) + value
+            if "eligible" in table.column_names and plan.ineligible == "exclude":
+                table = table.filter(pc.field("eligible"))
+            writer.write_table(table)
+            rows += table.num_rows
     return rows, counts
 
 
 def _bands_by_risk(path: Path) -> tuple[str, ...]:
     """Band names from the least to the most risky (by their lowest churn_risk), for the summary table."""
     table = pq.ParquetDataset(str(path)).read(columns=["risk_band", "churn_risk"])
+    table = table.filter(pc.is_valid(table.column("churn_risk")))
     if table.num_rows == 0:
         return ()
     lowest = table.group_by("risk_band").aggregate([("churn_risk", "min")]).to_pandas()
@@ -1312,6 +1337,7 @@ def score_customers(
     progress: bool = False,
     keep_work: bool = False,
     text_scorer: Callable[[Sequence[str]], Any] | None = None,
+    ineligible: str = "exclude",
 ) -> BatchSummary:
     """Score every customer of a spec as of a date and write one Parquet row per customer.
 
@@ -1326,14 +1352,18 @@ def score_customers(
         chunk_customers: customers per bucket: bounds each worker's memory.
         workers: processes of the local engine.
         top_k: reasons per customer.
-        sentiment_model: sentiment model for event texts (default the sentiment champion); only loaded when a
-            text is not in the cache.
+        sentiment_model: where to load the sentiment model the churn model was trained with (default: where
+            training found it); another model is refused. Only loaded when a text is not in the cache.
         cache_dir: root of the sentiment cache (default `CHURNSENSE_CACHE_DIR` or ~/.cache/churnsense).
         work_dir: where the local engine keeps buckets between a crash and a rerun (default beside `out`).
         progress: show progress bars.
         keep_work: keep the local engine's bucket files after success (debugging).
-        text_scorer: an already loaded sentiment scorer to use for texts the cache lacks, instead of loading
-            `sentiment_model` (local engine only: Spark workers load the model themselves).
+        text_scorer: an already loaded sentiment classifier of the churn model's sentiment model (its digest is
+            checked) to use for texts the cache lacks, or a function wrapping one (tests count calls with it);
+            local engine only: Spark workers load the model themselves.
+        ineligible: customers who were not customers at `as_of` (signed up later, churned before): "exclude"
+            (left out, counted in the summary) or "flag" (kept with `eligible=false`, `ineligible_reason` and
+            no risk).
     Returns:
         A `BatchSummary`; `.render()` prints it, `.top_risk(10)` lists the riskiest customers with reasons.
     """
@@ -1356,6 +1386,7 @@ def score_customers(
         top_k=top_k,
         sentiment_model=sentiment_model,
         cache_dir=cache_dir,
+        ineligible=ineligible,
     )
     injected = text_scorer is not None and plan.sentiment is not None
     previous = None
@@ -1364,8 +1395,12 @@ def score_customers(
             raise BatchError(
                 "text_scorer: the Spark engine loads the sentiment model in its workers; pass a URI"
             )
-        previous = _sentiment_models.get(plan.sentiment.model_uri)
-        _sentiment_models[plan.sentiment.model_uri] = text_scorer
+        if getattr(text_scorer, "digest", None) is not None:
+            from models.lineage import check_lineage
+
+            check_lineage(plan.sentiment.lineage, text_scorer, what="text_scorer")
+        previous = _sentiment_models.get(plan.sentiment.lineage.scoring_id)
+        _sentiment_models[plan.sentiment.lineage.scoring_id] = text_scorer
     logger.info(
         "scoring %s as of %s with %s (v%s): %d bucket(s), engine %s",
         spec.source,
@@ -1391,9 +1426,9 @@ def score_customers(
         )
     finally:
         if injected:
-            _sentiment_models.pop(plan.sentiment.model_uri, None)
+            _sentiment_models.pop(plan.sentiment.lineage.scoring_id, None)
             if previous is not None:
-                _sentiment_models[plan.sentiment.model_uri] = previous
+                _sentiment_models[plan.sentiment.lineage.scoring_id] = previous
 
 
 def read_scores(path: str | Path) -> pd.DataFrame:

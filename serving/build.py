@@ -2,10 +2,14 @@
 
     build_bento() -> "churnsense:<version>"
 
-1. For `churnsense-churn` and `churnsense-sentiment`, find the version holding the registry's `champion` alias and
-   import it with `bentoml.mlflow.import_model` (the MLflow model folder lands in `<model>/mlflow_model`). Labels
-   keep the MLflow version, run id and feature version, so a served answer can be traced back to its run. An
-   import is skipped when the newest BentoML copy is already that MLflow version (building twice is cheap).
+1. Find the version of `churnsense-churn` holding the registry's `champion` alias, and the sentiment model it was
+   trained with (its recorded lineage: the churn model's text features only mean something with that model).
+   That must be the `churnsense-sentiment` champion too, since the service answers `/sentiment` with the same
+   model: otherwise the build is refused (`churnsense promote sentiment --with-churn` moves both together).
+   A churn model without text features is paired with the sentiment champion. Each is imported with
+   `bentoml.mlflow.import_model` (the MLflow model folder lands in `<model>/mlflow_model`). Labels keep the
+   MLflow version, run id and feature version, so a served answer can be traced back to its run. An import is
+   skipped when the newest BentoML copy is already that MLflow version (building twice is cheap).
 2. `bentoml build` with the repository's `bentofile.yaml`: the Bento pins the exact model versions the service's
    `BentoModel(...:latest)` references resolve to now.
 
@@ -14,19 +18,19 @@ Stores: MLflow from `MLFLOW_TRACKING_URI` (see `training.tracking`), BentoML und
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from churnsense.errors import UserError
+from models.catalog import CHAMPION, CHURN_MODEL, SENTIMENT_MODEL, tracking_uri
 
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BENTOFILE = REPO_ROOT / "bentofile.yaml"
-CHURN_MODEL = "churnsense-churn"
-SENTIMENT_MODEL = "churnsense-sentiment"
 FEATURE_VERSION_KEYS = ("feature_version", "features.version")
 NO_FEATURES = "n/a"  # the sentiment model reads text, not engine features
 
@@ -60,25 +64,62 @@ def _feature_version(model_uri: str, version: Any) -> str:
     return NO_FEATURES
 
 
-def import_champion(name: str) -> ImportedModel:
-    """Copy the `champion` version of a registered MLflow model into the BentoML model store.
+def _champion(name: str) -> Any:
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    mlflow.set_tracking_uri(tracking_uri())
+    try:
+        return MlflowClient().get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        raise UserError(
+            f"model registry ({tracking_uri()}): {name!r} has no {CHAMPION!r} version; train and promote it first"
+        ) from None
+
+
+def coupled_sentiment_version(churn_version: Any) -> Any:
+    """The sentiment registry version to serve beside a churn version: the one its text features came from.
+
+    Raises:
+        UserError: the churn model records another sentiment model than the sentiment champion, or none.
+    """
+    from mlflow.models import get_model_info
+
+    from models.lineage import SentimentLineage
+
+    sentiment = _champion(SENTIMENT_MODEL)
+    metadata = get_model_info(f"models:/{CHURN_MODEL}/{churn_version.version}").metadata or {}
+    raw_schema = metadata.get("feature_schema") or "{}"
+    schema = json.loads(raw_schema) if isinstance(raw_schema, str) else dict(raw_schema)
+    if not schema.get("use_sentiment"):
+        return sentiment
+    if not metadata.get("sentiment_model"):
+        raise UserError(
+            f"{CHURN_MODEL} v{churn_version.version} uses text sentiment features but does not record which "
+            "sentiment model built them; retrain it with --sentiment-model"
+        )
+    lineage = SentimentLineage.from_dict(metadata["sentiment_model"])
+    if lineage.name != SENTIMENT_MODEL or str(lineage.version) != str(sentiment.version):
+        raise UserError(
+            f"{CHURN_MODEL} champion v{churn_version.version} was trained on text features from "
+            f"{lineage.describe()}, but the {SENTIMENT_MODEL} champion is v{sentiment.version}: the Bento would "
+            f"serve churn risks its model was not trained for. Move both together: churnsense promote sentiment "
+            "--with-churn"
+        )
+    return sentiment
+
+
+def import_champion(name: str, version: Any = None) -> ImportedModel:
+    """Copy a registered MLflow model version (default: the `champion`) into the BentoML model store.
 
     Raises:
         UserError: the model has no champion (train and promote it first).
     """
     import bentoml
-    import mlflow
     from bentoml.exceptions import NotFound
 
-    from training.registry import CHAMPION, champion_version
-    from training.tracking import tracking_uri
-
-    mlflow.set_tracking_uri(tracking_uri())
-    version = champion_version(name)
-    if version is None:
-        raise UserError(
-            f"model registry ({tracking_uri()}): {name!r} has no {CHAMPION!r} version; train and promote it first"
-        )
+    version = version if version is not None else _champion(name)
     model_uri = f"models:/{name}/{version.version}"
     labels = {
         "mlflow_model": name,
@@ -128,7 +169,9 @@ def build_bento(bentofile: Path = BENTOFILE, version: str | None = None) -> str:
     """
     import bentoml
 
-    models = [import_champion(CHURN_MODEL), import_champion(SENTIMENT_MODEL)]
+    churn = _champion(CHURN_MODEL)
+    sentiment = coupled_sentiment_version(churn)  # refuses a pair that was not trained together
+    models = [import_champion(CHURN_MODEL, churn), import_champion(SENTIMENT_MODEL, sentiment)]
     bento = bentoml.bentos.build_bentofile(
         str(bentofile),
         build_ctx=str(Path(bentofile).resolve().parent),

@@ -254,8 +254,14 @@ class SentimentSummary(BaseModel):
 
 
 class ModelVersions(BaseModel):
-    churn: str
-    sentiment: str
+    """The models behind an answer: registry versions, and the sentiment model's content identity."""
+
+    churn: str = Field(description="churn model registry version")
+    sentiment: str = Field(description="sentiment model registry version (texts and churn text features)")
+    sentiment_scoring_id: str = Field(
+        description="sentiment artifact digest, arithmetic (int8/fp32) and inference version: equal ids give "
+        "bit-identical text scores"
+    )
 
 
 class ChurnRiskResponse(BaseModel):
@@ -264,6 +270,13 @@ class ChurnRiskResponse(BaseModel):
     churn_risk: float = Field(ge=0, le=1, description="calibrated probability of churn within the horizon")
     risk_band: str
     reasons: list[Reason]
+    base_value: float = Field(
+        description="calibrated log-odds every customer starts from; base_value + sum(reasons.contribution) + "
+        "other_contribution = logit(churn_risk)"
+    )
+    other_contribution: float = Field(
+        description="summed contribution (log-odds) of the features not listed in reasons"
+    )
     sentiment: SentimentSummary
     model_versions: ModelVersions
 

@@ -23,6 +23,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 from features.columns import CUSTOMER_ID, EVENT_TYPE, SIGNUP_DATE, TEXT, TIMESTAMP
 from features.engine import FeatureSchema, build_customer_features
 from features.pipeline import add_sentiment
+from features.text import normalise_texts
 from serving.schemas import (
     ChurnRiskRequest,
     ChurnRiskResponse,
@@ -121,14 +122,18 @@ def events_frame(
 
 
 def request_texts(request: ChurnRiskRequest) -> list[str]:
-    """The texts of a request's events as the sentiment model sees them (stripped, as `add_sentiment` does)."""
-    return [event.text.strip() for event in request.events if event.text is not None]
+    """The texts of a request's events as the sentiment model sees them (`features.text.normalise_text`, as
+    `add_sentiment` does); blank texts are no texts."""
+    return [text for text in normalise_texts(event.text for event in request.events) if text is not None]
 
 
 def sentiment_summary(request: ChurnRiskRequest, scored: Mapping[str, TextSentiment]) -> SentimentSummary:
     """Count, mean, min, newest polarity and label counts of the texts in one request."""
+    texts = normalise_texts(event.text for event in request.events)
     dated = [
-        (e.timestamp, i, scored[e.text.strip()]) for i, e in enumerate(request.events) if e.text is not None
+        (e.timestamp, i, scored[t])
+        for i, (e, t) in enumerate(zip(request.events, texts, strict=True))
+        if t is not None
     ]
     if not dated:
         return SentimentSummary(count=0, mean=None, min=None, last=None, labels={})
@@ -190,6 +195,8 @@ def score_requests(
         risks = scored["churn_risk"].to_numpy(dtype="float64")
         bands = scored["risk_band"].astype(str).tolist()
         reasons = scored["reasons"].tolist()
+        base = scored["base_value"].to_numpy(dtype="float64")
+        other = scored["other_contribution"].to_numpy(dtype="float64")
         for row, (i, request) in enumerate(zip(positions, group, strict=True)):
             answers[i] = ChurnRiskResponse(
                 customer_id=request.customer.customer_id,
@@ -197,6 +204,8 @@ def score_requests(
                 churn_risk=float(risks[row]),
                 risk_band=bands[row],
                 reasons=[Reason.model_validate(reason) for reason in reasons[row]],
+                base_value=float(base[row]),
+                other_contribution=float(other[row]),
                 sentiment=sentiment_summary(request, scored_texts),
                 model_versions=versions,
             )

@@ -90,11 +90,17 @@ class ChurnSense:
         # On an instance, a `BentoModel` attribute is the resolved store entry (`bentoml.Model`).
         churn_stored, sentiment_stored = self.churn_ref, self.sentiment_ref
         self.churn_model = ChurnModel.load(churn_stored.path_of(MLFLOW_MODEL_FOLDER))
+        lineage = self.churn_model.sentiment_lineage
         self.sentiment_model = SentimentClassifier.load(
-            sentiment_stored.path_of(MLFLOW_MODEL_FOLDER), num_threads=self.settings.torch_threads
+            sentiment_stored.path_of(MLFLOW_MODEL_FOLDER),
+            num_threads=self.settings.torch_threads,
+            quantize=lineage.quantized if lineage is not None else None,
         )
+        _check_coupled(self.churn_model, self.sentiment_model)
         self.versions = ModelVersions(
-            churn=_mlflow_version(churn_stored), sentiment=_mlflow_version(sentiment_stored)
+            churn=_mlflow_version(churn_stored),
+            sentiment=_mlflow_version(sentiment_stored),
+            sentiment_scoring_id=self.sentiment_model.scoring_id,
         )
         self._churn_batcher = MicroBatcher(
             self._score_batch,
@@ -270,6 +276,21 @@ def _overloaded() -> Exception:
     from bentoml.exceptions import ServiceUnavailable
 
     return ServiceUnavailable("the service is overloaded; retry later")
+
+
+def _check_coupled(churn_model: object, sentiment_model: object) -> None:
+    """Refuse to serve churn text features from any sentiment model but the one the churn model was trained with
+    (`churnsense build` checks this too; a hand-made store could still pair the wrong two)."""
+    from models.lineage import LineageError, check_lineage
+
+    if not churn_model.schema.use_sentiment:
+        return
+    if churn_model.sentiment_lineage is None:
+        raise LineageError(
+            f"churn model v{churn_model.version} uses text sentiment features but does not record which "
+            "sentiment model built them; retrain it (churnsense train churn --sentiment-model ...)"
+        )
+    check_lineage(churn_model.sentiment_lineage, sentiment_model, what="the Bento's sentiment model")
 
 
 def _mlflow_version(stored: bentoml.Model) -> str:

@@ -76,7 +76,9 @@ SPLIT_DDL = "kind string, file_index int, first_group int, last_group int, row_o
 RECORD = "record"
 OUTPUT_DDL = (
     "record string, customer_id string, churn_risk double, risk_band string, "
-    "reasons array<struct<feature:string,value:string,contribution:double>>, as_of date, model_version string, "
+    "reasons array<struct<feature:string,value:string,contribution:double>>, base_value double, "
+    "other_contribution double, eligible boolean, ineligible_reason string, as_of date, model_version string, "
+    "sentiment_model_version string, sentiment_scoring_id string, "
     "table string, file string, row long, column string, reason string"
 )
 _SEQ_FILE_SHIFT = 40  # seq = file index << 40 | first source row of the slice: source order within a bucket
@@ -346,17 +348,22 @@ def run_spark(
         stage = scratch / "stage"
         scored.write.mode("overwrite").parquet(str(stage))
         staged = spark.read.parquet(str(stage))
-        results = staged.where(F.col(RECORD) == "score").select(*RESULT_COLUMNS)
+        results = staged.where(F.col(RECORD) == "score")
+        if plan.ineligible == "exclude":
+            results = results.where(F.col("eligible"))
+        results = results.select(*RESULT_COLUMNS)
         rejects = staged.where(F.col(RECORD) == "reject").select(*REJECT_SCHEMA.names)
         results.write.parquet(str(scratch / "scores"))
         rejects.coalesce(1).write.parquet(str(scratch / "rejects"))
         # One pass over the staged rows for the summary: bands (with their lowest risk) and reject reasons.
-        counts = staged.groupBy(RECORD, "risk_band", "table", "reason").agg(
+        counts = staged.groupBy(RECORD, "risk_band", "ineligible_reason", "table", "reason").agg(
             F.count(F.lit(1)).alias("n"), F.min("churn_risk").alias("low")
         )
-        bands, band_floor, reasons = {}, {}, {}
+        bands, band_floor, reasons, ineligible = {}, {}, {}, {}
         for row in counts.collect():
-            if row[RECORD] == "score":
+            if row[RECORD] == "score" and row["ineligible_reason"] is not None:
+                ineligible[row["ineligible_reason"]] = int(row["n"])
+            elif row[RECORD] == "score":
                 bands[row["risk_band"]] = int(row["n"])
                 band_floor[row["risk_band"]] = row["low"]
             else:
@@ -381,6 +388,8 @@ def run_spark(
         seconds=time.perf_counter() - started,
         n_buckets=plan.n_buckets,
         bands_order=tuple(sorted(band_floor, key=lambda b: band_floor[b])),
+        ineligible_by_reason=ineligible,
+        ineligible=plan.ineligible,
     )
 
 

@@ -18,6 +18,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # spinning threads starve the one they wait for.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+# Session fixtures with small real models and the real server (the service and skew tests share them).
+pytest_plugins = ["tests.served_models"]
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
@@ -51,3 +54,14 @@ def isolated_stores(session_tmp: Path):
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One local Spark session for the whole test run (the batch and skew tests share it)."""
+    pytest.importorskip("pyspark")
+    from serving.spark_batch import spark_session
+
+    session = spark_session("local[2]", driver_memory="2g")
+    yield session
+    session.stop()

@@ -40,19 +40,16 @@ def sim_dir(session_tmp: Path) -> Path:
 @pytest.fixture(scope="module")
 def models(sim_dir: Path, session_tmp: Path) -> dict:
     """Sentiment and churn models registered in the session store; the churn model uses text sentiment."""
-    from models.sentiment import SentimentClassifier
-    from models.sentiment_cache import score_texts_cached
-    from serving.batch import sentiment_model_version
+    from models.text_scoring import CachedTextScorer, sentiment_lineage
     from tests.sentiment_helpers import train_tiny_sentiment
     from training.churn import train_churn
 
     sentiment = train_tiny_sentiment(session_tmp / "batch_sentiment")
-    classifier = SentimentClassifier.load(sentiment.model_uri)
-    version = sentiment_model_version(sentiment.model_uri)
+    lineage = sentiment_lineage(sentiment.model_uri)
     cache_dir = session_tmp / "batch_cache"
-
-    def cached(texts):
-        return score_texts_cached(texts, classifier, cache_dir, version)
+    cached = CachedTextScorer(lineage, cache_dir)
+    classifier = cached.classifier
+    version = lineage.scoring_id
 
     churn = train_churn(sim_dir / "spec.yaml", None, sentiment_scorer=cached)
     return {
@@ -117,19 +114,26 @@ def direct_features(spec_path: Path, models: dict, churn) -> pd.DataFrame:
     from features.engine import build_customer_features
     from features.pipeline import load_data
     from features.spec import load_spec
-    from models.sentiment_cache import score_texts_cached
+    from models.text_scoring import CachedTextScorer, SentimentLineage
 
-    def cached(texts):
-        return score_texts_cached(
-            texts, models["classifier"], models["cache_dir"], models["sentiment_version"]
-        )
-
+    cached = CachedTextScorer(
+        SentimentLineage.of(models["classifier"]), models["cache_dir"], models["classifier"]
+    )
     data = load_data(load_spec(spec_path), sentiment_scorer=cached)
     return build_customer_features(data.events, models["as_of"], churn.schema, customers=data.customers)
 
 
 def direct_scores(spec_path: Path, models: dict, churn) -> pd.DataFrame:
-    return churn.score(direct_features(spec_path, models, churn), top_k=5).sort_index()
+    """Scores of the customers the batch job scores: those who were customers at as_of."""
+    from features.labels import ineligible_reasons
+    from features.pipeline import load_data
+    from features.spec import load_spec
+
+    spec = load_spec(spec_path)
+    data = load_data(spec, with_text=False)
+    why_not = ineligible_reasons(data.customers, data.events, models["as_of"], spec.events.churn_event)
+    scores = churn.score(direct_features(spec_path, models, churn), top_k=5).sort_index()
+    return scores[why_not.reindex(scores.index.astype(str)).isna().to_numpy()]
 
 
 def run_local(spec: Path, out: Path, models: dict, **options):
@@ -239,16 +243,16 @@ def test_local_engine_equals_direct_scoring_on_multi_file_csv(
     from serving.batch import read_scores
 
     got = read_scores(out)
-    assert list(got.columns) == [
-        "customer_id",
-        "churn_risk",
-        "risk_band",
-        "reasons",
-        "as_of",
-        "model_version",
-    ]
+    from serving.batch import RESULT_COLUMNS
+
+    assert list(got.columns) == RESULT_COLUMNS
     assert (got["as_of"] == models["as_of"]).all()
     assert (got["model_version"] == churn.version).all()
+    # Both models named on every row: the churn version and the sentiment model behind its text features.
+    assert (got["sentiment_scoring_id"] == churn.sentiment_lineage.scoring_id).all()
+    assert (got["sentiment_model_version"] == churn.sentiment_lineage.version).all()
+    assert got["eligible"].all() and got["ineligible_reason"].isna().all()
+    assert summary.ineligible_by_reason  # the simulator has churned customers: counted, not scored
     assert summary.n_buckets > 2
     assert_same_scores(got, direct_scores(dirty_dir / "spec.yaml", models, churn))
     assert summary.n_customers == len(got) and sum(summary.band_counts.values()) == len(got)
@@ -359,8 +363,9 @@ def test_second_run_scores_no_text_twice(sim_dir: Path, models: dict, tmp_path: 
         sim_dir / "spec.yaml", tmp_path / "a.parquet", models, cache_dir=cache, text_scorer=counting
     )
     events = load_data(load_spec(sim_dir / "spec.yaml"), with_text=True).events
-    texts = events["text"].astype("string").str.strip()
-    distinct = set(texts[texts.notna() & (texts != "")])
+    from features.text import normalise_texts
+
+    distinct = {t for t in normalise_texts(events["text"]) if t is not None}
     assert len(scored) == len(set(scored)) == len(distinct) > 0
     scored.clear()
     second = run_local(
@@ -373,17 +378,6 @@ def test_second_run_scores_no_text_twice(sim_dir: Path, models: dict, tmp_path: 
 
 
 # --- Spark engine ------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def spark():
-    """One local Spark session for the whole test run."""
-    pytest.importorskip("pyspark")
-    from serving.spark_batch import spark_session
-
-    session = spark_session("local[2]", driver_memory="2g")
-    yield session
-    session.stop()
 
 
 @pytest.mark.slow

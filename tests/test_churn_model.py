@@ -317,8 +317,38 @@ def test_one_row_and_many_rows_are_bit_identical(sigmoid_model, isotonic_model):
         np.testing.assert_array_equal(
             model.contributions(subset).to_numpy(), model.contributions(features).loc[subset.index].to_numpy()
         )
-        assert list(many.columns) == ["churn_risk", "risk_band", "reasons"]
+        assert list(many.columns) == [
+            "churn_risk",
+            "risk_band",
+            "base_value",
+            "other_contribution",
+            "reasons",
+        ]
         assert many.index.equals(features.index)
+        for i in picks:
+            one = model.score(features.iloc[[i]], top_k=5)
+            assert one["base_value"].iloc[0] == many["base_value"].iloc[i]
+            assert one["other_contribution"].iloc[0] == many["other_contribution"].iloc[i]
+
+
+@pytest.mark.parametrize("top_k", [0, 1, 5])
+def test_reasons_reconcile_with_the_risk(sigmoid_model, isotonic_model, top_k):
+    """base_value + listed contributions + other_contribution = logit(churn_risk), for both calibrations."""
+    for model, features in (sigmoid_model, isotonic_model):
+        scored = model.score(features.iloc[:300], top_k=top_k)
+        listed = np.array([sum(r["contribution"] for r in row) for row in scored["reasons"]])
+        total = scored["base_value"].to_numpy() + listed + scored["other_contribution"].to_numpy()
+        p = np.clip(scored["churn_risk"].to_numpy(), 1e-9, 1 - 1e-9)
+        np.testing.assert_allclose(total, logit(p), rtol=0, atol=1e-9)
+        assert (scored["base_value"] == model.base_logit).all()
+        if top_k == 0:
+            assert (scored["reasons"].map(len) == 0).all()
+        else:
+            # The rest is what the model says the unlisted features contribute.
+            all_contributions = model.contributions(features.iloc[:300]).to_numpy()
+            np.testing.assert_allclose(
+                listed + scored["other_contribution"].to_numpy(), all_contributions.sum(axis=1), atol=1e-6
+            )
 
 
 def test_unknown_categories_and_missing_values_are_scored(sigmoid_model):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,13 +21,8 @@ import pytest
 from pydantic import ValidationError
 
 from serving.settings import ServingSettings, current_settings
+from tests.served_models import SERVER_LIMITS, offline_score, pick_customers, request_for
 
-SERVER_LIMITS = {
-    "CHURNSENSE_MAX_EVENTS": "300",
-    "CHURNSENSE_MAX_TEXTS": "20",
-    "CHURNSENSE_MAX_TEXT_CHARS": "400",
-    "CHURNSENSE_BATCH_MAX_CUSTOMERS": "6",
-}
 SECRET = "my-secret-complaint-text-7f3a"
 
 
@@ -282,133 +276,17 @@ def test_balance_connections_closes_only_the_busier_workers_excess(tmp_path):
     assert sorted(WorkerCounts(tmp_path, name="a").all()) == [3, 4]  # b published before it saw port 22
 
 
-# --- small real models --------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def demo_data(session_tmp: Path) -> Path:
-    from features.simulate import write_demo_data
-
-    folder = session_tmp / "service_data"
-    write_demo_data(folder, n_customers=1000, seed=5)
-    return folder / "spec.yaml"
-
-
-@pytest.fixture(scope="session")
-def trained(demo_data: Path, session_tmp: Path) -> dict:
-    """Small churn and tiny sentiment models trained, registered and promoted in the session's MLflow store."""
-    from tests.sentiment_helpers import train_tiny_sentiment
-    from training.churn import promote_churn, train_churn
-    from training.sentiment import promote_sentiment
-
-    train_tiny_sentiment(session_tmp / "service_sentiment")
-    promote_sentiment()
-    from models.sentiment import SentimentClassifier
-
-    scorer = SentimentClassifier.load("models:/churnsense-sentiment@champion")
-    train_churn(demo_data, None, sentiment_scorer=scorer)
-    promote_churn()
-    # Other test modules share the session store and register versions too: ask which ones are champion.
-    from mlflow import MlflowClient
-
-    client = MlflowClient()
-    versions = {
-        kind: str(client.get_model_version_by_alias(f"churnsense-{kind}", "champion").version)
-        for kind in ("churn", "sentiment")
-    }
-    return {"spec": demo_data, "versions": versions}
-
-
-@pytest.fixture(scope="session")
-def models(trained):
-    from models.churn import ChurnModel
-    from models.sentiment import SentimentClassifier
-
-    return ChurnModel.load("models:/churnsense-churn@champion"), SentimentClassifier.load(
-        "models:/churnsense-sentiment@champion"
-    )
-
-
-@pytest.fixture(scope="session")
-def canonical(trained) -> tuple[pd.DataFrame, pd.DataFrame, dt.date]:
-    """Customers and events as the loaders give them, and the newest snapshot date."""
-    from features.pipeline import load_data
-    from features.spec import load_spec
-
-    spec = load_spec(trained["spec"])
-    data = load_data(spec, with_text=True)
-    return data.customers, data.events, spec.labels.as_of_dates()[-1]
-
-
-def _request_for(customers: pd.DataFrame, events: pd.DataFrame, customer_id: str, as_of) -> dict:
-    """A /churn_risk body for one customer from canonical tables (what a client would send)."""
-    from features.columns import CUSTOMER_ID, EVENT_TYPE, SIGNUP_DATE, TEXT, TIMESTAMP
-
-    row = customers.loc[customers[CUSTOMER_ID] == customer_id].iloc[0]
-    profile = {}
-    for name, value in row.items():
-        if name in (CUSTOMER_ID, SIGNUP_DATE, "churned", "churn_date"):
-            continue
-        profile[name] = None if pd.isna(value) else (value.item() if hasattr(value, "item") else value)
-    signup = row.get(SIGNUP_DATE)
-    mine = events[(events[CUSTOMER_ID] == customer_id) & (events[TIMESTAMP] < pd.Timestamp(as_of))]
-    body_events = []
-    for _, event in mine.iterrows():
-        item = {"timestamp": pd.Timestamp(event[TIMESTAMP]).isoformat(), "type": str(event[EVENT_TYPE])}
-        for name in ("duration_s", "amount"):
-            if name in mine.columns:
-                item[name] = None if pd.isna(event[name]) else float(event[name])
-        if TEXT in mine.columns and not pd.isna(event[TEXT]) and str(event[TEXT]).strip():
-            item["text"] = str(event[TEXT])
-        body_events.append(item)
-    return {
-        "customer": {
-            "customer_id": customer_id,
-            "signup_date": None if pd.isna(signup) else pd.Timestamp(signup).isoformat(),
-            **profile,
-        },
-        "events": body_events,
-        "as_of": pd.Timestamp(as_of).isoformat(),
-    }
-
-
-def _pick_customers(events: pd.DataFrame, as_of, n: int) -> list[str]:
-    """Customers with several distinct texts before as_of (so sentiment feeds their features)."""
-    from features.columns import CUSTOMER_ID, TEXT, TIMESTAMP
-
-    before = events[events[TIMESTAMP] < pd.Timestamp(as_of)]
-    texts = before.dropna(subset=[TEXT])
-    counts = texts.groupby(CUSTOMER_ID, observed=True)[TEXT].nunique()
-    totals = texts.groupby(CUSTOMER_ID, observed=True).size()
-    eligible = counts[(counts >= 2) & (counts == totals)].index.astype(str).tolist()
-    return sorted(eligible)[:n]
-
-
-def _offline(models, customers, events, customer_id, as_of) -> pd.Series:
-    """The batch path for one customer: the engine on the loaded tables, then ChurnModel.score."""
-    from features.columns import CUSTOMER_ID
-    from features.engine import build_customer_features
-    from features.pipeline import add_sentiment
-
-    churn, sentiment = models
-    mine = events[events[CUSTOMER_ID] == customer_id]
-    scored = add_sentiment(mine, sentiment)
-    one = customers[customers[CUSTOMER_ID] == customer_id]
-    features = build_customer_features(scored, as_of, churn.schema, customers=one)
-    return churn.score(features, top_k=current_settings().top_reasons).loc[customer_id]
-
-
 @pytest.mark.slow
-def test_online_scoring_in_process_equals_offline(models, canonical):
+def test_online_scoring_in_process_equalsoffline_score(models, canonical):
     """`serving.scoring` with the real (small) models gives the batch path's numbers for the same customer."""
     from serving.schemas import ChurnRiskRequest, ModelVersions, TextSentiment
     from serving.scoring import request_texts, score_requests
 
     churn, sentiment = models
     customers, events, as_of = canonical
-    ids = _pick_customers(events, as_of, 3)
+    ids = pick_customers(events, as_of, 3)
     assert ids, "the simulator should give customers with texts"
-    requests = [ChurnRiskRequest.model_validate(_request_for(customers, events, cid, as_of)) for cid in ids]
+    requests = [ChurnRiskRequest.model_validate(request_for(customers, events, cid, as_of)) for cid in ids]
     texts = list(dict.fromkeys(t for r in requests for t in request_texts(r)))
     proba = sentiment.predict_proba(texts)
     polarity = sentiment.scores_from_proba(proba)
@@ -420,12 +298,16 @@ def test_online_scoring_in_process_equals_offline(models, canonical):
     for cid, request in zip(ids, requests, strict=True):
         own = {t: scored[t] for t in request_texts(request)}
         (answer,) = score_requests(
-            [request], churn.schema, churn.score, own, ModelVersions(churn="1", sentiment="1")
+            [request],
+            churn.schema,
+            churn.score,
+            own,
+            ModelVersions(churn="1", sentiment="1", sentiment_scoring_id="test"),
         )
-        offline = _offline(models, customers, events, cid, as_of)
+        offline = offline_score(models, customers, events, cid, as_of)
         assert math.isclose(answer.churn_risk, float(offline["churn_risk"]), rel_tol=0, abs_tol=1e-9)
         assert answer.risk_band == offline["risk_band"]
-    versions = ModelVersions(churn="1", sentiment="1")
+    versions = ModelVersions(churn="1", sentiment="1", sentiment_scoring_id="test")
     together = score_requests(requests, churn.schema, churn.score, scored, versions)
     assert [a.customer_id for a in together] == ids
     # Concurrent requests about the same customer, and one without as_of (scored as of `now`), in one batch.
@@ -438,47 +320,6 @@ def test_online_scoring_in_process_equals_offline(models, canonical):
     dated = requests[1].model_copy(update={"as_of": now})
     (alone,) = score_requests([dated], churn.schema, churn.score, scored, versions)
     assert mixed[2] == alone and alone.as_of == now
-
-
-# --- the real server ----------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def bento_tag(trained) -> str:
-    from serving.build import build_bento
-
-    return build_bento()
-
-
-@pytest.fixture(scope="session")
-def server(bento_tag: str, session_tmp: Path):
-    from serving.server import ServerProcess
-
-    process = ServerProcess(bento_tag, env=SERVER_LIMITS, log_path=session_tmp / "server.log")
-    process.start(ready_timeout_s=240)
-    yield process
-    process.stop()
-    assert process.process.poll() is not None
-
-
-@pytest.fixture(scope="session")
-def bentoml_batching_server(bento_tag: str, session_tmp: Path):
-    """The same Bento with texts batched by BentoML behind /classify_texts (CHURNSENSE_SENTIMENT_BATCHING)."""
-    from serving.server import ServerProcess
-
-    env = {**SERVER_LIMITS, "CHURNSENSE_SENTIMENT_BATCHING": "bentoml", "CHURNSENSE_WORKERS": "1"}
-    process = ServerProcess(bento_tag, env=env, log_path=session_tmp / "server_bentoml_batching.log")
-    process.start(ready_timeout_s=240)
-    yield process
-    process.stop()
-
-
-@pytest.fixture(scope="session")
-def http(server):
-    import httpx
-
-    with httpx.Client(base_url=server.url, timeout=60) as client:
-        yield client
 
 
 @pytest.mark.slow
@@ -559,12 +400,12 @@ def test_sentiment_endpoint(http, models, trained):
 @pytest.mark.slow
 def test_churn_risk_over_http_equals_offline_score(http, models, canonical, trained):
     customers, events, as_of = canonical
-    (customer_id,) = _pick_customers(events, as_of, 1)
-    body = _request_for(customers, events, customer_id, as_of)
+    (customer_id,) = pick_customers(events, as_of, 1)
+    body = request_for(customers, events, customer_id, as_of)
     response = http.post("/churn_risk", json=body)
     assert response.status_code == 200, response.text
     answer = response.json()
-    offline = _offline(models, customers, events, customer_id, as_of)
+    offline = offline_score(models, customers, events, customer_id, as_of)
 
     assert answer["customer_id"] == customer_id
     assert abs(answer["churn_risk"] - float(offline["churn_risk"])) <= 1e-9
@@ -573,7 +414,16 @@ def test_churn_risk_over_http_equals_offline_score(http, models, canonical, trai
     for got, want in zip(answer["reasons"], offline["reasons"], strict=True):
         assert got["contribution"] == pytest.approx(want["contribution"], abs=1e-9)
     assert pd.Timestamp(answer["as_of"]) == pd.Timestamp(as_of, tz="UTC")
-    assert answer["model_versions"] == trained["versions"]
+    versions = answer["model_versions"]
+    assert {k: versions[k] for k in ("churn", "sentiment")} == trained["versions"]
+    assert versions["sentiment_scoring_id"] == models[1].scoring_id
+    # Reasons reconcile with the risk: base + listed contributions + the rest = logit(risk).
+    total = (
+        answer["base_value"]
+        + sum(r["contribution"] for r in answer["reasons"])
+        + answer["other_contribution"]
+    )
+    assert total == pytest.approx(float(np.log(answer["churn_risk"] / (1 - answer["churn_risk"]))), abs=1e-9)
 
     texts = [e["text"] for e in body["events"] if "text" in e]
     polarity = models[1].sentiment_scores([t.strip() for t in texts])
@@ -587,8 +437,8 @@ def test_churn_risk_over_http_equals_offline_score(http, models, canonical, trai
 @pytest.mark.slow
 def test_churn_risk_batch_equals_single_calls(http, canonical):
     customers, events, as_of = canonical
-    ids = _pick_customers(events, as_of, 3)
-    bodies = [_request_for(customers, events, cid, as_of) for cid in ids]
+    ids = pick_customers(events, as_of, 3)
+    bodies = [request_for(customers, events, cid, as_of) for cid in ids]
     # One customer without any history and with as_of defaulting to now.
     bodies.append({"customer": {**bodies[0]["customer"], "customer_id": "newcomer"}, "events": []})
     response = http.post("/churn_risk_batch", json={"customers": bodies})
@@ -606,16 +456,16 @@ def test_churn_risk_batch_equals_single_calls(http, canonical):
 @pytest.mark.slow
 def test_unknown_event_types_count_as_other_not_an_error(http, canonical):
     customers, events, as_of = canonical
-    (customer_id,) = _pick_customers(events, as_of, 1)
-    body = _request_for(customers, events, customer_id, as_of)
+    (customer_id,) = pick_customers(events, as_of, 1)
+    body = request_for(customers, events, customer_id, as_of)
     body["events"].append({"timestamp": body["events"][-1]["timestamp"], "type": "carrier_pigeon"})
     response = http.post("/churn_risk", json=body)
     assert response.status_code == 200, response.text
 
 
 def _bad_requests(customers, events, as_of) -> list[tuple[str, object, str]]:
-    (customer_id,) = _pick_customers(events, as_of, 1)
-    good = _request_for(customers, events, customer_id, as_of)
+    (customer_id,) = pick_customers(events, as_of, 1)
+    good = request_for(customers, events, customer_id, as_of)
     profile_field = next(k for k in good["customer"] if k not in ("customer_id", "signup_date"))
 
     def churn(**changes) -> dict:
@@ -678,8 +528,8 @@ def test_concurrent_requests_share_batches_and_answer_like_single_ones(http, can
     from concurrent.futures import ThreadPoolExecutor
 
     customers, events, as_of = canonical
-    ids = _pick_customers(events, as_of, 4)
-    bodies = [_request_for(customers, events, cid, as_of) for cid in ids]
+    ids = pick_customers(events, as_of, 4)
+    bodies = [request_for(customers, events, cid, as_of) for cid in ids]
     singles = [http.post("/churn_risk", json=body).json() for body in bodies]
     texts = [f"the {word} was great today, ticket {i}" for i, word in enumerate(["app", "crew", "seat"] * 50)]
     single_text = http.post("/sentiment", json={"texts": texts[:1]}).json()["results"][0]
@@ -716,8 +566,8 @@ def test_bentoml_batching_mode_answers_the_same_under_concurrency(bentoml_batchi
     import httpx
 
     customers, events, as_of = canonical
-    (customer_id,) = _pick_customers(events, as_of, 1)
-    body = _request_for(customers, events, customer_id, as_of)
+    (customer_id,) = pick_customers(events, as_of, 1)
+    body = request_for(customers, events, customer_id, as_of)
     texts = [f"the {word} was awful again, ticket {i}" for i, word in enumerate(["app", "crew", "seat"] * 50)]
     with httpx.Client(base_url=bentoml_batching_server.url, timeout=60) as hop:
         with ThreadPoolExecutor(max_workers=16) as pool:

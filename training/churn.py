@@ -67,23 +67,20 @@ def load_training_data(spec: DatasetSpec, sentiment_scorer: SentimentScorer | No
     Raises:
         UserError: the validator found errors (all listed), or a loader could not read a file.
     """
-    try:
-        from features.validate import validate_spec
-    except ImportError:  # validation lands separately; the loaders still refuse unreadable data
-        validate_spec = None
-    if validate_spec is not None:
-        report = validate_spec(spec)
-        # The reviews table feeds the sentiment model only: its problems do not stop churn training.
-        reviews = str(spec.resolve(spec.reviews.path)) if spec.reviews is not None else None
-        relevant = [p for p in report.problems if reviews is None or not p.file.startswith(reviews)]
-        for problem in relevant:
-            if problem.severity != "error":
-                logger.warning("%s", problem.render())
-        errors = [p for p in relevant if p.severity == "error"]
-        if errors:
-            listed = "; ".join(problem.render() for problem in errors[:5])
-            more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
-            raise UserError(f"{spec.source or 'spec'} does not validate: {listed}{more}")
+    from features.validate import validate_spec
+
+    report = validate_spec(spec)
+    # The reviews table feeds the sentiment model only: its problems do not stop churn training.
+    reviews = str(spec.resolve(spec.reviews.path)) if spec.reviews is not None else None
+    relevant = [p for p in report.problems if reviews is None or not p.file.startswith(reviews)]
+    for problem in relevant:
+        if problem.severity != "error":
+            logger.warning("%s", problem.render())
+    errors = [p for p in relevant if p.severity == "error"]
+    if errors:
+        listed = "; ".join(problem.render() for problem in errors[:5])
+        more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+        raise UserError(f"{spec.source or 'spec'} does not validate: {listed}{more}")
     return load_data(spec, sentiment_scorer=sentiment_scorer, with_text=sentiment_scorer is not None)
 
 
@@ -560,9 +557,13 @@ def skops_trusted_types(estimator: Any) -> list[str]:
     return sorted(untrusted)
 
 
-def model_metadata(schema: FeatureSchema, cutoffs: RiskCutoffs, fitted: FittedChurn) -> dict[str, Any]:
-    """What `ChurnModel.load` checks and needs: feature version, schema JSON, column order, cut-offs."""
+def model_metadata(
+    schema: FeatureSchema, cutoffs: RiskCutoffs, fitted: FittedChurn, sentiment: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """What `ChurnModel.load` checks and needs: feature version, schema JSON, column order, cut-offs, and the
+    sentiment model that scored the event texts (`models.text_scoring.SentimentLineage`), if any."""
     return {
+        "sentiment_model": sentiment,
         "feature_version": FEATURE_VERSION,
         "feature_schema": schema.to_json(),
         "feature_columns": schema.feature_names(),
@@ -648,6 +649,7 @@ def log_churn_run(
     baseline: Pipeline,
     evaluation: Evaluation,
     workdir: Path,
+    sentiment: dict[str, Any] | None = None,
 ) -> tuple[str, str, str]:
     """Log params, metrics, plots, config, spec, fingerprints, the validation frame and both models to the
     active run; register the calibrated model. Returns (run id, registered version, model URI)."""
@@ -697,6 +699,7 @@ def log_churn_run(
             "spec": str(spec.source or ""),
             "data_sha256": str(fingerprints["training_frame"]["sha256"]),
         }
+        | _lineage_tags(sentiment)
     )
     mlflow.log_text(config.to_yaml(), "config/churn.yaml")
     mlflow.log_text(_spec_yaml(spec), "spec/spec.yaml")
@@ -728,7 +731,7 @@ def log_churn_run(
         input_example=example,
         pip_requirements=pip_requirements(),
         pyfunc_predict_fn="predict_proba",
-        metadata=model_metadata(schema, config.risk_bands.cutoffs(), fitted),
+        metadata=model_metadata(schema, config.risk_bands.cutoffs(), fitted, sentiment),
         skops_trusted_types=skops_trusted_types(fitted.pipeline),
         registered_model_name=config.registered_model_name,
     )
@@ -750,9 +753,39 @@ def log_churn_run(
         "calibration": fitted.calibration,
         "validation_roc_auc": f"{evaluation.metrics['roc_auc']:.4f}",
         "code_version": code_version(),
-    }.items():
+    }.items() | _lineage_tags(sentiment).items():
         client.set_model_version_tag(config.registered_model_name, version, key, value)
     return run.info.run_id, version, f"models:/{config.registered_model_name}/{version}"
+
+
+def _lineage_tags(sentiment: dict[str, Any] | None) -> dict[str, str]:
+    if not sentiment:
+        return {}
+    return {
+        "sentiment_model": f"{sentiment.get('name') or sentiment['model_uri']}",
+        "sentiment_model_version": str(sentiment.get("version") or ""),
+        "sentiment_scoring_id": str(sentiment["scoring_id"]),
+    }
+
+
+def text_sentiment_lineage(
+    spec: DatasetSpec, sentiment_scorer: SentimentScorer | None
+) -> dict[str, Any] | None:
+    """The lineage a churn model records for its text features: that of the scorer when event texts are scored
+    (None when there are none, or the spec brings its own sentiment column). An anonymous scorer is refused:
+    nobody could reproduce its scores at serving time."""
+    from models.text_scoring import lineage_of_scorer
+
+    if sentiment_scorer is None or spec.events is None or spec.events.sentiment or not spec.events.text:
+        return None
+    lineage = lineage_of_scorer(sentiment_scorer)
+    if lineage is None:
+        raise UserError(
+            "sentiment scorer: it does not say which model it is, so the service and batch jobs could not "
+            "reproduce the churn model's text features; pass a models.text_scoring.CachedTextScorer or a "
+            "SentimentClassifier loaded from a registered model or folder"
+        )
+    return lineage.to_dict()
 
 
 # --- the whole chain ---------------------------------------------------------------------------------------
@@ -791,6 +824,7 @@ def train_churn(
         spec = load_spec(spec)
     if not isinstance(config, ChurnConfig):
         config = load_config(config)
+    sentiment = text_sentiment_lineage(spec, sentiment_scorer)
     with _timed(timings, "load"):
         data = load_training_data(spec, sentiment_scorer)
     with _timed(timings, "label_and_features"):
@@ -827,6 +861,7 @@ def train_churn(
                 baseline=baseline,
                 evaluation=evaluation,
                 workdir=workdir,
+                sentiment=sentiment,
             )
         timings["total"] = round(time.perf_counter() - started, 3)
         mlflow.log_metrics({f"time_{k}_s": v for k, v in timings.items()})
@@ -890,16 +925,24 @@ def validation_evaluator() -> Any:
 
 def promote_churn(force: bool = False, config: ChurnConfig | str | Path | None = None) -> Any:
     """Champion / challenger for the churn model; returns the `PromotionDecision` (caller picks the exit code)."""
-    from training.registry import PromotionPolicy, promote_newest
+    from training.registry import promote_newest
     from training.tracking import configure_mlflow
 
     if not isinstance(config, ChurnConfig):
         config = load_config(config)
     configure_mlflow(config.experiment_name)
-    policy = PromotionPolicy(
+    return promote_newest(
+        config.registered_model_name, validation_evaluator(), promote_policy(config), force=force
+    )
+
+
+def promote_policy(config: ChurnConfig) -> Any:
+    """The churn `PromotionPolicy` a config asks for (primary metric, calibration metric and tolerance)."""
+    from training.registry import PromotionPolicy
+
+    return PromotionPolicy(
         primary_metric=config.promotion.primary_metric,
         greater_is_better=True,
         calibration_metric=config.promotion.calibration_metric,
         calibration_tolerance=config.promotion.calibration_tolerance,
     )
-    return promote_newest(config.registered_model_name, validation_evaluator(), policy, force=force)

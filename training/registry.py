@@ -121,11 +121,13 @@ def decide(
 
 
 def promote_newest(
-    name: str, evaluate: Evaluator, policy: PromotionPolicy, force: bool = False
+    name: str, evaluate: Evaluator, policy: PromotionPolicy, force: bool = False, dry_run: bool = False
 ) -> PromotionDecision:
     """Compare the newest version with the champion on the newest version's validation data; move the alias
-    when it wins (or when forced). Returns the decision; the caller decides the exit code."""
-    client = _client()
+    when it wins (or when forced). Returns the decision; the caller decides the exit code.
+
+    With `dry_run`, only decide: no alias moves and no tag is written (`record_decision` does both later).
+    """
     challenger = newest_version(name)
     champion = champion_version(name)
     if champion is None:
@@ -144,14 +146,21 @@ def promote_newest(
         )
         if not promoted and force:
             decision.promoted, decision.forced = True, True
+    if not dry_run:
+        record_decision(decision)
+    return decision
+
+
+def record_decision(decision: PromotionDecision) -> None:
+    """Move the alias when `decision.promoted`, and write the decision to the challenger version's tags."""
+    client = _client()
+    name, version = decision.name, decision.challenger
     if decision.promoted:
-        client.set_registered_model_alias(name, CHAMPION, challenger.version)
-        logger.info(
-            "%s v%s is now %s%s", name, challenger.version, CHAMPION, " (forced)" if decision.forced else ""
-        )
+        client.set_registered_model_alias(name, CHAMPION, version)
+        logger.info("%s v%s is now %s%s", name, version, CHAMPION, " (forced)" if decision.forced else "")
     client.set_model_version_tag(
         name,
-        challenger.version,
+        version,
         "promotion",
         json.dumps(
             {
@@ -166,5 +175,4 @@ def promote_newest(
         ),
     )
     if decision.forced:
-        client.set_model_version_tag(name, challenger.version, "promotion.forced", "true")
-    return decision
+        client.set_model_version_tag(name, version, "promotion.forced", "true")

@@ -33,9 +33,11 @@ from churnsense.errors import UserError
 from features.columns import TEXT
 from features.io import available_columns, load_reviews
 from features.spec import DatasetSpec, load_spec
+from features.text import normalise_text_series
 from models.sentiment import (
     SIDECAR,
     SentimentClassifier,
+    artifact_digest,
     pad_batch,
     resolve_backbone,
 )
@@ -107,11 +109,6 @@ def load_labelled_reviews(spec: DatasetSpec) -> pd.DataFrame:
     return loaded.frame
 
 
-def normalise_text(texts: pd.Series) -> pd.Series:
-    """Collapse every run of whitespace (newlines, tabs) to one space and strip the ends; NA stays NA."""
-    return texts.astype("string").str.replace(r"\s+", " ", regex=True).str.strip()
-
-
 def _drop_duplicate_keys(frame: pd.DataFrame, key: pd.Series) -> tuple[pd.DataFrame, int, int]:
     """Keep one row per key; drop every row of a key whose rows disagree on the label.
 
@@ -125,7 +122,7 @@ def _drop_duplicate_keys(frame: pd.DataFrame, key: pd.Series) -> tuple[pd.DataFr
 
 
 def clean_reviews(frame: pd.DataFrame) -> tuple[pd.DataFrame, CleaningReport]:
-    """Normalise whitespace, drop empty texts, then de-duplicate by `review_id` (when present) and by text.
+    """Normalise texts (`features.text`), drop empty texts, then de-duplicate by `review_id` (when present) and by text.
 
     Duplicates are matched on the case-folded text (the default backbone is uncased), so "Great!" and
     "great!" can never land on both sides of a split. A key whose copies carry different labels is dropped
@@ -138,7 +135,7 @@ def clean_reviews(frame: pd.DataFrame) -> tuple[pd.DataFrame, CleaningReport]:
     """
     rows_in = len(frame)
     out = frame.copy()
-    out[TEXT] = normalise_text(out[TEXT])
+    out[TEXT] = normalise_text_series(out[TEXT])  # the one normaliser every scoring path uses
     out[LABEL] = out[LABEL].astype("string").str.strip()
     non_empty = (out[TEXT].notna() & (out[TEXT] != "") & out[LABEL].notna()).to_numpy(dtype=bool)
     out = out[non_empty]
@@ -708,7 +705,13 @@ def log_sentiment_model(
             signature=infer_signature(example, output),
             input_example=example,
             pip_requirements=pip_requirements(),
-            metadata={"labels": labels, "backbone": config.backbone, "max_length": config.max_length},
+            metadata={
+                "labels": labels,
+                "backbone": config.backbone,
+                "max_length": config.max_length,
+                # The model's identity for caches and lineage (`models.sentiment.artifact_digest` of hf_model).
+                "artifact_digest": artifact_digest(hf_dir),
+            },
             # MLflow also logs model_config as run params: keys must not clash with the config's own params.
             model_config={
                 "quantize": config.quantize,
@@ -860,6 +863,8 @@ def train_sentiment(
         with tempfile.TemporaryDirectory() as tmp:
             hf_dir = save_model_dir(fit, labels, config, Path(tmp, "hf_model"))
             info = log_sentiment_model(hf_dir, classifier, labels, config)
+            classifier.digest = artifact_digest(hf_dir)
+        mlflow.set_tag("artifact_digest", classifier.digest)
         if baseline is not None:
             log_baseline_model(baseline, splits)
         timings["log_model_s"] = time.perf_counter() - started
@@ -867,6 +872,12 @@ def train_sentiment(
         mlflow.log_metrics({f"time_{k}": v for k, v in timings.items()})
 
     version = getattr(info, "registered_model_version", None)
+    if version:
+        from mlflow import MlflowClient
+
+        MlflowClient().set_model_version_tag(
+            config.model_name, str(version), "artifact_digest", classifier.digest
+        )
     result = SentimentRunResult(
         run_id=run.info.run_id,
         model_uri=f"models:/{config.model_name}/{version}" if version else info.model_uri,
@@ -931,9 +942,12 @@ SENTIMENT_POLICY_TOLERANCE = 0.05
 calibrated, and 0.005 (the churn default for Brier) would refuse nearly every better classifier."""
 
 
-def promote_sentiment(force: bool = False, model_name: str = "churnsense-sentiment") -> Any:
+def promote_sentiment(
+    force: bool = False, model_name: str = "churnsense-sentiment", dry_run: bool = False
+) -> Any:
     """Move `champion` to the newest sentiment version if it beats the champion on validation macro-F1
-    without worsening log loss by more than `SENTIMENT_POLICY_TOLERANCE`. Returns the `PromotionDecision`."""
+    without worsening log loss by more than `SENTIMENT_POLICY_TOLERANCE`. Returns the `PromotionDecision`.
+    With `dry_run` only decide (see `training.coupled` for promoting it together with the churn model)."""
     import mlflow
 
     from training.registry import PromotionPolicy, promote_newest
@@ -945,4 +959,4 @@ def promote_sentiment(force: bool = False, model_name: str = "churnsense-sentime
         calibration_metric="log_loss",
         calibration_tolerance=SENTIMENT_POLICY_TOLERANCE,
     )
-    return promote_newest(model_name, evaluate_for_promotion, policy, force=force)
+    return promote_newest(model_name, evaluate_for_promotion, policy, force=force, dry_run=dry_run)

@@ -1,0 +1,183 @@
+"""Small real models and the real server, shared by the service and the skew ("one truth") tests.
+
+Session fixtures: simulator data, a tiny random BERT sentiment model (int8, as served) and a small churn model
+trained on that data with the sentiment model's text features, both registered and promoted in the session's
+MLflow store; `churnsense build` into the session's BentoML home; a real `bentoml serve` on 127.0.0.1.
+Helpers build request bodies from canonical tables and compute the offline answer for one customer.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from serving.settings import current_settings
+
+SERVER_LIMITS = {
+    "CHURNSENSE_MAX_EVENTS": "300",
+    "CHURNSENSE_MAX_TEXTS": "20",
+    "CHURNSENSE_MAX_TEXT_CHARS": "400",
+    "CHURNSENSE_BATCH_MAX_CUSTOMERS": "6",
+}
+
+
+# --- small real models --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def demo_data(session_tmp: Path) -> Path:
+    from features.simulate import write_demo_data
+
+    folder = session_tmp / "service_data"
+    write_demo_data(folder, n_customers=1000, seed=5)
+    return folder / "spec.yaml"
+
+
+@pytest.fixture(scope="session")
+def trained(demo_data: Path, session_tmp: Path) -> dict:
+    """Small churn and tiny sentiment models trained, registered and promoted in the session's MLflow store."""
+    from tests.sentiment_helpers import train_tiny_sentiment
+    from training.churn import promote_churn, train_churn
+    from training.sentiment import promote_sentiment
+
+    train_tiny_sentiment(session_tmp / "service_sentiment")
+    promote_sentiment(
+        force=True
+    )  # these two must be the champions the Bento serves, whatever else is registered
+    from models.sentiment import SentimentClassifier
+
+    scorer = SentimentClassifier.load("models:/churnsense-sentiment@champion")  # int8, as served
+    train_churn(demo_data, None, sentiment_scorer=scorer)
+    promote_churn(force=True)
+    # Other test modules share the session store and register versions too: ask which ones are champion.
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    versions = {
+        kind: str(client.get_model_version_by_alias(f"churnsense-{kind}", "champion").version)
+        for kind in ("churn", "sentiment")
+    }
+    return {"spec": demo_data, "versions": versions}
+
+
+@pytest.fixture(scope="session")
+def models(trained):
+    from models.churn import ChurnModel
+    from models.sentiment import SentimentClassifier
+
+    return ChurnModel.load("models:/churnsense-churn@champion"), SentimentClassifier.load(
+        "models:/churnsense-sentiment@champion"
+    )
+
+
+@pytest.fixture(scope="session")
+def canonical(trained) -> tuple[pd.DataFrame, pd.DataFrame, dt.date]:
+    """Customers and events as the loaders give them, and the newest snapshot date."""
+    from features.pipeline import load_data
+    from features.spec import load_spec
+
+    spec = load_spec(trained["spec"])
+    data = load_data(spec, with_text=True)
+    return data.customers, data.events, spec.labels.as_of_dates()[-1]
+
+
+def request_for(customers: pd.DataFrame, events: pd.DataFrame, customer_id: str, as_of) -> dict:
+    """A /churn_risk body for one customer from canonical tables (what a client would send)."""
+    from features.columns import CUSTOMER_ID, EVENT_TYPE, SIGNUP_DATE, TEXT, TIMESTAMP
+
+    row = customers.loc[customers[CUSTOMER_ID] == customer_id].iloc[0]
+    profile = {}
+    for name, value in row.items():
+        if name in (CUSTOMER_ID, SIGNUP_DATE, "churned", "churn_date"):
+            continue
+        profile[name] = None if pd.isna(value) else (value.item() if hasattr(value, "item") else value)
+    signup = row.get(SIGNUP_DATE)
+    mine = events[(events[CUSTOMER_ID] == customer_id) & (events[TIMESTAMP] < pd.Timestamp(as_of))]
+    body_events = []
+    for _, event in mine.iterrows():
+        item = {"timestamp": pd.Timestamp(event[TIMESTAMP]).isoformat(), "type": str(event[EVENT_TYPE])}
+        for name in ("duration_s", "amount"):
+            if name in mine.columns:
+                item[name] = None if pd.isna(event[name]) else float(event[name])
+        if TEXT in mine.columns and not pd.isna(event[TEXT]) and str(event[TEXT]).strip():
+            item["text"] = str(event[TEXT])
+        body_events.append(item)
+    return {
+        "customer": {
+            "customer_id": customer_id,
+            "signup_date": None if pd.isna(signup) else pd.Timestamp(signup).isoformat(),
+            **profile,
+        },
+        "events": body_events,
+        "as_of": pd.Timestamp(as_of).isoformat(),
+    }
+
+
+def pick_customers(events: pd.DataFrame, as_of, n: int) -> list[str]:
+    """Customers with several distinct texts before as_of (so sentiment feeds their features)."""
+    from features.columns import CUSTOMER_ID, TEXT, TIMESTAMP
+
+    before = events[events[TIMESTAMP] < pd.Timestamp(as_of)]
+    texts = before.dropna(subset=[TEXT])
+    counts = texts.groupby(CUSTOMER_ID, observed=True)[TEXT].nunique()
+    totals = texts.groupby(CUSTOMER_ID, observed=True).size()
+    eligible = counts[(counts >= 2) & (counts == totals)].index.astype(str).tolist()
+    return sorted(eligible)[:n]
+
+
+def offline_score(models, customers, events, customer_id, as_of) -> pd.Series:
+    """The batch path for one customer: the engine on the loaded tables, then ChurnModel.score."""
+    from features.columns import CUSTOMER_ID
+    from features.engine import build_customer_features
+    from features.pipeline import add_sentiment
+
+    churn, sentiment = models
+    mine = events[events[CUSTOMER_ID] == customer_id]
+    scored = add_sentiment(mine, sentiment)
+    one = customers[customers[CUSTOMER_ID] == customer_id]
+    features = build_customer_features(scored, as_of, churn.schema, customers=one)
+    return churn.score(features, top_k=current_settings().top_reasons).loc[customer_id]
+
+
+# --- the real server ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def bento_tag(trained) -> str:
+    from serving.build import build_bento
+
+    return build_bento()
+
+
+@pytest.fixture(scope="session")
+def server(bento_tag: str, session_tmp: Path):
+    from serving.server import ServerProcess
+
+    process = ServerProcess(bento_tag, env=SERVER_LIMITS, log_path=session_tmp / "server.log")
+    process.start(ready_timeout_s=240)
+    yield process
+    process.stop()
+    assert process.process.poll() is not None
+
+
+@pytest.fixture(scope="session")
+def bentoml_batching_server(bento_tag: str, session_tmp: Path):
+    """The same Bento with texts batched by BentoML behind /classify_texts (CHURNSENSE_SENTIMENT_BATCHING)."""
+    from serving.server import ServerProcess
+
+    env = {**SERVER_LIMITS, "CHURNSENSE_SENTIMENT_BATCHING": "bentoml", "CHURNSENSE_WORKERS": "1"}
+    process = ServerProcess(bento_tag, env=env, log_path=session_tmp / "server_bentoml_batching.log")
+    process.start(ready_timeout_s=240)
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def http(server):
+    import httpx
+
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        yield client

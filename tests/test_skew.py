@@ -1,0 +1,204 @@
+"""One truth per customer: every path gives bit-identical scores for the same (customer, as_of) and models.
+
+Paths, all with the real settings (int8 sentiment as served, texts present, several `as_of` dates):
+
+- the training frame (`training.churn` loaders, labels and feature engine, texts through the cached scorer);
+- the real server: `/churn_risk` alone, `/churn_risk_batch`, and `/churn_risk` while other clients flood
+  `/sentiment` with other texts (their texts share forward passes with this customer's);
+- the local batch engine (2 worker processes, a fresh sentiment cache scored in the driver);
+- the Spark engine (texts scored in Spark's Python workers, another fresh cache).
+
+"Bit-identical" means `==` on floats: churn_risk, every reason's feature, value and contribution, base_value and
+other_contribution. Each answer also names both models. This test failed before text scoring was made batch
+invariant (int8 dynamic quantisation and padded batches changed a text's score with its neighbours).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import threading
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.served_models import pick_customers, request_for
+
+pytestmark = pytest.mark.slow
+
+N_SERVED = 12  # customers per as_of sent over HTTP (each in three ways)
+
+
+@pytest.fixture(scope="module")
+def truth(trained, models, tmp_path_factory) -> dict:
+    """The training frame's scores per (as_of, customer): the reference every other path must equal."""
+    from features.spec import load_spec
+    from models.text_scoring import CachedTextScorer
+    from training.churn import label_training_data, load_training_data
+    from training.churn_config import ChurnConfig
+
+    churn, _ = models
+    spec = load_spec(trained["spec"])
+    scorer = CachedTextScorer(churn.sentiment_lineage, tmp_path_factory.mktemp("skew_cache"))
+    data = load_training_data(spec, scorer)
+    frame, schema = label_training_data(data, ChurnConfig().min_positives)
+    assert schema == churn.schema  # the frame is built exactly as the model's was
+    scores = {}
+    for as_of, block in frame.groupby("as_of", sort=True):
+        features = block.set_index("customer_id")[churn.columns]
+        scores[pd.Timestamp(as_of).date()] = churn.score(features, top_k=5)
+    assert len(scores) >= 3, "the simulator spec has several snapshot dates"
+    return {"spec": trained["spec"], "scores": scores, "data": data}
+
+
+def _reason_tuples(reasons, as_text: bool = False) -> list[tuple]:
+    from serving.batch import reason_value_text
+
+    out = []
+    for r in reasons:
+        value = r["value"]
+        if as_text and value is not None:
+            value = reason_value_text(value)
+        out.append((r["feature"], value, r["contribution"]))
+    return out
+
+
+def _assert_answer_equals(answer: dict, expected: pd.Series, churn) -> None:
+    where = f"{answer['customer_id']} as of {answer['as_of']}"
+    assert answer["churn_risk"] == expected["churn_risk"], where
+    assert answer["risk_band"] == expected["risk_band"], where
+    assert _reason_tuples(answer["reasons"]) == _reason_tuples(expected["reasons"]), where
+    assert answer["base_value"] == expected["base_value"], where
+    assert answer["other_contribution"] == expected["other_contribution"], where
+    assert answer["model_versions"]["churn"] == str(churn.version)
+    assert answer["model_versions"]["sentiment_scoring_id"] == churn.sentiment_lineage.scoring_id
+
+
+def _served_dates(truth: dict) -> list[dt.date]:
+    dates = sorted(truth["scores"])
+    return [dates[0], dates[-1]]
+
+
+def _bodies(truth: dict, canonical, as_of: dt.date) -> list[dict]:
+    customers, events, _ = canonical
+    eligible = set(truth["scores"][as_of].index)
+    ids = [c for c in pick_customers(events, as_of, 4 * N_SERVED) if c in eligible][:N_SERVED]
+    assert len(ids) >= N_SERVED // 2, "customers with several texts before as_of"
+    return [request_for(customers, events, cid, as_of) for cid in ids]
+
+
+def test_service_alone_batched_and_under_load_equals_the_training_frame(
+    http, server, truth, models, canonical
+):
+    churn, sentiment = models
+    flood_texts = [
+        "THE WORST SERVICE EVER!!! " * 15,  # long and loud, within the test server's 400 characters
+        "thanks, that fixed it",
+        "still broken and nobody answers my emails about the refund",
+    ] + [f"the staff was {w} today" for w in ("great", "rude", "slow", "friendly")]
+    for as_of in _served_dates(truth):
+        expected = truth["scores"][as_of]
+        bodies = _bodies(truth, canonical, as_of)
+        alone = [http.post("/churn_risk", json=body) for body in bodies]
+        for response, body in zip(alone, bodies, strict=True):
+            assert response.status_code == 200, response.text
+            _assert_answer_equals(response.json(), expected.loc[body["customer"]["customer_id"]], churn)
+        for start in range(0, len(bodies), 6):  # the test server takes at most 6 customers per batch
+            chunk = bodies[start : start + 6]
+            response = http.post("/churn_risk_batch", json={"customers": chunk})
+            assert response.status_code == 200, response.text
+            for answer, body in zip(response.json()["results"], chunk, strict=True):
+                _assert_answer_equals(answer, expected.loc[body["customer"]["customer_id"]], churn)
+
+        # Under load: two clients flood /sentiment while the same requests go again.
+        stop = threading.Event()
+        flooded: list[dict] = []
+        failures: list[str] = []
+
+        threads = [
+            threading.Thread(
+                target=_flood_sentiment,
+                args=(server.url, flood_texts, seed, stop, flooded, failures),
+                daemon=True,
+            )
+            for seed in (1, 2)
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            for body in bodies:
+                response = http.post("/churn_risk", json=body)
+                assert response.status_code == 200, response.text
+                _assert_answer_equals(response.json(), expected.loc[body["customer"]["customer_id"]], churn)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=60)
+        assert not failures, failures
+        assert len(flooded) >= 3, "the flood ran alongside"
+        # The flooding clients' own answers are each text's answer alone, whatever shared their forward pass.
+        alone_proba = {t: sentiment.predict_proba([t])[0] for t in flood_texts}
+        for reply in flooded:
+            for text, result in zip(reply["texts"], reply["results"], strict=True):
+                want = dict(zip(sentiment.labels, alone_proba[text].astype(float).tolist(), strict=True))
+                assert result["scores"] == want
+
+
+def _flood_sentiment(
+    url: str, texts: list[str], seed: int, stop: threading.Event, flooded: list[dict], failures: list[str]
+) -> None:
+    """A client sending random subsets of `texts` to /sentiment until `stop`; answers go to `flooded`."""
+    import httpx
+
+    rng = random.Random(seed)
+    with httpx.Client(base_url=url, timeout=60) as client:
+        while not stop.is_set():
+            sample = rng.sample(texts, k=rng.randint(1, len(texts)))
+            reply = client.post("/sentiment", json={"texts": sample})
+            if reply.status_code != 200:
+                failures.append(reply.text)
+                return
+            flooded.append({"texts": sample, "results": reply.json()["results"]})
+
+
+def _batch_rows(path: Path) -> pd.DataFrame:
+    from serving.batch import read_scores
+
+    return read_scores(path).set_index("customer_id")
+
+
+def _assert_batch_equals(got: pd.DataFrame, expected: pd.DataFrame, churn) -> None:
+    assert sorted(got.index) == sorted(expected.index)  # the same eligible customers
+    for customer_id, row in got.iterrows():
+        want = expected.loc[customer_id]
+        assert row["churn_risk"] == want["churn_risk"], customer_id
+        assert row["risk_band"] == want["risk_band"], customer_id
+        assert _reason_tuples(row["reasons"]) == _reason_tuples(want["reasons"], as_text=True), customer_id
+        assert row["base_value"] == want["base_value"], customer_id
+        assert row["other_contribution"] == want["other_contribution"], customer_id
+    assert (got["model_version"] == str(churn.version)).all()
+    assert (got["sentiment_scoring_id"] == churn.sentiment_lineage.scoring_id).all()
+
+
+@pytest.mark.parametrize("engine", ["local", pytest.param("spark", marks=pytest.mark.spark)])
+def test_batch_engines_equal_the_training_frame(engine, truth, models, tmp_path: Path, request):
+    from serving.batch import score_customers
+
+    churn, _ = models
+    if engine == "spark":
+        request.getfixturevalue("spark")
+    for as_of in _served_dates(truth):
+        out = tmp_path / f"{engine}-{as_of}" / ("scores" if engine == "spark" else "scores.parquet")
+        summary = score_customers(
+            truth["spec"],
+            as_of,
+            out,
+            engine=engine,
+            model_uri=f"models:/churnsense-churn/{churn.version}",
+            cache_dir=tmp_path / f"cache-{engine}",  # fresh: this engine scores every text itself
+            chunk_customers=150,
+            master="local[2]",
+        )
+        assert summary.n_buckets > 2
+        _assert_batch_equals(_batch_rows(out), truth["scores"][as_of], churn)
