@@ -63,9 +63,7 @@ def ensure_models(bench: Path) -> dict[str, str]:
     saved = bench / "batch_models.json"
     if saved.exists():
         return json.loads(saved.read_text())
-    from models.sentiment import SentimentClassifier
-    from models.sentiment_cache import score_texts_cached
-    from serving.batch import sentiment_model_version
+    from models.text_scoring import CachedTextScorer, sentiment_lineage
     from tests.sentiment_helpers import build_tiny_backbone, review_texts, write_reviews
     from training.churn import train_churn
     from training.sentiment import train_sentiment
@@ -75,16 +73,14 @@ def ensure_models(bench: Path) -> dict[str, str]:
     reviews = write_reviews(bench / "batch_reviews", review_texts(40, seed=1))
     sentiment = train_sentiment(
         reviews, None, backbone=str(backbone), max_steps=6, batch_size=16, max_length=32,
-        baseline=False, quantize=False, num_threads=2,
+        baseline=False, quantize=True, num_threads=2,
     )  # fmt: skip
-    classifier = SentimentClassifier.load(sentiment.model_uri)
-    version = sentiment_model_version(sentiment.model_uri)
     cache = bench / "batch_cache"
     train_dir = ensure_data(bench / f"sim_{TRAIN_CUSTOMERS}", TRAIN_CUSTOMERS, seed=12)
     churn = train_churn(
         train_dir / "spec.yaml",
         None,
-        sentiment_scorer=lambda t: score_texts_cached(t, classifier, cache, version),
+        sentiment_scorer=CachedTextScorer(sentiment_lineage(sentiment.model_uri), cache),
     )
     models = {"churn": churn.model_uri, "sentiment": sentiment.model_uri, "cache": str(cache)}
     saved.write_text(json.dumps(models))
@@ -93,31 +89,26 @@ def ensure_models(bench: Path) -> dict[str, str]:
 
 def warm_cache(data: Path, models: dict[str, str]) -> dict[str, float]:
     """Score every distinct text of the data into the cache (streaming by row group); returns what it did."""
-    import pandas as pd
     import pyarrow.parquet as pq
 
-    from models.sentiment import SentimentClassifier
-    from models.sentiment_cache import open_cache
-    from serving.batch import sentiment_model_version
+    from features.text import normalise_texts
+    from models.text_scoring import CachedTextScorer, sentiment_lineage
 
-    cache = open_cache(models["cache"], sentiment_model_version(models["sentiment"]))
+    scorer_of_cache = CachedTextScorer(
+        sentiment_lineage(models["sentiment"]), models["cache"], batch_size=256
+    )
+    cache = scorer_of_cache.cache()
     calls = {"texts": 0}
-    classifier = None
 
     def scorer(texts):
-        nonlocal classifier
-        classifier = classifier or SentimentClassifier.load(models["sentiment"], batch_size=256)
         calls["texts"] += len(texts)
-        return classifier(texts)
+        return scorer_of_cache.classifier.sentiment_scores(texts)
 
     started = time.perf_counter()
     handle = pq.ParquetFile(data / "events.parquet")
     for group in range(handle.num_row_groups):
-        texts = pd.Series(
-            handle.read_row_group(group, columns=["text"]).column("text").to_pandas(), dtype="string"
-        )
-        texts = texts.str.strip()
-        cache.score(texts[texts.notna() & (texts != "")].tolist(), scorer)
+        texts = handle.read_row_group(group, columns=["text"]).column("text").to_pylist()
+        cache.score([t for t in normalise_texts(texts) if t is not None], scorer)
     return {"scored": calls["texts"], "seconds": time.perf_counter() - started, "entries": len(cache)}
 
 
@@ -125,7 +116,7 @@ def child(engine: str, data: Path, out: Path, models: dict[str, str], chunk: int
     """Run one engine (in its own process) and print its summary as JSON on the last line."""
     import logging
 
-    from serving.batch import score_customers
+    from batch import score_customers
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     summary = score_customers(

@@ -197,7 +197,7 @@ def score(
     ] = "exclude",
 ) -> None:
     """Score every customer as of a date (churn_risk, risk_band, reasons); rejected input rows go beside --out."""
-    from serving.batch import score_customers
+    from batch import score_customers
 
     summary = score_customers(
         spec,

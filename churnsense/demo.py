@@ -100,7 +100,7 @@ def run_demo(out: Path, customers: int, seed: int, sentiment_steps: int) -> None
     print(f"({time.perf_counter() - started:.1f}s)")
 
     started = _banner(f"6. batch-score every customer as of {as_of} (local engine)")
-    from serving.batch import score_customers, top_risk
+    from batch import score_customers, top_risk
 
     scores_path = out / "scores.parquet"
     summary = score_customers(spec_path, as_of, scores_path, progress=True)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from churnsense.errors import UserError
+from churnsense.files import atomic_write_parquet
 from features.columns import AS_OF, CHURNED, CUSTOMER_ID, SENTIMENT, TEXT
 from features.engine import FeatureSchema, build_customer_features, infer_schema
 from features.io import empty_rejects, load_customers, load_events
@@ -130,20 +129,6 @@ def training_frame(data: SpecData, schema: FeatureSchema) -> pd.DataFrame:
         block[CHURNED] = labelled[CHURNED].to_numpy()
         blocks.append(block)
     return pd.concat(blocks, ignore_index=True)
-
-
-def atomic_write_parquet(frame: pd.DataFrame, path: Path) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        frame.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_feature_table(spec_path: Path, as_of: str, out: Path) -> str:

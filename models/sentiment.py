@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -30,6 +29,7 @@ import pandas as pd
 import torch
 
 from churnsense.errors import UserError
+from churnsense.files import atomic_path, atomic_write_parquet
 from features.text import normalise_text
 from models.catalog import SENTIMENT_MODEL, champion_uri
 from models.lineage import artifact_digest, scoring_id
@@ -386,25 +386,16 @@ def read_table_file(path: Path) -> pd.DataFrame:
 
 
 def atomic_write_table(frame: pd.DataFrame, path: Path) -> None:
-    """Parquet or CSV by extension, written to a temporary file beside `path` and renamed into place."""
+    """Parquet or CSV by extension, written under a temporary name and renamed into place."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in (".parquet", ".pq"):
-        from features.pipeline import atomic_write_parquet
-
         atomic_write_parquet(frame, path)
         return
     if suffix not in (".csv", ".tsv"):
         raise UserError(f"--out: unsupported file type {suffix!r} (use .parquet or .csv)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
+    with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False, sep="\t" if suffix == ".tsv" else ",")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def score_text_file(

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
 import threading
 import uuid
@@ -26,6 +25,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from churnsense.files import atomic_write_parquet
 
 logger = logging.getLogger(__name__)
 
@@ -98,19 +99,12 @@ class SentimentCache:
         """Write one new part (temporary name, then rename) and make it visible to this instance."""
         if len(hashes) == 0:
             return None
-        self.folder.mkdir(parents=True, exist_ok=True)
         name = f"part-{uuid.uuid4().hex}.parquet"
-        tmp = self.folder / f".{name}.tmp"
         table = pa.table(
             {"text_hash": pa.array(list(hashes), pa.string()), "score": pa.array(scores, pa.float64())},
             schema=CACHE_SCHEMA,
         )
-        try:
-            pq.write_table(table, tmp)
-            os.replace(tmp, self.folder / name)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        atomic_write_parquet(table, self.folder / name)
         self._append(list(hashes), np.asarray(scores, dtype="float64").tolist())
         self._loaded.add(name)
         return self.folder / name

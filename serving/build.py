@@ -13,7 +13,7 @@
 2. `bentoml build` with the repository's `bentofile.yaml`: the Bento pins the exact model versions the service's
    `BentoModel(...:latest)` references resolve to now.
 
-Stores: MLflow from `MLFLOW_TRACKING_URI` (see `training.tracking`), BentoML under `BENTOML_HOME`.
+Stores: MLflow from `MLFLOW_TRACKING_URI` (see `models.catalog`), BentoML under `BENTOML_HOME`.
 """
 
 from __future__ import annotations

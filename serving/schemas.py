@@ -5,7 +5,7 @@ Every model hides input values in its error messages (`hide_input_in_errors`): B
 request's validation error, and nothing a customer wrote may reach the logs.
 
 Checks that need the loaded churn model (which profile fields and value columns it expects) live in
-`serving.requests`, which raises the same pydantic `ValidationError` so every 400 has one shape:
+`serving.scoring`, which raises the same pydantic `ValidationError` so every 400 has one shape:
 ``{"error": "1 validation error for ...", "detail": [{"loc": [...], "msg": "...", "type": "..."}]}``.
 """
 

@@ -60,7 +60,7 @@ def isolated_stores(session_tmp: Path):
 def spark():
     """One local Spark session for the whole test run (the batch and skew tests share it)."""
     pytest.importorskip("pyspark")
-    from serving.spark_batch import spark_session
+    from batch.spark import spark_session
 
     session = spark_session("local[2]", driver_memory="2g")
     yield session

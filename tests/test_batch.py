@@ -137,7 +137,7 @@ def direct_scores(spec_path: Path, models: dict, churn) -> pd.DataFrame:
 
 
 def run_local(spec: Path, out: Path, models: dict, **options):
-    from serving.batch import score_customers
+    from batch import score_customers
 
     options.setdefault("cache_dir", models["cache_dir"])
     return score_customers(
@@ -208,7 +208,7 @@ def test_sentiment_cache_scores_each_distinct_text_once(tmp_path: Path):
 def test_bucket_of_is_stable_and_reads_ids_as_the_loaders_do():
     import pyarrow as pa
 
-    from serving.batch import bucket_of
+    from batch.buckets import bucket_of
 
     texts = bucket_of(pa.array(["7", " 7 ", "8", None]), 16)
     numbers = bucket_of(pa.array([7, 7, 8, None]), 16)
@@ -240,10 +240,10 @@ def test_local_engine_equals_direct_scoring_on_multi_file_csv(
     dirty_dir: Path, models: dict, churn, local_dirty
 ):
     summary, out = local_dirty
-    from serving.batch import read_scores
+    from batch import read_scores
 
     got = read_scores(out)
-    from serving.batch import RESULT_COLUMNS
+    from batch.output import RESULT_COLUMNS
 
     assert list(got.columns) == RESULT_COLUMNS
     assert (got["as_of"] == models["as_of"]).all()
@@ -284,7 +284,7 @@ def test_rejected_rows_land_in_the_rejects_file_with_reasons(dirty_dir: Path, lo
 
 @pytest.mark.slow
 def test_chunking_does_not_change_results(sim_dir: Path, models: dict, churn, local_sim, tmp_path: Path):
-    from serving.batch import read_scores
+    from batch import read_scores
 
     summary, out = local_sim
     one_bucket = run_local(
@@ -301,8 +301,9 @@ def test_killed_run_leaves_no_output_and_a_rerun_resumes_to_the_same_result(
 ):
     from typer.testing import CliRunner
 
+    from batch import read_scores
+    from batch.plan import SLEEP_HOOK_ENV
     from churnsense.cli import app
-    from serving.batch import SLEEP_HOOK_ENV, read_scores
 
     out = tmp_path / "scores.parquet"
     args = [
@@ -347,10 +348,10 @@ def test_killed_run_leaves_no_output_and_a_rerun_resumes_to_the_same_result(
 
 @pytest.mark.slow
 def test_second_run_scores_no_text_twice(sim_dir: Path, models: dict, tmp_path: Path):
+    from batch import read_scores
     from features.pipeline import load_data
     from features.spec import load_spec
     from models.sentiment_cache import cache_folder
-    from serving.batch import read_scores
 
     scored: list[str] = []
 
@@ -385,7 +386,7 @@ def test_second_run_scores_no_text_twice(sim_dir: Path, models: dict, tmp_path: 
 def test_spark_engine_equals_local_engine_and_direct_scoring(
     spark, dirty_dir: Path, models: dict, churn, local_dirty, tmp_path: Path
 ):
-    from serving.batch import read_scores, score_customers
+    from batch import read_scores, score_customers
 
     parts_before = sorted(models["cache_dir"].rglob("part-*.parquet"))
     out = tmp_path / "spark_scores"

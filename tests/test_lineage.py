@@ -83,24 +83,33 @@ def coupled_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         _tiny_sentiment(root / "s1", seed=1)
         promote_sentiment()
         lineage = sentiment_lineage("models:/churnsense-sentiment@champion")
-        train_churn(root / "data" / "spec.yaml", None, sentiment_scorer=CachedTextScorer(lineage, root / "cache"))
+        train_churn(
+            root / "data" / "spec.yaml", None, sentiment_scorer=CachedTextScorer(lineage, root / "cache")
+        )
         promote_churn()
-        yield {"root": root, "spec": root / "data" / "spec.yaml", "cache": root / "cache", "as_of": "2024-11-01"}
+        yield {
+            "root": root,
+            "spec": root / "data" / "spec.yaml",
+            "cache": root / "cache",
+            "as_of": "2024-11-01",
+        }
 
 
 def _score(store: dict, out: Path, **options):
-    from serving.batch import read_scores, score_customers
+    from batch import read_scores, score_customers
 
     summary = score_customers(store["spec"], store["as_of"], out, cache_dir=store["cache"], **options)
     return summary, read_scores(out)
 
 
-def test_promoting_a_sentiment_model_never_changes_a_churn_score_silently(coupled_store: dict, tmp_path: Path):
+def test_promoting_a_sentiment_model_never_changes_a_churn_score_silently(
+    coupled_store: dict, tmp_path: Path
+):
     from mlflow import MlflowClient
 
+    from batch import BatchError
     from churnsense.errors import UserError
     from models.catalog import CHURN_MODEL
-    from serving.batch import BatchError
     from serving.build import coupled_sentiment_version
     from training.coupled import promote_sentiment_coupled
     from training.registry import champion_version
@@ -121,7 +130,9 @@ def test_promoting_a_sentiment_model_never_changes_a_churn_score_silently(couple
 
         # Asking the batch job for another sentiment model is refused, never used.
         with pytest.raises(BatchError, match="not the sentiment model"):
-            _score(coupled_store, tmp_path / "other.parquet", sentiment_model="models:/churnsense-sentiment/2")
+            _score(
+                coupled_store, tmp_path / "other.parquet", sentiment_model="models:/churnsense-sentiment/2"
+            )
 
         # A sentiment alias moved by hand: churn scores still use v1, and the Bento build refuses the pair.
         client = MlflowClient()
@@ -142,7 +153,9 @@ def test_promoting_a_sentiment_model_never_changes_a_churn_score_silently(couple
         assert (after["sentiment_model_version"] == "2").all() and (after["model_version"] == "2").all()
 
 
-def test_batch_excludes_or_flags_customers_who_are_not_customers_at_as_of(coupled_store: dict, tmp_path: Path):
+def test_batch_excludes_or_flags_customers_who_are_not_customers_at_as_of(
+    coupled_store: dict, tmp_path: Path
+):
     from features.labels import ALREADY_CHURNED, NOT_YET_A_CUSTOMER
 
     with own_store(coupled_store["root"] / "store"):

@@ -53,7 +53,7 @@ def truth(trained, models, tmp_path_factory) -> dict:
 
 
 def _reason_tuples(reasons, as_text: bool = False) -> list[tuple]:
-    from serving.batch import reason_value_text
+    from batch.output import reason_value_text
 
     out = []
     for r in reasons:
@@ -163,7 +163,7 @@ def _flood_sentiment(
 
 
 def _batch_rows(path: Path) -> pd.DataFrame:
-    from serving.batch import read_scores
+    from batch import read_scores
 
     return read_scores(path).set_index("customer_id")
 
@@ -183,7 +183,7 @@ def _assert_batch_equals(got: pd.DataFrame, expected: pd.DataFrame, churn) -> No
 
 @pytest.mark.parametrize("engine", ["local", pytest.param("spark", marks=pytest.mark.spark)])
 def test_batch_engines_equal_the_training_frame(engine, truth, models, tmp_path: Path, request):
-    from serving.batch import score_customers
+    from batch import score_customers
 
     churn, _ = models
     if engine == "spark":

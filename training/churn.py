@@ -37,6 +37,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
 from churnsense.errors import UserError
+from churnsense.files import atomic_write_text
 from features.columns import AS_OF, CHURNED, CUSTOMER_ID, TIMESTAMP
 from features.engine import FEATURE_VERSION, FeatureSchema
 from features.pipeline import SentimentScorer, SpecData, load_data, schema_for, training_frame
@@ -886,9 +887,7 @@ def train_churn(
 
 def write_summary(result: ChurnRunResult, path: Path) -> None:
     """The run summary as JSON (metrics, run id, version, timings)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result.summary(), indent=2, default=str) + "\n", encoding="utf-8")
+    atomic_write_text(json.dumps(result.summary(), indent=2, default=str) + "\n", path)
 
 
 # --- promotion ---------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 
 from churnsense.errors import UserError
+from churnsense.files import atomic_write_text
 from features.columns import TEXT
 from features.io import available_columns, load_reviews
 from features.spec import DatasetSpec, load_spec
@@ -897,11 +898,7 @@ def train_sentiment(
 
 def write_summary(result: SentimentRunResult, path: Path) -> None:
     """The run summary as JSON (metrics, run id, version, timings), written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(result.to_json(), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(result.to_json(), path)
 
 
 # --- promotion -------------------------------------------------------------------------------------------

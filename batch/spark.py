@@ -4,14 +4,14 @@
 
 Plan:
 
-0. Splits (shared with the local engine, `serving.batch.plan_splits`): one row per CSV file or run of Parquet
+0. Splits (shared with the local engine, `batch.buckets.plan_splits`): one row per CSV file or run of Parquet
    row groups of about a million rows. If the spec's texts feed the model, a first small job lists the texts the
    sentiment cache lacks, makes them distinct and scores each once, in parallel, into the shared cache.
-1. A `mapInArrow` task reads its split with the local engine's reader (`serving.batch.iter_raw_batches`: same
+1. A `mapInArrow` task reads its split with the local engine's reader (`batch.buckets.iter_raw_batches`: same
    parsing, same text sentiment from the cache), hashes customer ids into buckets and emits each bucket's slice
    as compressed Arrow IPC bytes.
 2. `groupBy(bucket).applyInArrow`: a Python worker gets every slice of one bucket, restores the rows in
-   source order and runs `serving.batch.score_bucket` (loaders with rejects, `build_customer_features`,
+   source order and runs `batch.buckets.score_bucket` (loaders with rejects, `build_customer_features`,
    `ChurnModel.score`). The model is broadcast once (pickled by the driver after its contract check) and
    unpickled once per Python worker, which is reused across tasks.
 3. Results and rejects are staged once, then written as Parquet folders under temporary names and renamed.
@@ -26,6 +26,7 @@ No feature is computed in Spark SQL.
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 import os
 import shutil
@@ -34,6 +35,7 @@ import tempfile
 import time
 import uuid
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,33 +43,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from serving.batch import (
-    CUSTOMERS,
-    EVENTS,
-    REJECT_SCHEMA,
-    RESULT_COLUMNS,
-    RESULT_SCHEMA,
-    SOURCE_ROW,
-    BatchError,
-    BatchPlan,
-    BatchSummary,
-    Split,
-    _ipc_bytes,
-    _ipc_table,
-    _limit_threads,
-    _raw_schema,
-    bucket_of,
-    churn_model,
-    id_column,
-    install_churn_model,
-    model_bytes,
-    plan_splits,
-    rejects_path_for,
-    score_bucket,
-    score_new_texts,
-    split_by_bucket,
-    unscored_texts,
-)
+from batch.buckets import Split, bucket_of, id_column, plan_splits, score_bucket, split_by_bucket
+from batch.output import REJECT_SCHEMA, RESULT_COLUMNS, RESULT_SCHEMA, BatchSummary, rejects_path_for
+from batch.plan import CUSTOMERS, EVENTS, SOURCE_ROW, BatchError, BatchPlan
+from batch.read import raw_schema
+from batch.texts import score_new_texts, unscored_texts
+from batch.workers import churn_model, install_churn_model, limit_threads, mark_worker, model_bytes
+from churnsense.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -169,9 +151,7 @@ def _log4j_config() -> Path:
     """A log4j2 file that keeps the JVM at WARN from its first line (setLogLevel only acts after start-up)."""
     path = Path(tempfile.gettempdir()) / "churnsense-spark-log4j2.properties"
     if not path.exists() or path.read_text() != _LOG4J2:
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-        tmp.write_text(_LOG4J2)
-        os.replace(tmp, path)
+        atomic_write_text(_LOG4J2, path)
     return path
 
 
@@ -192,7 +172,7 @@ def read_splits(plan: BatchPlan, batches: Any) -> Any:
                 out_buckets, payloads = [], []
                 for bucket, part in split_by_bucket(table, buckets, plan.n_buckets):
                     out_buckets.append(bucket)
-                    payloads.append(_ipc_bytes(part))
+                    payloads.append(ipc_bytes(part))
                 yield pa.RecordBatch.from_pydict(
                     {
                         "bucket": pa.array(out_buckets, pa.int32()),
@@ -205,7 +185,7 @@ def read_splits(plan: BatchPlan, batches: Any) -> Any:
 
 def find_unscored_texts(plan: BatchPlan, batches: Any) -> Any:
     """`mapInArrow` body: the distinct texts of each split that the sentiment cache lacks."""
-    _mark_worker()
+    mark_worker()
     for batch in batches:
         for row in batch.to_pylist():
             texts = unscored_texts(plan, Split(**row))
@@ -215,18 +195,10 @@ def find_unscored_texts(plan: BatchPlan, batches: Any) -> Any:
 
 def score_texts(plan: BatchPlan, batches: Any) -> Any:
     """`mapInArrow` body: score a partition of (distinct, new) texts into the cache; yields how many."""
-    _mark_worker()
+    mark_worker()
     for batch in batches:
         texts = batch.column("text").to_pylist()
         yield pa.RecordBatch.from_pydict({"scored": pa.array([score_new_texts(plan, texts)], pa.int64())})
-
-
-def _mark_worker() -> None:
-    import serving.batch
-
-    if not serving.batch._IN_WORKER:
-        serving.batch._IN_WORKER = True
-        _limit_threads()
 
 
 # --- stage 2: one bucket group ----------------------------------------------------------------------------------
@@ -253,25 +225,26 @@ def score_group(plan: BatchPlan, key: tuple, slices: pa.Table) -> pa.Table:
             if not names:
                 files[kind] = None
                 continue
-            schema = _raw_schema(plan, kind)
-            table = _ipc_table([p for k, p in zip(kinds, payloads, strict=True) if k == kind], schema)
+            schema = raw_schema(plan, kind)
+            table = ipc_table([p for k, p in zip(kinds, payloads, strict=True) if k == kind], schema)
             files[kind] = Path(folder) / f"{kind}.parquet"
             pq.write_table(table.cast(schema), files[kind])
         results, rejects = score_bucket(plan, files[CUSTOMERS], files[EVENTS])
     return _union(results, rejects)
 
 
-_ready_workers: set[str] = set()
+_ready_workers: set[tuple[str, str, str]] = set()
 
 
 def score_group_with_model(plan: BatchPlan, model: Any, key: tuple, slices: pa.Table) -> pa.Table:
     """`score_group` after making sure this Python worker has the broadcast model and one OpenMP thread
     (Spark runs one task per core; more threads per task would fight over the cores)."""
-    if plan.model_uri not in _ready_workers:
-        _mark_worker()
-        install_churn_model(plan.model_uri, model.value)
-        _limit_threads()
-        _ready_workers.add(plan.model_uri)
+    key = (plan.tracking_uri, plan.model_uri, plan.model_digest)
+    if key not in _ready_workers:
+        mark_worker()
+        install_churn_model(plan.model_uri, plan.tracking_uri, plan.model_digest, model.value)
+        limit_threads()
+        _ready_workers.add(key)
     return score_group(plan, key, slices)
 
 
@@ -332,7 +305,9 @@ def run_spark(
             _score_new_texts(spark, plan, [s for s in splits if s.kind == EVENTS])
 
         # The driver's contract-checked model, unpickled once per Python worker (no MLflow load per worker).
-        model = spark.sparkContext.broadcast(model_bytes(churn_model(plan.model_uri, plan.tracking_uri)))
+        model = spark.sparkContext.broadcast(
+            model_bytes(churn_model(plan.model_uri, plan.tracking_uri, plan.model_digest))
+        )
 
         # Plain closures, not functools.partial: PySpark inspects the function's type hints. They only call
         # module functions: a closure is pickled by value, with any module global it names (a model cache
@@ -434,3 +409,16 @@ def _swap_in(staged: Path, target: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
         else:
             old.unlink(missing_ok=True)
+
+
+def ipc_bytes(table: pa.Table) -> bytes:
+    """A table as compressed Arrow IPC stream bytes (how the Spark engine ships bucket slices)."""
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression="lz4")) as writer:
+        writer.write_table(table)
+    return sink.getvalue()
+
+
+def ipc_table(payloads: Sequence[bytes], schema: pa.Schema) -> pa.Table:
+    tables = [pa.ipc.open_stream(pa.py_buffer(p)).read_all() for p in payloads]
+    return pa.concat_tables(tables) if tables else schema.empty_table()

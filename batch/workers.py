@@ -1,0 +1,139 @@
+"""What each process keeps for the whole run: models loaded once, and one thread per worker.
+
+Pool workers and Spark Python workers call `mark_worker()` at start-up: from then on they use one BLAS/OpenMP
+and torch thread (the other cores run other workers). Models are cached per process, keyed by where they came
+from (tracking store and URI) or by content (sentiment `scoring_id`), so a second store's "v1" is never mistaken
+for the first one's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pickle
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+
+from batch.plan import SentimentSource
+
+logger = logging.getLogger(__name__)
+
+
+# --- models: loaded once per process ----------------------------------------------------------------------------
+
+_churn_models: dict[tuple[str, str, str], Any] = {}
+_sentiment_models: dict[str, Any] = {}
+_state = {"in_worker": False}
+
+
+def mark_worker() -> None:
+    """This process is a pool or Spark worker: one thread for BLAS/OpenMP, Arrow and torch from now on."""
+    if not _state["in_worker"]:
+        _state["in_worker"] = True
+        for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[name] = "1"
+        limit_threads()
+
+
+def in_worker() -> bool:
+    return _state["in_worker"]
+
+
+def set_tracking_uri(tracking_uri: str) -> None:
+    """Point this process (environment and MLflow client) at the run's tracking store."""
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+
+
+def _model_key(plan_or_uri: Any, tracking_uri: str | None, digest: str = "") -> tuple[str, str, str]:
+    return (tracking_uri or "", str(plan_or_uri), digest)
+
+
+def churn_model(uri: str, tracking_uri: str | None = None, digest: str = "") -> Any:
+    """The churn model behind `uri` in `tracking_uri`'s store, loaded once per process (pool and Spark workers
+    reuse it). Keyed by store, URI and folder digest: another store's "v1" is another model."""
+    key = _model_key(uri, tracking_uri, digest)
+    model = _churn_models.get(key)
+    if model is None:
+        if tracking_uri:
+            set_tracking_uri(tracking_uri)
+        from models.churn import ChurnModel
+
+        model = _churn_models[key] = ChurnModel.load(uri)
+    return model
+
+
+def model_bytes(model: Any) -> bytes:
+    """The loaded (contract-checked) churn model pickled for the workers: they unpickle it instead of loading
+    it from MLflow again, which would import mlflow, skops and torch in every process (~15 s each)."""
+    return pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def install_churn_model(uri: str, tracking_uri: str | None, digest: str, blob: bytes) -> Any:
+    """Make `churn_model(uri, tracking_uri, digest)` return the model pickled in `blob` (once per process)."""
+    key = _model_key(uri, tracking_uri, digest)
+    model = _churn_models.get(key)
+    if model is None:
+        model = _churn_models[key] = pickle.loads(blob)
+    return model
+
+
+def sentiment_scorer(source: SentimentSource, tracking_uri: str | None = None) -> Any:
+    """The sentiment classifier of `source.lineage` (digest checked), loaded once per process."""
+    scorer = _sentiment_models.get(source.lineage.scoring_id)
+    if scorer is None:
+        if tracking_uri:
+            set_tracking_uri(tracking_uri)
+        from models.text_scoring import load_sentiment
+
+        # In a pool or Spark worker, one thread: the other cores run other workers.
+        threads = 1 if in_worker() else None
+        scorer = _sentiment_models[source.lineage.scoring_id] = load_sentiment(
+            source.lineage, num_threads=threads, batch_size=64
+        )
+    return scorer
+
+
+@contextlib.contextmanager
+def sentiment_scorer_in_use(source: SentimentSource, scorer: Any) -> Iterator[None]:
+    """Within the block, `sentiment_scorer(source)` in this process returns `scorer` (an already loaded model)."""
+    key = source.lineage.scoring_id
+    previous = _sentiment_models.get(key)
+    _sentiment_models[key] = scorer
+    try:
+        yield
+    finally:
+        _sentiment_models.pop(key, None)
+        if previous is not None:
+            _sentiment_models[key] = previous
+
+
+def limit_threads() -> None:
+    """One thread for OpenMP/BLAS pools, Arrow and torch (if loaded) in this process."""
+    import sys
+
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+    pa.set_cpu_count(1)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
+
+
+def watch_parent(parent_pid: int) -> None:
+    """Exit this process when its parent dies (a killed driver must not leave workers behind)."""
+    import threading
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
