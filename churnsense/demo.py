@@ -11,12 +11,14 @@ your own stores. Open the runs with `mlflow ui --backend-store-uri sqlite:///dem
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
 import time
 from pathlib import Path
+from typing import Annotated
+
+import typer
 
 from churnsense.errors import UserError
 
@@ -129,26 +131,29 @@ def _wide_pandas():
     return pd.option_context("display.width", 200, "display.max_colwidth", 120)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--out", type=Path, default=Path("demo_out"), help="folder for everything the demo writes"
-    )
-    parser.add_argument("--customers", type=int, default=10000, help="size of the generated customer base")
-    parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument(
-        "--sentiment-steps", type=int, default=60, help="fine-tuning steps for the demo's MiniLM"
-    )
-    args = parser.parse_args()
+app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False)
+
+
+@app.command(help=__doc__)
+def main(
+    out: Annotated[Path, typer.Option("--out", help="folder for everything the demo writes")] = Path(
+        "demo_out"
+    ),
+    customers: Annotated[
+        int, typer.Option("--customers", min=100, help="size of the generated base")
+    ] = 10000,
+    seed: Annotated[int, typer.Option("--seed", help="simulator seed")] = 7,
+    sentiment_steps: Annotated[
+        int, typer.Option("--sentiment-steps", min=1, help="fine-tuning steps for the demo's MiniLM")
+    ] = 60,
+) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        run_demo(args.out, args.customers, args.seed, args.sentiment_steps)
+        run_demo(out, customers, seed, sentiment_steps)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        raise typer.Exit(code=2) from None
 
 
 if __name__ == "__main__":
-    main()
+    app()

@@ -121,12 +121,16 @@ def test_no_import_cycles() -> None:
 
 
 def test_files_stay_small_enough_to_read() -> None:
-    """About 500 lines a file; the few above carry their reason in this list."""
-    allowed = {"features/simulate.py": "the simulator's generators and text templates, one job"}
+    """About 500 lines a file at most; the few above carry their reason here."""
+    allowed = {
+        "features/simulate.py": "one job, the event simulator: its generators and text templates",
+        "features/validate.py": "one job, validating a spec: one small check per rule a real file breaks",
+        "training/churn.py": "evaluate, log, register, train and promote: the churn run's steps in order",
+    }
     long = []
     for path in _modules().values():
         rel = str(path.relative_to(ROOT))
         lines = len(path.read_text(encoding="utf-8").splitlines())
-        if lines > 650 and rel not in allowed:
+        if lines > 520 and rel not in allowed:
             long.append(f"{rel}: {lines} lines")
     assert not long, "\n".join(long)

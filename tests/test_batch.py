@@ -215,10 +215,21 @@ def test_bucket_of_is_stable_and_reads_ids_as_the_loaders_do():
     encoded = bucket_of(pa.array(["7", "7", "8", None]).dictionary_encode(), 16)
     assert list(texts) == list(numbers) == list(encoded)
     assert texts[3] == 0
-    assert list(bucket_of(pa.array([str(i) for i in range(1000)]), 7)) == list(
-        bucket_of(pa.array([str(i) for i in range(1000)]), 7)
-    )
-    assert set(bucket_of(pa.array([str(i) for i in range(1000)]), 7)) == set(range(7))
+    here = bucket_of(pa.array([str(i) for i in range(1000)]), 7)
+    assert set(here) == set(range(7))
+    # Stable across processes (Spark workers, pool workers, a rerun): not Python's salted hash().
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = "import json, pyarrow as pa; from batch.buckets import bucket_of; "
+    code += "print(json.dumps(bucket_of(pa.array([str(i) for i in range(1000)]), 7).tolist()))"
+    other = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+        env={**os.environ, "PYTHONHASHSEED": "12345"}, cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip
+    assert json.loads(other.stdout) == here.tolist()
 
 
 # --- local engine ------------------------------------------------------------------------------------------

@@ -26,8 +26,9 @@ from models.churn import (
     risk_band,
 )
 from models.treeshap import BoostedTreeExplainer
-from training.churn import fit_churn_model, model_metadata, pip_requirements, skops_trusted_types
+from training.churn import model_metadata, pip_requirements, skops_trusted_types
 from training.churn_config import ChurnConfig
+from training.churn_fit import fit_churn_model
 
 FAST = {"booster": {"max_iter": 40, "learning_rate": 0.15, "early_stopping": False, "min_samples_leaf": 20}}
 
@@ -454,7 +455,7 @@ def test_assembled_calibration_equals_calibrated_classifier_cv(method):
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.pipeline import Pipeline
 
-    from training.churn import _out_of_fold, calibrated_pipeline, cv_folds, make_booster
+    from training.churn_fit import _out_of_fold, calibrated_pipeline, cv_folds, make_booster
 
     customers = _customers(1200, seed=6)
     schema = infer_schema(customers, None)

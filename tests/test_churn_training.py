@@ -18,16 +18,14 @@ from churnsense.errors import UserError
 from features.columns import AS_OF, CHURNED, CUSTOMER_ID
 from features.spec import load_spec
 from models.churn import ChurnModel
-from training.churn import (
+from training.churn import load_validation_frame, promote_churn, train_churn
+from training.churn_config import ChurnConfig, ConfigError, load_config, parse_config
+from training.churn_data import (
     ChurnDataError,
     check_label_windows,
     label_training_data,
-    load_validation_frame,
-    promote_churn,
     split_train_validation,
-    train_churn,
 )
-from training.churn_config import ChurnConfig, ConfigError, load_config, parse_config
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "test-churn-training"

@@ -26,12 +26,8 @@ from sentiment_helpers import (
 from churnsense.errors import UserError
 from features.spec import load_spec
 from models.sentiment import SentimentClassifier, length_sorted_batches, pad_batch
-from training.sentiment import (
-    BudgetedSchedule,
-    SentimentDataError,
-    clean_reviews,
-    prepare_reviews,
-)
+from training.finetune import BudgetedSchedule
+from training.reviews import SentimentDataError, clean_reviews, prepare_reviews
 from training.sentiment_config import SentimentConfigError, load_sentiment_config
 
 TINY = {

@@ -35,8 +35,8 @@ def truth(trained, models, tmp_path_factory) -> dict:
     """The training frame's scores per (as_of, customer): the reference every other path must equal."""
     from features.spec import load_spec
     from models.text_scoring import CachedTextScorer
-    from training.churn import label_training_data, load_training_data
     from training.churn_config import ChurnConfig
+    from training.churn_data import label_training_data, load_training_data
 
     churn, _ = models
     spec = load_spec(trained["spec"])

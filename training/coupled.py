@@ -87,15 +87,11 @@ def rescore_validation(
     churn_model: Any, version: Any, lineage: Any, spec: Path
 ) -> dict[str, dict[str, float]]:
     """The churn champion's metrics on its validation rows with its own text features and with `lineage`'s."""
+    from features.columns import CHURNED
     from features.spec import load_spec
     from models.text_scoring import CachedTextScorer
-    from training.churn import (
-        CHURNED,
-        classification_metrics,
-        label_training_data,
-        load_training_data,
-        load_validation_frame,
-    )
+    from training.churn import classification_metrics, load_validation_frame
+    from training.churn_data import label_training_data, load_training_data
 
     own = load_validation_frame(version.run_id)
     data = load_training_data(load_spec(spec), CachedTextScorer(lineage))
@@ -121,7 +117,8 @@ def promote_sentiment_coupled(
         model_name: the sentiment model's registered name (churn lineage is checked for `churnsense-sentiment`).
     """
     from models.text_scoring import sentiment_lineage
-    from training.churn import classification_metrics, load_config, promote_policy, train_churn
+    from training.churn import classification_metrics, promote_policy, train_churn
+    from training.churn_config import load_config
     from training.registry import champion_version, decide, record_decision
     from training.sentiment import promote_sentiment
 
@@ -149,9 +146,10 @@ def promote_sentiment_coupled(
             "churn model so both move together."
         )
         return result
+    from features.columns import CHURNED
     from models.churn import ChurnModel
     from models.text_scoring import CachedTextScorer
-    from training.churn import CHURNED, load_validation_frame
+    from training.churn import load_validation_frame
     from training.registry import PromotionDecision
 
     config = load_config(config_path)

@@ -1,0 +1,354 @@
+"""Fine-tuning the pretrained encoder (and the TF-IDF baseline fitted beside it).
+
+Length-bucketed batches with dynamic padding, AdamW with a separate head learning rate, linear warm-up and decay,
+validation every N steps with early stopping on macro-F1, and a step / wall-time budget (`BudgetedSchedule`).
+`save_model_dir` writes the Hugging Face folder (weights, config with id2label, tokenizer, churnsense sidecar).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import re
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from features.columns import TEXT
+from models.sentiment import (
+    SIDECAR,
+    SentimentClassifier,
+    pad_batch,
+    resolve_backbone,
+)
+from training.reviews import LABEL, ReviewSplits
+from training.sentiment_config import SentimentConfig
+
+logger = logging.getLogger(__name__)
+
+
+# --- models ----------------------------------------------------------------------------------------------
+
+
+def fit_baseline(train: pd.DataFrame, config: SentimentConfig) -> Any:
+    """TF-IDF (word 1-2-grams + char_wb 2-5-grams) + logistic regression, as one sklearn `Pipeline` that takes
+    a frame with a `text` column and predicts label names."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+
+    # Tiny data sets (tests) would lose every n-gram to min_df=2.
+    min_df = 2 if len(train) >= 1000 else 1
+    features = ColumnTransformer(
+        [
+            ("word", TfidfVectorizer(ngram_range=(1, 2), min_df=min_df, sublinear_tf=True), TEXT),
+            (
+                "char",
+                TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=min_df, sublinear_tf=True),
+                TEXT,
+            ),
+        ]
+    )
+    pipeline = Pipeline(
+        [("tfidf", features), ("logreg", LogisticRegression(C=config.baseline_c, max_iter=2000))]
+    )
+    return pipeline.fit(train[[TEXT]].astype({TEXT: object}), train[LABEL].astype(object))
+
+
+def seed_everything(seed: int) -> None:
+    """Python, NumPy and torch RNGs (the classifier head's initialisation and dropout use torch's)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_backbone(config: SentimentConfig, labels: list[str]) -> tuple[Any, Any]:
+    """The pretrained encoder with a fresh classification head for `labels`, and its tokenizer.
+
+    A local folder is read with `local_files_only` (and HF_HUB_OFFLINE=1); only a hub id may download.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    location, is_local = resolve_backbone(config.backbone)
+    if is_local:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    seed_everything(config.seed)
+    tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=is_local)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        location,
+        local_files_only=is_local,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+    )
+    return model, tokenizer
+
+
+@dataclass
+class FineTuneResult:
+    """What the training loop did; `model` holds the weights of the best validation macro-F1."""
+
+    model: Any
+    tokenizer: Any
+    steps: int
+    planned_steps: int
+    examples_seen: int
+    best_step: int
+    best_val_macro_f1: float
+    stopped_by: str
+    train_seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def seconds_per_1k_examples(self) -> float:
+        return 1000.0 * self.train_seconds / max(self.examples_seen, 1)
+
+
+def bucketed_batches(
+    lengths: np.ndarray, batch_size: int, rng: np.random.Generator, bucket_batches: int = 50
+) -> Iterator[np.ndarray]:
+    """One epoch of shuffled batches whose texts have similar lengths (less padding than random batches).
+
+    The order is shuffled, cut into buckets of `bucket_batches` batches, each bucket sorted by length and cut
+    into batches, and the batches shuffled again, so the model never sees a length-ordered curriculum.
+    """
+    order = rng.permutation(len(lengths))
+    bucket = batch_size * bucket_batches
+    batches = []
+    for start in range(0, len(order), bucket):
+        chunk = order[start : start + bucket]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    for index in rng.permutation(len(batches)):
+        yield batches[index]
+
+
+def _optimizer(model: Any, config: SentimentConfig) -> torch.optim.Optimizer:
+    """AdamW without weight decay on biases and LayerNorm; the head (pooler + classifier) may get its own lr."""
+    head_lr = config.head_learning_rate or config.learning_rate
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        is_head = name.startswith(("classifier", "pre_classifier")) or ".pooler." in f".{name}"
+        no_decay = name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name
+        groups.setdefault((is_head, no_decay), []).append(parameter)
+    return torch.optim.AdamW(
+        [
+            {
+                "params": params,
+                "lr": head_lr if is_head else config.learning_rate,
+                "weight_decay": 0.0 if no_decay else config.weight_decay,
+            }
+            for (is_head, no_decay), params in groups.items()
+        ]
+    )
+
+
+class BudgetedSchedule:
+    """Linear warm-up, then linear decay to zero at `total` steps.
+
+    With a time budget, `total` is re-estimated every few steps from the recent seconds per step (evaluations
+    included) so that the decay reaches zero when the time runs out, instead of the run being cut off at a
+    high learning rate; it never exceeds the planned steps. On a shared machine the estimate follows the load.
+    """
+
+    def __init__(self, planned: int, warmup_ratio: float, deadline: float = math.inf, window: int = 200):
+        self.planned = self.total = planned
+        self.warmup_ratio = warmup_ratio
+        self.deadline = deadline
+        self._recent: deque[tuple[int, float]] = deque(maxlen=window)
+
+    def factor(self, step: int) -> float:
+        """Learning-rate multiplier for optimiser step `step` (0-based)."""
+        warmup = int(self.warmup_ratio * self.total)
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (self.total - step) / max(self.total - warmup, 1))
+
+    def observe(self, step: int, now: float, every: int = 10, min_steps: int = 20) -> None:
+        """Record that `step` steps were done at monotonic time `now`; re-plan `total` within the deadline."""
+        self._recent.append((step, now))
+        if math.isinf(self.deadline) or step % every or len(self._recent) < min_steps:
+            return
+        first_step, first_time = self._recent[0]
+        seconds_per_step = (now - first_time) / max(step - first_step, 1)
+        affordable = int(max(self.deadline - now, 0.0) / max(seconds_per_step, 1e-9))
+        self.total = max(step + 1, min(self.planned, step + affordable))
+
+
+def fine_tune(
+    model: Any,
+    tokenizer: Any,
+    splits: ReviewSplits,
+    labels: list[str],
+    config: SentimentConfig,
+    on_evaluate: Callable[[int, dict[str, float]], None] | None = None,
+) -> FineTuneResult:
+    """A plain torch loop: bucketed dynamic-padding batches, AdamW with linear warm-up/decay, gradient
+    clipping, validation macro-F1 every `eval_every_steps` (or epoch) with early stopping, and a step
+    (`max_steps`) and time (`max_minutes`) budget. The best validation weights are restored at the end.
+
+    Args:
+        on_evaluate: called with (step, validation metrics) after every validation, e.g. to log to MLflow.
+    """
+    from tqdm.auto import tqdm
+
+    torch.set_num_threads(config.num_threads)
+    seed_everything(config.seed)
+    rng = np.random.default_rng(config.seed)
+    label_ids = {label: i for i, label in enumerate(labels)}
+    encoded = tokenizer(
+        splits.train[TEXT].tolist(), truncation=True, max_length=config.max_length, padding=False
+    )
+    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded]
+    encodings = [{k: encoded[k][i] for k in keys} for i in range(len(splits.train))]
+    lengths = np.array([len(e["input_ids"]) for e in encodings])
+    targets = torch.tensor([label_ids[label] for label in splits.train[LABEL]], dtype=torch.long)
+    steps_per_epoch = math.ceil(len(encodings) / config.batch_size)
+    planned = max(1, math.ceil(config.epochs * steps_per_epoch))
+    if config.max_steps:
+        planned = min(planned, config.max_steps)
+    eval_every = config.eval_every_steps or steps_per_epoch
+    optimizer = _optimizer(model, config)
+    deadline = time.monotonic() + 60 * config.max_minutes if config.max_minutes else math.inf
+    schedule = BudgetedSchedule(planned, config.warmup_ratio, deadline)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.factor)
+    pad_id = tokenizer.pad_token_id or 0
+
+    best_f1, best_step, best_state, evaluations_without_gain = -1.0, 0, None, 0
+    step, seen, stopped_by, history = 0, 0, "", []
+    last_evaluated = -1
+    started = time.perf_counter()
+
+    def evaluate_now() -> bool:
+        """Validate, keep the best weights; True when patience is exhausted."""
+        nonlocal best_f1, best_step, best_state, evaluations_without_gain, last_evaluated
+        classifier = SentimentClassifier(
+            model, tokenizer, max_length=config.max_length, batch_size=config.eval_batch_size
+        )
+        metrics = classification_metrics(
+            splits.validation[LABEL].tolist(),
+            classifier.predict_proba(splits.validation[TEXT].tolist()),
+            labels,
+        )
+        model.train()
+        last_evaluated = step
+        history.append({"step": step, **{k: metrics[k] for k in ("accuracy", "macro_f1", "log_loss")}})
+        if on_evaluate:
+            on_evaluate(step, metrics)
+        if metrics["macro_f1"] > best_f1:
+            best_f1, best_step, evaluations_without_gain = metrics["macro_f1"], step, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            evaluations_without_gain += 1
+        logger.info(
+            "step %d/%d: validation macro-F1 %.4f (best %.4f at %d)",
+            step,
+            schedule.total,
+            metrics["macro_f1"],
+            best_f1,
+            best_step,
+        )
+        return evaluations_without_gain >= config.patience
+
+    model.train()
+    bar = tqdm(total=planned, desc="fine-tuning", unit="step")
+    running_loss = None
+    while not stopped_by:
+        for index in bucketed_batches(lengths, config.batch_size, rng):
+            batch = pad_batch([encodings[i] for i in index], pad_id)
+            loss = model(**batch, labels=targets[index]).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            seen += len(index)
+            schedule.observe(step, time.monotonic())
+            if bar.total != schedule.total:
+                bar.total = schedule.total
+            running_loss = loss.item() if running_loss is None else 0.9 * running_loss + 0.1 * loss.item()
+            bar.set_postfix(loss=f"{running_loss:.3f}", lr=f"{scheduler.get_last_lr()[0]:.1e}", refresh=False)
+            bar.update(1)
+            if (step % eval_every == 0 or step >= schedule.total) and evaluate_now():
+                stopped_by = "early_stopping"
+            elif step >= schedule.total or time.monotonic() > deadline:
+                if schedule.total < planned or step < schedule.total:
+                    stopped_by = "max_minutes"
+                elif config.max_steps and planned == config.max_steps:
+                    stopped_by = "max_steps"
+                else:
+                    stopped_by = "epochs"
+            if stopped_by:
+                break
+    bar.close()
+    if last_evaluated != step:
+        evaluate_now()
+    train_seconds = time.perf_counter() - started
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return FineTuneResult(
+        model, tokenizer, step, planned, seen, best_step, best_f1, stopped_by, train_seconds, history
+    )
+
+
+def save_model_dir(result: FineTuneResult, labels: list[str], config: SentimentConfig, folder: Path) -> Path:
+    """Weights, config (with id2label / label2id), tokenizer and the churnsense sidecar, in one folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    result.model.save_pretrained(folder)
+    result.tokenizer.model_max_length = config.max_length
+    result.tokenizer.save_pretrained(folder)
+    sidecar = {"labels": labels, "backbone": config.backbone, "max_length": config.max_length}
+    (folder / SIDECAR).write_text(json.dumps(sidecar, indent=2), encoding="utf-8")
+    return folder
+
+
+def metric_key(text: str) -> str:
+    return re.sub(r"[^0-9A-Za-z_\-. /]", "_", text)
+
+
+def classification_metrics(y_true: list[str], proba: np.ndarray, labels: list[str]) -> dict[str, float]:
+    """accuracy, macro_f1, log_loss and per-class precision / recall / f1 (`precision_<label>` ...).
+
+    `proba` columns follow `labels`; a true label outside `labels` counts as an error (and no log loss).
+    """
+    from sklearn.metrics import accuracy_score, f1_score, log_loss, precision_recall_fscore_support
+
+    predicted = [labels[i] for i in proba.argmax(axis=1)]
+    classes = sorted(set(labels) | set(y_true))
+    metrics = {
+        "accuracy": float(accuracy_score(y_true, predicted)),
+        "macro_f1": float(
+            f1_score(y_true, predicted, labels=sorted(set(y_true)), average="macro", zero_division=0)
+        ),
+    }
+    if set(y_true) <= set(labels):
+        clipped = np.clip(proba, 1e-7, 1.0)
+        metrics["log_loss"] = float(
+            log_loss(y_true, clipped / clipped.sum(axis=1, keepdims=True), labels=labels)
+        )
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        y_true, predicted, labels=classes, zero_division=0
+    )
+    for label, p, r, f in zip(classes, precision, recall, f1, strict=True):
+        key = metric_key(label)
+        metrics[f"precision_{key}"], metrics[f"recall_{key}"], metrics[f"f1_{key}"] = (
+            float(p),
+            float(r),
+            float(f),
+        )
+    return metrics
