@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,6 +161,29 @@ def import_champion(name: str, version: Any = None) -> ImportedModel:
     return imported
 
 
+def pinned_bentofile(bentofile: Path) -> str:
+    """The build file with every `python.packages` entry pinned to the version installed here (`name==x.y.z`).
+
+    `lock_packages: false` keeps uv from resolving torch to CUDA wheels, but would leave the Bento's packages
+    unpinned; the versions this code was tested with are the ones a Bento must carry.
+    """
+    import re
+    from importlib.metadata import PackageNotFoundError, version
+
+    import yaml
+
+    raw = yaml.safe_load(bentofile.read_text(encoding="utf-8"))
+    pinned = []
+    for requirement in raw.get("python", {}).get("packages", []):
+        name = re.split(r"[<>=!~ \[;]", str(requirement), maxsplit=1)[0].strip()
+        try:
+            pinned.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            raise UserError(f"{bentofile}: python.packages names {name!r}, which is not installed here") from None
+    raw.setdefault("python", {})["packages"] = pinned
+    return yaml.safe_dump(raw, sort_keys=False)
+
+
 def build_bento(bentofile: Path = BENTOFILE, version: str | None = None) -> str:
     """Import both champions and build the Bento; returns its tag (``churnsense:<version>``).
 
@@ -172,12 +196,15 @@ def build_bento(bentofile: Path = BENTOFILE, version: str | None = None) -> str:
     churn = _champion(CHURN_MODEL)
     sentiment = coupled_sentiment_version(churn)  # refuses a pair that was not trained together
     models = [import_champion(CHURN_MODEL, churn), import_champion(SENTIMENT_MODEL, sentiment)]
-    bento = bentoml.bentos.build_bentofile(
-        str(bentofile),
-        build_ctx=str(Path(bentofile).resolve().parent),
-        version=version,
-        labels={f"{m.name}.mlflow_version": m.mlflow_version for m in models},
-    )
+    with tempfile.TemporaryDirectory(prefix="churnsense-build-") as folder:
+        pinned_file = Path(folder) / "bentofile.yaml"
+        pinned_file.write_text(pinned_bentofile(Path(bentofile)), encoding="utf-8")
+        bento = bentoml.bentos.build_bentofile(
+            str(pinned_file),
+            build_ctx=str(Path(bentofile).resolve().parent),
+            version=version,
+            labels={f"{m.name}.mlflow_version": m.mlflow_version for m in models},
+        )
     tag = str(bento.tag)
     pinned = sorted(str(m.tag) for m in bento.info.all_models)
     logger.info("built Bento %s with models %s", tag, ", ".join(pinned))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -335,6 +336,19 @@ def test_bento_carries_both_models(bento_tag: str):
     from features.engine import FEATURE_VERSION
 
     assert bentoml.models.get(churn.tag).info.labels["feature_version"] == FEATURE_VERSION
+    # Every Python package pinned to the version tested here, and no training code shipped.
+    from importlib.metadata import version
+
+    bento = bentoml.get(bento_tag)
+    requirements = (Path(bento.path) / "env" / "python" / "requirements.txt").read_text().split()
+    assert f"torch=={version('torch')}" in requirements and f"bentoml=={version('bentoml')}" in requirements
+    assert all("==" in line for line in requirements if line and not line.startswith("#"))
+    shipped = {
+        p.relative_to(Path(bento.path) / "src").parts[0] for p in (Path(bento.path) / "src").rglob("*.py")
+    }
+    assert (
+        "training" not in shipped and "batch" not in shipped and {"serving", "models", "features"} <= shipped
+    )
 
 
 @pytest.mark.slow
