@@ -30,7 +30,7 @@ import torch
 
 from churnsense.errors import UserError
 from churnsense.files import atomic_path, atomic_write_parquet
-from features.text import normalise_text
+from features.text import normalise_text, normalise_texts
 from models.catalog import SENTIMENT_MODEL, champion_uri
 from models.lineage import artifact_digest, scoring_id
 from models.text_encoder import invariant_forward
@@ -422,15 +422,16 @@ def score_text_file(
     classifier = SentimentClassifier.load(
         model, quantize=quantize, num_threads=num_threads, batch_size=batch_size
     )
-    texts = frame[text_column].astype("string").str.strip()
-    present = (texts.notna() & (texts != "")).to_numpy(dtype=bool)
-    scored = classifier.predict_frame(texts[present].tolist(), progress=progress)
+    texts = normalise_texts(frame[text_column].to_numpy(dtype=object))
+    present = np.fromiter((t is not None for t in texts), dtype=bool, count=len(texts))
+    scored = classifier.predict_frame([t for t in texts if t is not None], progress=progress)
     # Rows without text get missing values (NaN / <NA>) in every sentiment column.
     aligned = scored.set_axis(np.flatnonzero(present)).reindex(np.arange(len(frame)))
     out = frame.copy()
     for column in aligned.columns:
         out[column if column == "sentiment" else f"sentiment_{column}"] = aligned[column].to_numpy()
-    out["sentiment_model"] = str(model)
+    out["sentiment_model"] = str(classifier.source or model)
+    out["sentiment_scoring_id"] = classifier.scoring_id
     atomic_write_table(out, Path(out_path))
     seconds = time.perf_counter() - started
     return (

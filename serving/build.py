@@ -179,7 +179,9 @@ def pinned_bentofile(bentofile: Path) -> str:
         try:
             pinned.append(f"{name}=={version(name)}")
         except PackageNotFoundError:
-            raise UserError(f"{bentofile}: python.packages names {name!r}, which is not installed here") from None
+            raise UserError(
+                f"{bentofile}: python.packages names {name!r}, which is not installed here"
+            ) from None
     raw.setdefault("python", {})["packages"] = pinned
     return yaml.safe_dump(raw, sort_keys=False)
 

@@ -137,6 +137,10 @@ class SentimentResult(BaseModel):
 class SentimentResponse(BaseModel):
     results: list[SentimentResult]
     model_version: str = Field(description="MLflow registry version of the sentiment model")
+    scoring_id: str = Field(
+        description="artifact digest, arithmetic (int8/fp32) and inference version of the model: equal ids give "
+        "bit-identical scores for the same text"
+    )
 
 
 # --- /churn_risk ----------------------------------------------------------------------------------------

@@ -157,6 +157,7 @@ class ChurnSense:
         return SentimentResponse(
             results=[SentimentResult(label=s.label, score=s.score, scores=s.scores) for s in scored],
             model_version=self.versions.sentiment,
+            scoring_id=self.versions.sentiment_scoring_id,
         )
 
     @bentoml.api(input_spec=ChurnRiskRequest)

@@ -441,6 +441,11 @@ def test_predict_sentiment_cli_writes_the_file_and_rejects_a_missing_column(
     assert pd.isna(scored.loc[1, "sentiment_label"]) and np.isnan(scored.loc[1, "sentiment"])
     assert scored.loc[0, "sentiment"] > 0 > scored.loc[2, "sentiment"]
     assert not list(tmp_path.glob(".scored.parquet.*"))  # no temporary file left behind
+    fp32 = SentimentClassifier.load(trained.model_uri, quantize=False)
+    assert (scored["sentiment_scoring_id"] == fp32.scoring_id).all()  # the model that made the scores
+    np.testing.assert_array_equal(
+        scored.loc[[0, 2], "sentiment"], fp32.sentiment_scores([scored.loc[0, "body"], scored.loc[2, "body"]])
+    )
 
     csv_out = tmp_path / "scored.csv"
     code, _, _ = run_cli([*args, "--out", str(csv_out)], capsys, monkeypatch)

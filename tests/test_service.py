@@ -402,6 +402,7 @@ def test_sentiment_endpoint(http, models, trained):
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["model_version"] == trained["versions"]["sentiment"]
+    assert body["scoring_id"] == models[1].scoring_id
     expected = models[1].predict(texts)
     for result, want in zip(body["results"], expected, strict=True):
         assert set(result) == {"label", "score", "scores"}
