@@ -215,10 +215,18 @@ def top_risk(path: str | Path, n: int = 10) -> pd.DataFrame:
     table = dataset.read(columns=["customer_id", "churn_risk", "risk_band", "reasons"]).take(pa.array(order))
     frame = table.to_pandas()
     frame["reasons"] = [
-        "; ".join(f"{r['feature']}={r['value']} ({r['contribution']:+.3f})" for r in reasons)
+        "; ".join(f"{r['feature']}={_readable(r['value'])} ({r['contribution']:+.3f})" for r in reasons)
         for reasons in frame["reasons"]
     ]
     return frame.reset_index(drop=True)
+
+
+def _readable(value: str | None) -> str:
+    """A reason value for people: numbers to 4 significant digits (the file keeps the exact value)."""
+    try:
+        return f"{float(value):.4g}"
+    except (TypeError, ValueError):
+        return str(value)
 
 
 def band_counts(table: pa.Table) -> dict[str, int]:
