@@ -161,12 +161,51 @@ def latest_bento_tag(name: str = "churnsense") -> str:
         raise UserError(f"no {name} Bento in the BentoML store; run `churnsense build` first") from None
 
 
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+STOP_GRACE_S = 30.0
+
+
 def serve_foreground(target: str | None, host: str, port: int) -> int:
-    """CLI body of `churnsense serve`: run `bentoml serve` in the foreground until Ctrl-C; its exit code."""
+    """CLI body of `churnsense serve`: run `bentoml serve` until it exits or this process is told to stop.
+
+    The server runs in its own process group. SIGTERM, SIGINT (Ctrl-C) and SIGHUP sent to this wrapper are passed
+    on to that whole group (the arbiter and its workers), and the wrapper waits for it; a group still alive after
+    `STOP_GRACE_S` is killed. So a supervisor, `docker stop` or a test stopping `churnsense serve` never leaves a
+    server holding the port. If the wrapper itself is killed with SIGKILL, the server is told by the kernel
+    (parent-death signal). Returns the server's exit code.
+    """
     target = target or latest_bento_tag()
     command = serve_command(target, host, port)
     logger.info("serving %s on http://%s:%d (docs at /, health at /readyz)", target, host, port)
+    child = subprocess.Popen(command, env=server_env(), start_new_session=True, preexec_fn=_die_with_parent)
+    stopping: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        stopping.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGTERM if signum == signal.SIGHUP else signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
     try:
-        return subprocess.call(command, env=server_env())
-    except KeyboardInterrupt:
-        return 130
+        while True:
+            try:
+                code = child.wait(timeout=STOP_GRACE_S if stopping else None)
+                break
+            except subprocess.TimeoutExpired:
+                logger.warning("the server did not stop within %.0fs of the signal; killing it", STOP_GRACE_S)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.pid, signal.SIGKILL)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)  # anything of the group still left (workers of a dead arbiter)
+    return 130 if stopping and stopping[0] == signal.SIGINT else code
+
+
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM it when the wrapper dies, even by SIGKILL."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG

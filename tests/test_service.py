@@ -598,3 +598,47 @@ def test_bentoml_batching_mode_answers_the_same_under_concurrency(bentoml_batchi
     for got, want in zip(sentiment["results"], expected["results"], strict=True):
         assert got["label"] == want["label"]
         assert got["scores"] == pytest.approx(want["scores"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_churnsense_serve_passes_sigterm_on_and_leaves_nothing_behind(bento_tag: str):
+    """A supervisor stopping `churnsense serve` must stop the server too: no process left, the port free."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+    import psutil
+
+    from serving.server import free_port
+
+    port = free_port()
+    wrapper = subprocess.Popen(
+        [sys.executable, "-c", "from churnsense.cli import main; main()", "serve", "--bento", bento_tag,
+         "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            assert wrapper.poll() is None, "churnsense serve exited before it was ready"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("the server never became ready")
+        family = psutil.Process(wrapper.pid).children(recursive=True)
+        assert family, "bentoml serve and its workers run under the wrapper"
+        wrapper.send_signal(signal.SIGTERM)
+        wrapper.wait(timeout=90)
+        gone, alive = psutil.wait_procs(family, timeout=30)
+        assert not alive, f"left running: {[p.pid for p in alive]}"
+        with socket.socket() as sock:  # the port is free again
+            sock.bind(("127.0.0.1", port))
+    finally:
+        if wrapper.poll() is None:
+            wrapper.kill()
