@@ -199,7 +199,9 @@ def serve_foreground(target: str | None, host: str, port: int) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.pid, signal.SIGKILL)  # anything of the group still left (workers of a dead arbiter)
+            os.killpg(
+                child.pid, signal.SIGKILL
+            )  # anything of the group still left (workers of a dead arbiter)
     return 130 if stopping and stopping[0] == signal.SIGINT else code
 
 

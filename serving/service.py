@@ -31,6 +31,7 @@ import bentoml
 
 from serving.batching import MicroBatcher
 from serving.connections import BalanceConnections
+from serving.guard import RequestGuard
 from serving.schemas import (
     ChurnRiskBatchRequest,
     ChurnRiskBatchResponse,
@@ -270,6 +271,12 @@ class ChurnSense:
 # BentoML's own client calling /classify_texts (CHURNSENSE_SENTIMENT_BATCHING=bentoml) is left alone.
 ChurnSense.add_asgi_middleware(
     BalanceConnections, enabled=_SETTINGS.balance_connections, exclude_paths=("/classify_texts",)
+)
+# Wrong content types (415) and oversized bodies (413) are answered before BentoML reads them (serving.guard).
+ChurnSense.add_asgi_middleware(
+    RequestGuard,
+    paths=("/sentiment", "/churn_risk", "/churn_risk_batch", "/classify_texts"),
+    max_body_bytes=int(_SETTINGS.max_body_mb * 1024 * 1024),
 )
 
 

@@ -11,6 +11,7 @@ Every limit that turns bad input into a 400 lives here, so an operator can tune 
 | CHURNSENSE_BATCH_MAX_EVENTS | 100000 | events over all customers of one `/churn_risk_batch` request |
 | CHURNSENSE_BATCH_MAX_TEXTS | 2000 | event texts over all customers of one `/churn_risk_batch` request |
 | CHURNSENSE_MAX_PROFILE_FIELDS | 200 | profile fields of one customer |
+| CHURNSENSE_MAX_BODY_MB | 32 | request body size; larger bodies are answered 413 before they are read |
 | CHURNSENSE_TOP_REASONS | 5 | reasons returned with each churn risk |
 | CHURNSENSE_LOG_TEXT | false | log request texts (off: nothing a customer wrote reaches the logs) |
 | CHURNSENSE_THREADS | 1 | OpenMP/BLAS threads per worker for feature building and gradient boosting |
@@ -56,6 +57,7 @@ class ServingSettings(BaseModel):
     batch_max_events: int = Field(100_000, ge=1, le=10_000_000)
     batch_max_texts: int = Field(2000, ge=1, le=1_000_000)
     max_profile_fields: int = Field(200, ge=1, le=10_000)
+    max_body_mb: float = Field(32, gt=0, le=4096)
     top_reasons: int = Field(5, ge=0, le=100)
     log_text: bool = False
     threads: int = Field(1, ge=1, le=256)

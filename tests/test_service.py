@@ -642,3 +642,31 @@ def test_churnsense_serve_passes_sigterm_on_and_leaves_nothing_behind(bento_tag:
     finally:
         if wrapper.poll() is None:
             wrapper.kill()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", ["/sentiment", "/churn_risk", "/churn_risk_batch", "/classify_texts"])
+def test_wrong_content_types_are_415_not_500(http, path: str):
+    body = json.dumps({"texts": ["hi"]})
+    for content_type in ("multipart/form-data", "multipart/form-data; boundary=xyz", "text/plain", ""):
+        headers = {"content-type": content_type} if content_type else {}
+        response = http.post(path, content=body, headers=headers)
+        assert response.status_code == 415, (content_type, response.status_code, response.text)
+        assert "application/json" in response.json()["error"]
+    assert http.get("/readyz").status_code == 200
+
+
+@pytest.mark.slow
+def test_oversized_bodies_are_413_before_they_are_read(http):
+    big = json.dumps({"texts": ["x" * 1000] * 1100})  # ~1.1 MB against the test server's 1 MB cap
+    response = http.post("/sentiment", content=big, headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "CHURNSENSE_MAX_BODY_MB" in response.json()["error"]
+
+    def chunks():  # no Content-Length: the cap is enforced while reading
+        for start in range(0, len(big), 64 * 1024):
+            yield big[start : start + 64 * 1024].encode()
+
+    response = http.post("/sentiment", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    ok = http.post("/sentiment", json={"texts": ["the crew was friendly"]})
+    assert ok.status_code == 200 and len(ok.json()["results"]) == 1
