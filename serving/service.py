@@ -81,6 +81,10 @@ class ChurnSense:
 
         for name, value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}.items():
             os.environ.setdefault(name, value)
+        # Rejected requests: one escaped WARNING line each, rate-limited, no traceback (serving.request_log).
+        from serving import request_log
+
+        request_log.install()
         # The worker is this code's entry point: BentoML's logging config leaves the root logger at WARNING.
         for name in ("serving", "models"):
             logging.getLogger(name).setLevel(logging.INFO)

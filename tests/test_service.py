@@ -670,3 +670,52 @@ def test_oversized_bodies_are_413_before_they_are_read(http):
     assert response.status_code == 413
     ok = http.post("/sentiment", json={"texts": ["the crew was friendly"]})
     assert ok.status_code == 200 and len(ok.json()["results"]) == 1
+
+
+def test_rejected_requests_log_one_escaped_line_and_are_rate_limited():
+    import logging
+
+    from pydantic import BaseModel, ConfigDict
+
+    from serving.request_log import OneLineRejections
+
+    class Strict(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+    now = [100.0]
+    guard = OneLineRejections(per_second=5, clock=lambda: now[0])
+
+    def record() -> logging.LogRecord:
+        try:
+            Strict.model_validate({"bad\n[CRITICAL] forged": 1})
+        except ValidationError:
+            import sys
+
+            info = sys.exc_info()
+        return logging.LogRecord(
+            "bentoml", logging.ERROR, __file__, 1, "Exception on %s [%s]", ("/x", "POST"), info
+        )
+
+    kept = [r for r in (record() for _ in range(8)) if guard.filter(r)]
+    assert len(kept) == 5  # the rest of this second is counted, not logged
+    line = kept[0].getMessage()
+    assert kept[0].levelname == "WARNING" and kept[0].exc_info is None
+    assert "\n" not in line and "\\n[CRITICAL] forged" in line and line.startswith("rejected request on /x")
+    now[0] += 1.5
+    later = record()
+    assert guard.filter(later) and "3 more rejected requests not logged" in later.getMessage()
+    server_error = logging.LogRecord(
+        "bentoml", logging.ERROR, __file__, 1, "boom", (), (RuntimeError, RuntimeError("x"), None)
+    )
+    assert guard.filter(server_error) and server_error.exc_info is not None  # 5xx keep their traceback
+
+
+@pytest.mark.slow
+def test_the_server_log_has_no_forged_lines_and_no_tracebacks_for_bad_input(http, server):
+    response = http.post("/sentiment", json={"texts": ["hi"], "bad\n[CRITICAL] forged": 1})
+    assert response.status_code == 400
+    http.get("/readyz")
+    log = server.log_path.read_text(encoding="utf-8", errors="replace")
+    assert not any(line.startswith("[CRITICAL] forged") for line in log.splitlines())
+    assert "rejected request on /sentiment" in log and "\\n[CRITICAL] forged" in log
+    assert "Traceback" not in log, log[log.index("Traceback") - 300 : log.index("Traceback") + 600]
