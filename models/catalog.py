@@ -37,6 +37,40 @@ def absolute_tracking_uri() -> str:
     return uri
 
 
+_ready: set[str] = set()
+
+
+def ready_store(uri: str | None = None) -> str:
+    """Make sure the tracking store behind `uri` (default `tracking_uri()`) exists, creating it under a lock.
+
+    A new SQLite store is created by MLflow's alembic migrations on first use; two processes doing that at once
+    (two first trainings) made one of them fail. For SQLite stores the first use happens under an exclusive
+    lock on `<db>.lock` beside the file, so the second process finds the tables made. Once per process and URI.
+    Returns the URI.
+    """
+    uri = uri or tracking_uri()
+    if uri in _ready:
+        return uri
+    match = re.match(r"^sqlite:///(.+)$", uri)
+    if match:
+        import fcntl
+
+        from mlflow import MlflowClient
+
+        database = Path(match.group(1)).expanduser()
+        database.parent.mkdir(parents=True, exist_ok=True)
+        with open(f"{database}.lock", "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+                client.search_experiments(max_results=1)  # creates or migrates the tracking tables
+                client.search_registered_models(max_results=1)  # and the registry's
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+    _ready.add(uri)
+    return uri
+
+
 def champion_uri(name: str) -> str:
     return f"models:/{name}@{CHAMPION}"
 
@@ -63,7 +97,8 @@ def resolve_model_uri(uri: str) -> tuple[str, str | None]:
 
     name, alias = match.groups()
     try:
-        version = MlflowClient(tracking_uri=absolute_tracking_uri()).get_model_version_by_alias(name, alias)
+        uri_of_store = ready_store(absolute_tracking_uri())
+        version = MlflowClient(tracking_uri=uri_of_store).get_model_version_by_alias(name, alias)
     except MlflowException as error:
         raise UserError(
             f"{uri} does not resolve in {tracking_uri()} ({error.message}); train and promote a model first"

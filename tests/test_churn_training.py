@@ -360,3 +360,31 @@ def test_telco_default_config_reaches_published_quality():
     assert result.metrics["roc_auc"] >= 0.845
     assert result.baseline_metrics["roc_auc"] > 0.82  # the baseline is reported beside it, and is sane
     assert result.n_valid == 1409
+
+
+@pytest.mark.slow
+def test_two_first_trainings_at_once_on_a_new_store_both_succeed(demo_spec, tmp_path):
+    """A new SQLite store is created by MLflow's migrations on first use; two processes racing there used to
+    fail one of them (3 of 3 tries). Both real CLI trainings must succeed and register versions 1 and 2."""
+    import os
+    import subprocess
+
+    config = tmp_path / "small.yaml"
+    config.write_text(yaml.safe_dump(SMALL))
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}",
+        "CHURNSENSE_ARTIFACT_ROOT": str(tmp_path / "artifacts"),
+        "OMP_NUM_THREADS": "1",
+    }
+    command = [sys.executable, "-c", "from churnsense.cli import main; main()", "train", "churn",
+               "--spec", str(demo_spec), "--config", str(config)]  # fmt: skip
+    runs = [
+        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(2)
+    ]
+    outputs = [run.communicate(timeout=600)[0].decode(errors="replace") for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], "\n".join(out[-2000:] for out in outputs)
+    from mlflow import MlflowClient
+
+    versions = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"]).search_model_versions(f"name = '{NAME}'")
+    assert sorted(int(v.version) for v in versions) == [1, 2]

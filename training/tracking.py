@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from models.catalog import tracking_uri
+from models.catalog import ready_store, tracking_uri
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ def configure_mlflow(experiment_name: str) -> str:
     import mlflow
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    mlflow.set_tracking_uri(tracking_uri())
+    mlflow.set_tracking_uri(ready_store(tracking_uri()))  # a new store is created under a lock
     experiment = mlflow.get_experiment_by_name(experiment_name)
     if experiment is None:
         root = os.environ.get("CHURNSENSE_ARTIFACT_ROOT")
