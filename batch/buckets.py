@@ -36,6 +36,7 @@ from batch.read import cast_column, raw_schema, read_file_batches
 from batch.texts import text_sentiment
 from batch.workers import churn_model
 from features.engine import build_customer_features
+from features.io import parquet_file
 from features.labels import ineligible_reasons
 from features.pipeline import load_data
 from features.spec import DatasetSpec
@@ -158,7 +159,7 @@ def plan_splits(plan: BatchPlan, rows_per_split: int = READ_BATCH_ROWS) -> list[
         id_offset = 0
         for index, name in enumerate(files):
             if is_parquet(name):
-                meta = pq.ParquetFile(name).metadata
+                meta = parquet_file(name).metadata
                 start_group, start_row, run = 0, 0, 0
                 for group in range(meta.num_row_groups):
                     run += meta.row_group(group).num_rows

@@ -12,6 +12,7 @@ module).
 from __future__ import annotations
 
 import concurrent.futures as cf
+import hashlib
 import json
 import logging
 import multiprocessing
@@ -62,14 +63,17 @@ def bucket_file_name(bucket: int) -> str:
 _worker_plan: BatchPlan | None = None
 
 
-def _init_worker(plan: BatchPlan, model_file: str, parent_pid: int) -> None:
-    """Pool worker start-up: one BLAS/OpenMP thread (two workers share two cores), the driver's model, and
-    exit if the driver dies."""
+def _init_worker(plan: BatchPlan, model_file: str, model_sha256: str, parent_pid: int) -> None:
+    """Pool worker start-up: one BLAS/OpenMP thread (two workers share two cores), the driver's model (checked
+    against the digest the driver computed before it is unpickled), and exit if the driver dies."""
     global _worker_plan
     _worker_plan = plan
     mark_worker()
     watch_parent(parent_pid)
-    install_churn_model(plan.model_uri, plan.tracking_uri, plan.model_digest, Path(model_file).read_bytes())
+    blob = Path(model_file).read_bytes()
+    if hashlib.sha256(blob).hexdigest() != model_sha256:
+        raise BatchError(f"{model_file}: not the model file this run wrote; refusing to unpickle it")
+    install_churn_model(plan.model_uri, plan.tracking_uri, plan.model_digest, blob)
     limit_threads()
 
 
@@ -130,7 +134,9 @@ def run_local(
     """Partition the inputs into bucket files, score the buckets in a process pool, merge into `out`.
 
     A rerun with the same inputs, model, date and bucketing resumes from the buckets already scored; a run
-    that dies leaves nothing at `out` (the merge writes a temporary file and renames it).
+    that dies leaves nothing at `out` (the merge writes a temporary file and renames it). A run that fails on
+    an error (bad input, a worker that died) removes its work folder, which holds copies of customer data;
+    only a run killed outright leaves it, for the rerun to resume from.
     """
     started = time.perf_counter() if started is None else started
     out = Path(out).expanduser().resolve()
@@ -150,29 +156,35 @@ def run_local(
     todo = [b for b in range(plan.n_buckets) if b not in done]
     # A file, not an initarg: spawn writes initargs into a pipe and would block until each worker has started.
     model_file = work / "model.pkl"
-    atomic_write_bytes(
-        model_bytes(churn_model(plan.model_uri, plan.tracking_uri, plan.model_digest)), model_file
-    )
+    blob = model_bytes(churn_model(plan.model_uri, plan.tracking_uri, plan.model_digest))
+    atomic_write_bytes(blob, model_file)
     context = multiprocessing.get_context("spawn")
     bars = _Bars(progress)
-    with cf.ProcessPoolExecutor(
-        max_workers=max(1, workers),
-        mp_context=context,
-        initializer=_init_worker,
-        initargs=(plan, str(model_file), os.getpid()),
-    ) as pool:
-        try:
-            if not (work / "partition.done").exists():
-                _partition_in_pool(plan, work, pool, bars)
-            tick = time.perf_counter()
-            futures = [pool.submit(_score_bucket_in_worker, str(work), b) for b in todo]
-            bars.run(futures, "score", "bucket", total=plan.n_buckets, initial=resumed)
-        except BrokenProcessPool:
-            raise BatchError(
-                "a batch worker died (out of memory?); rerun to resume, with a smaller --chunk-customers"
-            ) from None
-    logger.info("scored %d bucket(s) in %.1fs", len(todo), time.perf_counter() - tick)
-    n_customers, counts, n_rejected, reasons = merge_outputs(plan, work, out)
+    try:
+        with cf.ProcessPoolExecutor(
+            max_workers=max(1, workers),
+            mp_context=context,
+            initializer=_init_worker,
+            # The workers unpickle the model file only if it is byte for byte the one written here.
+            initargs=(plan, str(model_file), hashlib.sha256(blob).hexdigest(), os.getpid()),
+        ) as pool:
+            try:
+                if not (work / "partition.done").exists():
+                    _partition_in_pool(plan, work, pool, bars)
+                tick = time.perf_counter()
+                futures = [pool.submit(_score_bucket_in_worker, str(work), b) for b in todo]
+                bars.run(futures, "score", "bucket", total=plan.n_buckets, initial=resumed)
+            except BrokenProcessPool:
+                raise BatchError(
+                    "a batch worker died (out of memory?); rerun with a smaller --chunk-customers"
+                ) from None
+        logger.info("scored %d bucket(s) in %.1fs", len(todo), time.perf_counter() - tick)
+        n_customers, counts, n_rejected, reasons = merge_outputs(plan, work, out)
+    except Exception:
+        shutil.rmtree(work, ignore_errors=True)  # copies of customer data: never left behind by an error
+        with suppress(OSError):
+            work.parent.rmdir()
+        raise
     bands, ineligible = split_band_counts(counts)
     if not keep_work:
         shutil.rmtree(work, ignore_errors=True)

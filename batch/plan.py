@@ -16,11 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
 from churnsense.errors import UserError
 from features.engine import FEATURE_VERSION
-from features.io import resolve_files
+from features.io import parquet_file, resolve_files
 from features.spec import DatasetSpec
 from models.catalog import CHURN_MODEL, absolute_tracking_uri, champion_uri
 from models.lineage import SentimentLineage
@@ -165,7 +163,7 @@ def count_rows(files: Sequence[str]) -> int:
     total = 0
     for name in files:
         if is_parquet(name):
-            total += pq.ParquetFile(name).metadata.num_rows
+            total += parquet_file(name).metadata.num_rows
         else:
             with open(name, "rb") as handle:
                 lines = sum(block.count(b"\n") for block in iter(lambda: handle.read(1 << 24), b""))

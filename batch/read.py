@@ -13,10 +13,9 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from batch.plan import CUSTOMERS, EVENTS, ROW_ID, SENTIMENT, SOURCE_FILE, SOURCE_ROW, BatchPlan, is_parquet
-from features.io import DataLoadError
+from features.io import DataLoadError, decode_error, parquet_file
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +36,7 @@ def raw_schema(plan: BatchPlan, kind: str) -> pa.Schema:
     table = plan.spec.customers if kind == CUSTOMERS else plan.spec.events
     first = files[0]
     if is_parquet(first):
-        schema = pq.read_schema(first)
+        schema = parquet_file(first).schema_arrow
         names = list(plan.events_columns) if kind == EVENTS else [n for n in schema.names if not _is_index(n)]
         fields = []
         for name in names:
@@ -95,8 +94,8 @@ def read_file_batches(
     batch_rows: int,
 ) -> Iterator[pa.Table]:
     if is_parquet(name):
+        handle = parquet_file(name)
         try:
-            handle = pq.ParquetFile(name)
             groups = list(range(handle.num_row_groups)) if row_groups is None else list(row_groups)
             if not groups:
                 return
@@ -111,5 +110,7 @@ def read_file_batches(
         with pd.read_csv(name, **options) as reader:
             for frame in reader:
                 yield pa.Table.from_pandas(frame, preserve_index=False)
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
+    except UnicodeDecodeError:
+        raise DataLoadError(decode_error(name, read_options)) from None
+    except (pd.errors.ParserError, ValueError) as error:
         raise DataLoadError(f"{name}: cannot parse ({error})") from None

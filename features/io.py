@@ -40,6 +40,33 @@ class DataLoadError(UserError):
     """A file the spec names cannot be read, or lacks a column the spec names. The message says which."""
 
 
+def parquet_file(file: str | Path) -> pq.ParquetFile:
+    """An open Parquet file; `DataLoadError` naming it when it is not Parquet, truncated or unreadable."""
+    try:
+        return pq.ParquetFile(file)
+    except (OSError, pa.ArrowInvalid) as error:
+        raise DataLoadError(f"{file}: cannot read Parquet ({error})") from None
+
+
+def undecodable_line(file: str | Path, encoding: str = "utf-8") -> str:
+    """Where the first line that is not valid `encoding` is, for an error message ("" if none is found)."""
+    with open(file, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                raw.decode(encoding)
+            except UnicodeDecodeError as error:
+                byte = raw[error.start : error.start + 1].hex()
+                return f"line {number}, byte {error.start + 1} (0x{byte}) is not valid {encoding}"
+    return ""
+
+
+def decode_error(file: str | Path, read_options: dict[str, Any]) -> str:
+    """A one-line message for a file that does not decode: where, and what to set."""
+    encoding = str(read_options.get("encoding") or "utf-8")
+    where = undecodable_line(file, encoding) or f"it is not valid {encoding}"
+    return f"{file}: {where}; fix the file, or name its encoding in the spec (read_options: {{encoding: latin-1}})"
+
+
 class Loaded(NamedTuple):
     frame: pd.DataFrame
     rejects: pd.DataFrame
@@ -85,7 +112,9 @@ def _read_csv(file: Path, options: dict[str, Any], **extra: Any) -> pd.DataFrame
     kwargs.update(extra)
     try:
         return pd.read_csv(file, **kwargs)
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
+    except UnicodeDecodeError:
+        raise DataLoadError(decode_error(file, options)) from None
+    except (pd.errors.ParserError, ValueError) as error:
         raise DataLoadError(f"{file}: cannot parse ({error})") from None
 
 
@@ -134,12 +163,12 @@ def read_table(
 
 def available_columns_of(file: Path, table: TableSpec) -> list[str]:
     if _is_parquet(file):
-        return list(pq.read_schema(file).names)
+        return list(parquet_file(file).schema_arrow.names)
     return list(_read_csv(file, table.read_options, nrows=0).columns)
 
 
 def _read_parquet(file: Path, columns: list[str] | None, dictionary_columns: tuple[str, ...]) -> pd.DataFrame:
-    schema = pq.read_schema(file)
+    schema = parquet_file(file).schema_arrow
     wanted = [c for c in dictionary_columns if c in schema.names and pa.types.is_string(schema.field(c).type)]
     try:
         table = pq.read_table(file, columns=columns, read_dictionary=wanted or None)

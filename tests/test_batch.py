@@ -426,3 +426,57 @@ def test_spark_engine_equals_local_engine_and_direct_scoring(
     assert summary.band_counts == local_dirty[0].band_counts and summary.n_rejected == 6
     assert sorted(models["cache_dir"].rglob("part-*.parquet")) == parts_before  # warm cache: no text rescored
     assert not list(tmp_path.glob(".spark_scores.*"))
+
+
+# --- files a real job meets ----------------------------------------------------------------------------------
+
+
+def _copy_of(folder: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    copy = tmp_path / "data"
+    shutil.copytree(folder, copy)
+    return copy
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["not parquet", "truncated"])
+def test_an_unreadable_parquet_file_is_a_one_line_error_and_leaves_nothing(
+    sim_dir: Path, models: dict, tmp_path: Path, damage: str
+):
+    import subprocess
+    import sys
+
+    data = _copy_of(sim_dir, tmp_path)
+    events = data / "events.parquet"
+    if damage == "truncated":
+        events.write_bytes(events.read_bytes()[: events.stat().st_size // 2])
+    else:
+        events.write_text("customer_id,timestamp\nC1,2024-01-01\n")
+    out = tmp_path / "out" / "scores.parquet"
+    command = [sys.executable, "-c", "from churnsense.cli import main; main()", "score",
+               "--spec", str(data / "spec.yaml"), "--as-of", "2024-12-01", "--out", str(out),
+               "--model", models["churn_uri"], "--cache-dir", str(models["cache_dir"]), "--no-progress"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: {events}: cannot read Parquet " + errors[0].split("cannot read Parquet ", 1)[1]
+    ]
+    assert "Traceback" not in done.stderr
+    assert (
+        not out.exists() and [p.name for p in out.parent.iterdir()] == []
+    )  # no work folder with customer data
+
+
+@pytest.mark.slow
+def test_a_csv_byte_that_is_not_utf8_is_named_by_line(dirty_dir: Path, models: dict, tmp_path: Path):
+    from features.io import DataLoadError
+
+    data = _copy_of(dirty_dir, tmp_path)
+    lines = (data / "customers.csv").read_bytes().split(b"\n")
+    lines[7] = lines[7].replace(b",", b",\xff", 1)
+    (data / "customers.csv").write_bytes(b"\n".join(lines))
+    with pytest.raises(DataLoadError, match=r"customers\.csv: line 8, byte \d+ \(0xff\) is not valid utf-8"):
+        run_local(data / "spec.yaml", tmp_path / "scores.parquet", models)
+    assert not (tmp_path / "scores.parquet").exists() and not list(tmp_path.glob(".scores.parquet.work"))
