@@ -287,11 +287,16 @@ def _stripped_categorical(values: pd.Series) -> pd.Series:
     return pd.Series(pd.Categorical.from_codes(codes, categories=clean), index=values.index, name=values.name)
 
 
-def load_events(spec: DatasetSpec, with_text: bool = True) -> Loaded:
+UNKNOWN_CUSTOMER = "customer id not in the customers table (or its customer row was rejected)"
+
+
+def load_events(spec: DatasetSpec, with_text: bool = True, known_ids: pd.Index | None = None) -> Loaded:
     """Events with canonical names: `customer_id` and `event_type` (categoricals), `timestamp`
     (datetime64[ns], naive UTC), the declared value columns (float64), and `text` / `sentiment` when declared.
 
-    Rows without an id or type, with an unparseable timestamp or a non-numeric value go to rejects.
+    Rows without an id or type, with an unparseable timestamp or a non-numeric value go to rejects, and so do
+    rows of customers not in `known_ids` when it is given (the loaded customers table: their events could
+    never be scored or trained on, and must not vanish without a word).
     """
     es: EventsSpec | None = spec.events
     if es is None:
@@ -316,6 +321,11 @@ def load_events(spec: DatasetSpec, with_text: bool = True) -> Loaded:
         (timestamps.isna().to_numpy(), es.time, "timestamp is missing or not a date"),
         (types.isna().to_numpy(), es.type, "event type is empty"),
     ]
+    if known_ids is not None:
+        known = pd.Index(known_ids.astype(str))
+        names = pd.Index(ids.cat.categories.astype(str))
+        unknown_code = np.append(~names.isin(known), False)  # code -1 (no id) is reported as empty above
+        checks.append((unknown_code[ids.cat.codes.to_numpy()], es.id, UNKNOWN_CUSTOMER))
     for name in es.values:
         raw = frame[name]
         if pd.api.types.is_float_dtype(raw.dtype) and not pd.api.types.is_extension_array_dtype(raw.dtype):

@@ -70,7 +70,8 @@ def load_data(
         customers, bad = load_customers(spec)
         rejects.append(bad)
     if spec.events is not None:
-        events, bad = load_events(spec, with_text=with_text or sentiment_scorer is not None)
+        known = pd.Index(customers[CUSTOMER_ID]) if customers is not None else None
+        events, bad = load_events(spec, with_text=with_text or sentiment_scorer is not None, known_ids=known)
         rejects.append(bad)
         if sentiment_scorer is not None and spec.events.sentiment is None:
             events = add_sentiment(events, sentiment_scorer)

@@ -480,3 +480,27 @@ def test_a_csv_byte_that_is_not_utf8_is_named_by_line(dirty_dir: Path, models: d
     with pytest.raises(DataLoadError, match=r"customers\.csv: line 8, byte \d+ \(0xff\) is not valid utf-8"):
         run_local(data / "spec.yaml", tmp_path / "scores.parquet", models)
     assert not (tmp_path / "scores.parquet").exists() and not list(tmp_path.glob(".scores.parquet.work"))
+
+
+@pytest.mark.slow
+def test_events_of_customers_not_in_the_customers_table_are_rejected_not_dropped(
+    dirty_dir: Path, models: dict, tmp_path: Path
+):
+    from features.io import UNKNOWN_CUSTOMER
+
+    data = _copy_of(dirty_dir, tmp_path)
+    part = data / "events" / "part-2.csv"
+    events = pd.read_csv(part, dtype=str, keep_default_na=False)
+    strangers = events.iloc[:3].copy()
+    strangers["customer_id"] = ["NOBODY-1", "NOBODY-2", "NOBODY-1"]
+    pd.concat([events, strangers]).to_csv(part, index=False)
+    summary = run_local(data / "spec.yaml", tmp_path / "scores.parquet", models, chunk_customers=400)
+    rejects = pd.read_parquet(summary.rejects_path)
+    mine = rejects[rejects["reason"] == UNKNOWN_CUSTOMER]
+    assert sorted(mine["customer_id"]) == ["NOBODY-1", "NOBODY-1", "NOBODY-2"]
+    assert (mine["file"] == str(part)).all() and sorted(mine["row"]) == [
+        len(events),
+        len(events) + 1,
+        len(events) + 2,
+    ]
+    assert summary.rejected_by_reason[f"events: {UNKNOWN_CUSTOMER}"] == 3
