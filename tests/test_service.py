@@ -637,8 +637,18 @@ def test_churnsense_serve_passes_sigterm_on_and_leaves_nothing_behind(bento_tag:
         wrapper.wait(timeout=90)
         gone, alive = psutil.wait_procs(family, timeout=30)
         assert not alive, f"left running: {[p.pid for p in alive]}"
-        with socket.socket() as sock:  # the port is free again
+        # The port is free again: nobody listens on it (SO_REUSEADDR, as every server sets it: connections the
+        # server closed may sit in TIME_WAIT for a minute, held by the kernel, not by a process).
+        listening = [
+            c
+            for c in psutil.net_connections("tcp")
+            if c.laddr and c.laddr.port == port and c.status == "LISTEN"
+        ]
+        assert not listening, listening
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(("127.0.0.1", port))
+            sock.listen()
     finally:
         if wrapper.poll() is None:
             wrapper.kill()
