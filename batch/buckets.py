@@ -30,13 +30,12 @@ from batch.plan import (
     SOURCE_FILE,
     SOURCE_ROW,
     BatchPlan,
-    is_parquet,
 )
 from batch.read import cast_column, raw_schema, read_file_batches
 from batch.texts import text_sentiment
 from batch.workers import churn_model
 from features.engine import build_customer_features
-from features.io import parquet_file
+from features.io import is_parquet, parquet_file
 from features.labels import ineligible_reasons
 from features.pipeline import load_data
 from features.spec import DatasetSpec

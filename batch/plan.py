@@ -18,7 +18,7 @@ from typing import Any
 
 from churnsense.errors import UserError
 from features.engine import FEATURE_VERSION
-from features.io import parquet_file, resolve_files
+from features.io import is_parquet, parquet_file, resolve_files
 from features.spec import DatasetSpec
 from models.catalog import CHURN_MODEL, absolute_tracking_uri, champion_uri
 from models.lineage import SentimentLineage
@@ -44,10 +44,6 @@ SENTIMENT = (
 CUSTOMERS, EVENTS = "customers", "events"
 
 INELIGIBLE_CHOICES = ("exclude", "flag")
-
-
-def is_parquet(name: str | Path) -> bool:
-    return str(name).lower().endswith((".parquet", ".pq"))
 
 
 class BatchError(UserError):

@@ -14,8 +14,8 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from batch.plan import CUSTOMERS, EVENTS, ROW_ID, SENTIMENT, SOURCE_FILE, SOURCE_ROW, BatchPlan, is_parquet
-from features.io import DataLoadError, decode_error, parquet_file
+from batch.plan import CUSTOMERS, EVENTS, ROW_ID, SENTIMENT, SOURCE_FILE, SOURCE_ROW, BatchPlan
+from features.io import DataLoadError, decode_error, is_parquet, parquet_file
 
 logger = logging.getLogger(__name__)
 

@@ -97,8 +97,9 @@ def resolve_files(spec: DatasetSpec, table: TableSpec) -> list[Path]:
     return files
 
 
-def _is_parquet(file: Path) -> bool:
-    return file.suffix.lower() in (".parquet", ".pq")
+def is_parquet(file: str | Path) -> bool:
+    """Whether a file is read as Parquet (by its name: .parquet or .pq); otherwise as CSV/TSV."""
+    return str(file).lower().endswith((".parquet", ".pq"))
 
 
 def available_columns(spec: DatasetSpec, table: TableSpec) -> list[str]:
@@ -143,7 +144,7 @@ def read_table(
                 raise DataLoadError(
                     f"{file}: column(s) {', '.join(map(repr, missing))} not found (has: {', '.join(present[:30])})"
                 )
-        if _is_parquet(file):
+        if is_parquet(file):
             frames.append(_read_parquet(file, columns, dictionary_columns))
         else:
             dtype = {c: "string" for c in string_columns if c in present}
@@ -162,7 +163,7 @@ def read_table(
 
 
 def available_columns_of(file: Path, table: TableSpec) -> list[str]:
-    if _is_parquet(file):
+    if is_parquet(file):
         return list(parquet_file(file).schema_arrow.names)
     return list(_read_csv(file, table.read_options, nrows=0).columns)
 

@@ -1,14 +1,15 @@
-"""Event-text sentiment scored once per distinct text and sentiment-model version, kept in a Parquet cache.
+"""Event-text sentiment scored once per distinct text and sentiment model, kept in a Parquet cache.
 
-Layout: `<cache_dir>/sentiment/<model_version>/part-<uuid>.parquet`, columns `text_hash` (hex BLAKE2b-128 of the
+Layout: `<cache_dir>/sentiment/<scoring_id>/part-<uuid>.parquet` (`models.lineage.scoring_id`: the model's file
+digest, arithmetic and inference version, so no other model can ever read these scores), columns `text_hash` (hex BLAKE2b-128 of the
 UTF-8 text) and `score` (float64 in [-1, 1]). Parts are only ever added, each written to a temporary name and
 renamed, so several processes (the nightly batch job, the service, `churnsense predict-sentiment`) can share one
 cache without locks; a text scored twice by two processes at once is harmless (same model, same score).
 
-    scores = score_texts_cached(texts, scorer, cache_dir, model_version)
+    scores = score_texts_cached(texts, scorer, cache_dir, scoring_id)
 
-calls `scorer` only on texts the cache has never seen for that model version. Texts are used exactly as given:
-strip them first if the scorer sees stripped texts elsewhere (`features.pipeline.add_sentiment` strips).
+calls `scorer` only on texts the cache has never seen for that model. Texts are used exactly as given:
+normalise them first (`features.text`; `models.text_scoring.CachedTextScorer` does).
 """
 
 from __future__ import annotations
