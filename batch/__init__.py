@@ -16,7 +16,7 @@ bucket, with all their events), each step in its own module:
 
 Engines: `local` (a process pool over on-disk buckets, resumable) and `spark` (the same read tasks in Spark,
 buckets shuffled to Python workers). `workers` keeps what each process loads once. Results per customer depend
-neither on the bucketing nor on the engine (tests/test_skew.py: bit-identical with the training frame).
+neither on the bucketing nor on the engine (tests/server/test_skew.py: bit-identical with the training frame).
 """
 
 from batch.output import BatchSummary, read_scores, top_risk

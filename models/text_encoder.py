@@ -24,7 +24,7 @@ break that:
 In fp32 (`int8=False`) the linears are float matmuls whose rounding may depend on how many rows they get, so each
 text runs alone (same shapes every time, slower). Architectures other than BERT fall back to `PerTextForward`:
 the Hugging Face model called on one text at a time (int8 dynamic or fp32), invariant for the same reason.
-`tests/test_text_encoder.py` checks bit-identity against neighbours, batch sizes and thread counts.
+`tests/unit/test_text_encoder.py` checks bit-identity against neighbours, batch sizes and thread counts.
 """
 
 from __future__ import annotations

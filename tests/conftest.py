@@ -21,15 +21,15 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Session fixtures with small real models and the real server (the service and skew tests share them).
 pytest_plugins = ["tests.served_models"]
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+LEVELS = ("unit", "integration", "server")
+"""Test folders, one per level (tests/README.md); each test gets its folder's marker: `pytest -m unit`."""
 
 
-def shared_file(*parts: str) -> Path:
-    """A file under ../shared/data, or skip the test when the folder is absent."""
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"{path} is absent")
-    return path
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        level = Path(item.fspath).parent.name
+        if level in LEVELS:
+            item.add_marker(getattr(pytest.mark, level))
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import shared_file
 from typer.testing import CliRunner
 
 from churnsense.cli import app
@@ -17,6 +16,7 @@ from features.columns import CUSTOMER_ID, EVENT_TYPE, SENTIMENT, SIGNUP_DATE, TI
 from features.engine import DAY_NS, FeatureSchema, build_customer_features, infer_schema
 from features.pipeline import feature_table, load_data, schema_for
 from features.spec import load_spec
+from tests.shared_data import shared_file
 
 AS_OF = pd.Timestamp("2024-03-01")
 NS = pd.Timedelta(1, "ns")

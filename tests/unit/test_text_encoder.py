@@ -120,7 +120,7 @@ def test_thread_count_and_process_do_not_change_a_score(tiny_classifier: Path, q
         done = subprocess.run(
             [sys.executable, "-c", _THREADS_SCRIPT, str(tiny_classifier), str(threads), quantize],
             input=json.dumps(texts), capture_output=True, text=True, check=True,
-            cwd=Path(__file__).resolve().parents[1],
+            cwd=Path(__file__).resolve().parents[2],
         )  # fmt: skip
         results.append(np.array(json.loads(done.stdout)))
     np.testing.assert_array_equal(results[0], results[1])

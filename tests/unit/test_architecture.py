@@ -13,7 +13,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ROOMS = ("churnsense", "features", "models", "training", "serving", "batch")
 FLOOR = {"base": 0, "features": 1, "models": 2, "training": 3, "serving": 3, "batch": 3, "cli": 4}
 

@@ -15,17 +15,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from sentiment_helpers import (
+
+from churnsense.errors import UserError
+from features.spec import load_spec
+from models.sentiment import SentimentClassifier, length_sorted_batches, pad_batch
+from tests.sentiment_helpers import (
     NEGATIVE_WORDS,
     POSITIVE_WORDS,
     build_tiny_backbone,
     review_texts,
     write_reviews,
 )
-
-from churnsense.errors import UserError
-from features.spec import load_spec
-from models.sentiment import SentimentClassifier, length_sorted_batches, pad_batch
 from training.finetune import BudgetedSchedule
 from training.reviews import SentimentDataError, clean_reviews, prepare_reviews
 from training.sentiment_config import SentimentConfigError, load_sentiment_config
@@ -92,7 +92,7 @@ def test_config_file_spells_out_the_defaults() -> None:
     """The defaults live in `SentimentConfig`; configs/sentiment.yaml shows them and must not drift."""
     from training.sentiment_config import SentimentConfig
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     assert (
         load_sentiment_config(repo / "configs" / "sentiment.yaml")
         == SentimentConfig()
@@ -487,10 +487,10 @@ def test_predict_sentiment_cli_writes_the_file_and_rejects_a_missing_column(
 
 @pytest.mark.shared_data
 def test_airline_tweets_cleaning_matches_the_known_duplicates() -> None:
-    from conftest import shared_file
+    from tests.shared_data import shared_file
 
     shared_file("airline_tweets", "Tweets.csv")
-    spec = load_spec(Path(__file__).resolve().parents[1] / "configs" / "airline_tweets.spec.yaml")
+    spec = load_spec(Path(__file__).resolve().parents[2] / "configs" / "airline_tweets.spec.yaml")
     _, report, labels, splits = prepare_reviews(spec, load_sentiment_config(None))
     # 155 duplicated tweet ids, 18 of them with conflicting labels (data README).
     assert report.id_conflicts == 36 and report.id_duplicates == 155 - 18

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import shared_file
 from typer.testing import CliRunner
 
 from churnsense.cli import app
 from features.validate import MIN_POSITIVES, Problem, ValidationReport, validate_spec_file
+from tests.shared_data import shared_file
 
 SPEC = """\
 customers: {path: customers.csv, id: cid, signup_date: joined}

@@ -12,12 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import shared_file
 
 from churnsense.errors import UserError
 from features.columns import AS_OF, CHURNED, CUSTOMER_ID
 from features.spec import load_spec
 from models.churn import ChurnModel
+from tests.shared_data import shared_file
 from training.churn import load_validation_frame, promote_churn, train_churn
 from training.churn_config import ChurnConfig, ConfigError, load_config, parse_config
 from training.churn_data import (
@@ -27,7 +27,7 @@ from training.churn_data import (
     split_train_validation,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NAME = "test-churn-training"
 # Small and quick: fewer, faster trees; a larger validation share so the simulated validation set has ~50
 # churners; its own registry name so other test files' models never meet these.

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # --- fixtures ----------------------------------------------------------------------------------------------
@@ -227,7 +227,7 @@ def test_bucket_of_is_stable_and_reads_ids_as_the_loaders_do():
     code += "print(json.dumps(bucket_of(pa.array([str(i) for i in range(1000)]), 7).tolist()))"
     other = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True,
-        env={**os.environ, "PYTHONHASHSEED": "12345"}, cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, "PYTHONHASHSEED": "12345"}, cwd=Path(__file__).resolve().parents[2],
     )  # fmt: skip
     assert json.loads(other.stdout) == here.tolist()
 
