@@ -7,13 +7,13 @@ a missing column, a file that does not parse. Logging is configured here and now
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from churnsense.environment import QUIET, SCORING, set_defaults
 from churnsense.errors import UserError
 
 app = typer.Typer(
@@ -32,17 +32,6 @@ app.add_typer(train_app, name="train")
 app.add_typer(promote_app, name="promote")
 
 SpecOption = Annotated[Path, typer.Option("--spec", help="dataset spec YAML (see README: 'Dataset spec')")]
-
-
-def _quiet_third_parties() -> None:
-    """No telemetry, no hub look-ups: set before the libraries are imported by a command."""
-    for name, value in {
-        "BENTOML_DO_NOT_TRACK": "true",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "DO_NOT_TRACK": "true",
-        "TOKENIZERS_PARALLELISM": "false",
-    }.items():
-        os.environ.setdefault(name, value)
 
 
 @app.callback()
@@ -123,7 +112,7 @@ def train_churn_command(
     ] = None,
 ) -> None:
     """Train calibrated boosted trees (and a logistic baseline) on churn labels from the spec; log and register."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before sklearn loads OpenMP: no spinning on 2 cores
+    set_defaults(SCORING)  # before sklearn loads OpenMP: no spinning on 2 cores
     from training.churn import train_churn, write_summary
 
     scorer = None
@@ -145,7 +134,7 @@ def promote_churn_command(
     ] = False,
 ) -> None:
     """Compare the newest churn version with the champion on its validation data; exit 0 promoted, 1 refused."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    set_defaults(SCORING)
     from training.churn import promote_churn
 
     decision = promote_churn(force=force, config=config)
@@ -224,7 +213,7 @@ def _passive_omp_threads() -> None:
     """Before torch loads: idle OpenMP threads sleep instead of spinning. On a shared 2-core machine, spinning
     threads starve the thread they wait for; a MiniLM training step measured 6.7 s with spinning vs 0.9 s
     passive under load."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    set_defaults(SCORING)
 
 
 @train_app.command("sentiment")
@@ -327,7 +316,7 @@ def serve(
 
 def main() -> None:
     """Console-script entry point."""
-    _quiet_third_parties()
+    set_defaults(QUIET)  # before a command imports MLflow, BentoML or transformers
     try:
         app()
     except UserError as error:

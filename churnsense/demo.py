@@ -20,6 +20,7 @@ from typing import Annotated
 
 import typer
 
+from churnsense.environment import OFFLINE, QUIET, set_defaults
 from churnsense.errors import UserError
 
 
@@ -35,13 +36,7 @@ def _isolate_stores(out: Path) -> None:
     os.environ.setdefault("CHURNSENSE_ARTIFACT_ROOT", str((out / "mlruns").resolve()))
     os.environ.setdefault("BENTOML_HOME", str((out / "bentoml").resolve()))
     os.environ.setdefault("CHURNSENSE_CACHE_DIR", str((out / "cache").resolve()))
-    for name, value in {
-        "BENTOML_DO_NOT_TRACK": "true",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "HF_HUB_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    }.items():
-        os.environ.setdefault(name, value)
+    set_defaults(QUIET, OFFLINE)
 
 
 def run_demo(out: Path, customers: int, seed: int, sentiment_steps: int) -> None:

@@ -17,13 +17,13 @@ entries. The model's weights load only when the cache lacks a text.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from churnsense.environment import paths
 from churnsense.errors import UserError
 from features.text import normalise_texts
 from models.catalog import registry_name_version, resolve_model_uri
@@ -85,7 +85,7 @@ def load_sentiment(lineage: SentimentLineage, num_threads: int | None = None, ba
 
 def default_cache_dir() -> Path:
     """`CHURNSENSE_CACHE_DIR`, else `~/.cache/churnsense`."""
-    return Path(os.environ.get("CHURNSENSE_CACHE_DIR") or Path.home() / ".cache" / "churnsense")
+    return paths().cache_dir
 
 
 class CachedTextScorer:

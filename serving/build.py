@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from churnsense.environment import SERVER
 from churnsense.errors import UserError
 from models.catalog import CHAMPION, CHURN_MODEL, SENTIMENT_MODEL, tracking_uri
 
@@ -162,7 +163,8 @@ def import_champion(name: str, version: Any = None) -> ImportedModel:
 
 
 def pinned_bentofile(bentofile: Path) -> str:
-    """The build file with every `python.packages` entry pinned to the version installed here (`name==x.y.z`).
+    """The build file with every `python.packages` entry pinned to the version installed here (`name==x.y.z`)
+    and the server's environment (`churnsense.environment.SERVER`) as its `envs`.
 
     `lock_packages: false` keeps uv from resolving torch to CUDA wheels, but would leave the Bento's packages
     unpinned; the versions this code was tested with are the ones a Bento must carry.
@@ -183,6 +185,8 @@ def pinned_bentofile(bentofile: Path) -> str:
                 f"{bentofile}: python.packages names {name!r}, which is not installed here"
             ) from None
     raw.setdefault("python", {})["packages"] = pinned
+    envs = {item["name"]: str(item["value"]) for item in raw.get("envs") or []}
+    raw["envs"] = [{"name": name, "value": value} for name, value in {**SERVER, **envs}.items()]
     return yaml.safe_dump(raw, sort_keys=False)
 
 

@@ -21,6 +21,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from churnsense.environment import SERVER, set_defaults
 from churnsense.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -29,18 +30,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SOURCE_TARGET = "serving.service:ChurnSense"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 3000
-QUIET_ENV = {
-    "BENTOML_DO_NOT_TRACK": "true",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DO_NOT_TRACK": "true",
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    # The worker's threads also get an explicit limit (serving.threads); this covers threads started early.
-    "OMP_NUM_THREADS": "1",
-    # Idle OpenMP threads sleep instead of spinning on a core the event loop needs.
-    "OMP_WAIT_POLICY": "PASSIVE",
-}
 
 
 def free_port(host: str = DEFAULT_HOST) -> int:
@@ -64,8 +53,7 @@ def server_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """This process's environment, telemetry off and thread limits set (unless already set), plus `extra`;
     BENTOML_HOME made absolute."""
     env = dict(os.environ)
-    for name, value in QUIET_ENV.items():
-        env.setdefault(name, value)
+    set_defaults(SERVER, environ=env)
     env.update(extra or {})
     # `bentoml serve <bento>` runs in the Bento's own folder: a relative store path would point elsewhere.
     if env.get("BENTOML_HOME"):

@@ -24,11 +24,11 @@ import asyncio
 import datetime as dt
 import gc
 import logging
-import os
 import time
 
 import bentoml
 
+from churnsense.environment import OFFLINE, set_defaults
 from serving.batching import MicroBatcher
 from serving.connections import BalanceConnections
 from serving.guard import RequestGuard
@@ -79,8 +79,7 @@ class ChurnSense:
         from models.sentiment import SentimentClassifier
         from serving.threads import limit_this_thread, limit_torch_threads
 
-        for name, value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}.items():
-            os.environ.setdefault(name, value)
+        set_defaults(OFFLINE)
         # Rejected requests: one escaped WARNING line each, rate-limited, no traceback (serving.request_log).
         from serving import request_log
 

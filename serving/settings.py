@@ -1,4 +1,4 @@
-"""Service settings, read from the environment once per process (STYLE rule 5).
+"""Service settings, read from the environment once per process (STYLE rule 5) with pydantic-settings.
 
 Every limit that turns bad input into a 400 lives here, so an operator can tune it without a code change:
 
@@ -34,21 +34,19 @@ thread are such "other" work.
 from __future__ import annotations
 
 import functools
-import os
-from collections.abc import Mapping
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from churnsense.environment import PREFIX
 from churnsense.errors import UserError
 
-PREFIX = "CHURNSENSE_"
 
+class ServingSettings(BaseSettings):
+    """Limits and tuning knobs of the service; each field is read from `CHURNSENSE_<FIELD>` (unset: default)."""
 
-class ServingSettings(BaseModel):
-    """Limits and tuning knobs of the service; `from_env` reads `CHURNSENSE_<FIELD>` variables."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = SettingsConfigDict(env_prefix=PREFIX, env_ignore_empty=True, extra="ignore", frozen=True)
 
     max_events: int = Field(1000, ge=1, le=100_000)
     max_texts: int = Field(64, ge=1, le=10_000)
@@ -72,20 +70,14 @@ class ServingSettings(BaseModel):
     balance_connections: bool = True
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> ServingSettings:
-        """Settings from `CHURNSENSE_*` variables (unset ones keep their defaults).
+    def from_env(cls) -> ServingSettings:
+        """Settings from the `CHURNSENSE_*` variables of this process.
 
         Raises:
             UserError: naming the variable when a value does not parse or is out of range.
         """
-        environ = os.environ if environ is None else environ
-        values = {
-            name: environ[PREFIX + name.upper()]
-            for name in cls.model_fields
-            if environ.get(PREFIX + name.upper(), "").strip()
-        }
         try:
-            return cls(**values)
+            return cls()
         except ValidationError as error:
             problems = "; ".join(
                 f"{PREFIX}{str(item['loc'][0]).upper()}: {item['msg']}" for item in error.errors()

@@ -7,16 +7,10 @@ from pathlib import Path
 
 import pytest
 
-# Before any library import in a test: no telemetry, no hub access, few threads on a 2-core machine.
-os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("DO_NOT_TRACK", "true")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# Idle OpenMP threads sleep instead of spinning (sklearn's boosted trees, torch): on a shared 2-core machine
-# spinning threads starve the one they wait for.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from churnsense.environment import OFFLINE, QUIET, SCORING, set_defaults
+
+# Before any library import in a test: no telemetry, no hub access, idle OpenMP threads sleep (churnsense.environment).
+set_defaults(QUIET, OFFLINE, SCORING)
 
 # Session fixtures with small real models and the real server (the service and skew tests share them).
 pytest_plugins = ["tests.served_models"]

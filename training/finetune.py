@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import re
 import time
@@ -24,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from churnsense.environment import OFFLINE, set_defaults
 from features.columns import TEXT
 from models.sentiment import (
     SIDECAR,
@@ -82,7 +82,7 @@ def load_backbone(config: SentimentConfig, labels: list[str]) -> tuple[Any, Any]
 
     location, is_local = resolve_backbone(config.backbone)
     if is_local:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        set_defaults(OFFLINE)
     seed_everything(config.seed)
     tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=is_local)
     model = AutoModelForSequenceClassification.from_pretrained(

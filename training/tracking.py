@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import subprocess
 from pathlib import Path
 
 import pandas as pd
 
+from churnsense.environment import QUIET, paths, set_defaults
 from models.catalog import ready_store, tracking_uri
 
 logger = logging.getLogger(__name__)
@@ -24,11 +24,11 @@ def configure_mlflow(experiment_name: str) -> str:
     """Point MLflow at the configured store and select (creating if needed) the experiment; returns its id."""
     import mlflow
 
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    set_defaults(QUIET)
     mlflow.set_tracking_uri(ready_store(tracking_uri()))  # a new store is created under a lock
     experiment = mlflow.get_experiment_by_name(experiment_name)
     if experiment is None:
-        root = os.environ.get("CHURNSENSE_ARTIFACT_ROOT")
+        root = paths().artifact_root
         location = Path(root, experiment_name).resolve().as_uri() if root else None
         experiment_id = mlflow.create_experiment(experiment_name, artifact_location=location)
     else:

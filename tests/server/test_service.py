@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from serving.settings import ServingSettings, current_settings
+from serving.settings import current_settings
 from tests.served_models import SERVER_LIMITS, offline_score, pick_customers, request_for
 
 SECRET = "my-secret-complaint-text-7f3a"
@@ -38,16 +38,6 @@ def limits(monkeypatch: pytest.MonkeyPatch):
 
 
 # --- schemas and settings: no model ------------------------------------------------------------------------
-
-
-def test_settings_from_env_reads_and_names_bad_values():
-    settings = ServingSettings.from_env({"CHURNSENSE_MAX_EVENTS": "12", "CHURNSENSE_LOG_TEXT": "true"})
-    assert settings.max_events == 12 and settings.log_text is True
-    assert ServingSettings.from_env({}).log_text is False  # nothing a customer wrote is logged by default
-    from churnsense.errors import UserError
-
-    with pytest.raises(UserError, match="CHURNSENSE_MAX_EVENTS"):
-        ServingSettings.from_env({"CHURNSENSE_MAX_EVENTS": "many"})
 
 
 def _churn_body(**overrides) -> dict:
