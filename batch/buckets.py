@@ -35,9 +35,9 @@ from batch.read import cast_column, raw_schema, read_file_batches
 from batch.texts import text_sentiment
 from batch.workers import churn_model
 from features.engine import build_customer_features
-from features.io import is_parquet, parquet_file
 from features.labels import ineligible_reasons
 from features.pipeline import load_data
+from features.raw import ROW_PROBLEM, is_parquet, parquet_file
 from features.spec import DatasetSpec
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,8 @@ def iter_raw_batches(
     table_spec = plan.spec.customers if kind == CUSTOMERS else plan.spec.events
     name = files[file_index]
     schema = raw_schema(plan, kind)
-    read_names = [f.name for f in schema if f.name not in (SOURCE_FILE, SOURCE_ROW, ROW_ID, SENTIMENT)]
+    added = (SOURCE_FILE, SOURCE_ROW, ROW_ID, SENTIMENT, ROW_PROBLEM)
+    read_names = [f.name for f in schema if f.name not in added]
     if kind == EVENTS and plan.text_column:
         read_names.append(plan.text_column)
     row = row_offset
@@ -79,6 +80,8 @@ def iter_raw_batches(
                 columns[field.name] = pa.array(np.arange(row, row + n, dtype=np.int64))
             elif field.name == ROW_ID:
                 columns[field.name] = pa.array(np.arange(id_offset + row, id_offset + row + n).astype(str))
+            elif field.name == ROW_PROBLEM and ROW_PROBLEM not in batch.column_names:
+                columns[field.name] = pa.nulls(n, pa.string())  # a Parquet file: no field counts to check
             elif field.name == SENTIMENT:
                 columns[field.name] = pa.array(text_sentiment(plan, batch.column(plan.text_column)))
             else:
@@ -242,9 +245,11 @@ def score_bucket(
         (results with `RESULT_SCHEMA`, rejected input rows with `REJECT_SCHEMA`, pointing at the source files).
     """
     spec = bucket_spec(plan, customers_file, events_file)
-    data = load_data(spec, with_text=False)
-    rejects = _source_rejects(plan, data.rejects, customers_file, events_file)
     model = churn_model(plan.model_uri, plan.tracking_uri, plan.model_digest)
+    # Profile values the model reads as numbers must be numbers: a customer with "$30" is rejected (as the
+    # service answers 400), not scored as if the value were missing.
+    data = load_data(spec, with_text=False, numeric_columns=model.schema.profile_numeric)
+    rejects = _source_rejects(plan, data.rejects, customers_file, events_file)
     if data.customers is not None and len(data.customers) == 0:
         return RESULT_SCHEMA.empty_table(), rejects
     features = build_customer_features(data.events, plan.as_of, model.schema, customers=data.customers)

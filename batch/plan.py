@@ -18,7 +18,8 @@ from typing import Any
 
 from churnsense.errors import UserError
 from features.engine import FEATURE_VERSION
-from features.io import is_parquet, parquet_file, resolve_files
+from features.io import resolve_files
+from features.raw import is_parquet, parquet_file
 from features.spec import DatasetSpec
 from models.catalog import CHURN_MODEL, absolute_tracking_uri, champion_uri
 from models.lineage import SentimentLineage

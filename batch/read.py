@@ -1,7 +1,9 @@
-"""Raw input rows, read as the loaders would read them: Parquet row groups or CSV chunks, columns as text.
+"""Raw input rows in batches for the engines: Parquet row groups or CSV chunks (columns as text), cast to one
+schema per table so every bucket file of a table agrees.
 
-Both engines read through here (`serving`'s loaders in `features.io` then validate each bucket's rows), so a
-customer's input is identical whichever engine or bucketing reads it.
+The rows come from the one raw reader (`features.raw`), as the loaders read them; the loaders then validate
+each bucket's rows (`features.io`), so a customer's input is identical whichever engine or bucketing reads it.
+A CSV row with a wrong number of fields carries its reason in `ROW_PROBLEM` and becomes a reject.
 """
 
 from __future__ import annotations
@@ -11,19 +13,12 @@ import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import pandas as pd
 import pyarrow as pa
 
 from batch.plan import CUSTOMERS, EVENTS, ROW_ID, SENTIMENT, SOURCE_FILE, SOURCE_ROW, BatchPlan
-from features.io import DataLoadError, decode_error, is_parquet, parquet_file
+from features.raw import ROW_PROBLEM, DataLoadError, csv_header, is_parquet, iter_csv_rows, parquet_file
 
 logger = logging.getLogger(__name__)
-
-
-def csv_options(name: str, read_options: dict[str, Any]) -> dict[str, Any]:
-    options: dict[str, Any] = {"sep": "\t" if str(name).lower().endswith(".tsv") else ","}
-    options.update(read_options)
-    return options
 
 
 def raw_schema(plan: BatchPlan, kind: str) -> pa.Schema:
@@ -52,9 +47,9 @@ def raw_schema(plan: BatchPlan, kind: str) -> pa.Schema:
             fields.append(pa.field(name, kind_type))
         schema = pa.schema(fields)
     else:
-        header = pd.read_csv(first, nrows=0, **csv_options(first, table.read_options))
-        names = list(plan.events_columns) if kind == EVENTS else [str(c) for c in header.columns]
-        missing = [n for n in names if n not in header.columns]
+        header = csv_header(first, table.read_options)
+        names = list(plan.events_columns) if kind == EVENTS else header
+        missing = [n for n in names if n not in header]
         if missing:
             raise DataLoadError(f"{first}: column(s) {', '.join(map(repr, missing))} not found")
         schema = pa.schema([pa.field(n, pa.string()) for n in names])
@@ -64,6 +59,8 @@ def raw_schema(plan: BatchPlan, kind: str) -> pa.Schema:
         schema = schema.remove(schema.get_field_index(plan.text_column)).append(
             pa.field(SENTIMENT, pa.float64())
         )
+    if any(not is_parquet(file) for file in files):
+        schema = schema.append(pa.field(ROW_PROBLEM, pa.string()))
     return schema.append(pa.field(SOURCE_FILE, pa.int32())).append(pa.field(SOURCE_ROW, pa.int64()))
 
 
@@ -104,13 +101,5 @@ def read_file_batches(
         except (OSError, pa.ArrowInvalid) as error:
             raise DataLoadError(f"{name}: cannot read Parquet ({error})") from None
         return
-    options = csv_options(name, read_options)
-    options.update(usecols=columns, dtype=str, chunksize=batch_rows)
-    try:
-        with pd.read_csv(name, **options) as reader:
-            for frame in reader:
-                yield pa.Table.from_pandas(frame, preserve_index=False)
-    except UnicodeDecodeError:
-        raise DataLoadError(decode_error(name, read_options)) from None
-    except (pd.errors.ParserError, ValueError) as error:
-        raise DataLoadError(f"{name}: cannot parse ({error})") from None
+    for frame in iter_csv_rows(name, read_options, columns, batch_rows):
+        yield pa.Table.from_pandas(frame, preserve_index=False)

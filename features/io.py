@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -17,7 +18,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from churnsense.errors import UserError
 from features.columns import (
     CHURN_DATE,
     CHURNED,
@@ -28,43 +28,20 @@ from features.columns import (
     TEXT,
     TIMESTAMP,
 )
+from features.raw import (
+    ROW_PROBLEM,
+    DataLoadError,
+    csv_header,
+    is_parquet,
+    parquet_file,
+    read_csv_rows,
+)
 from features.spec import SUPPORTED_SUFFIXES, CustomersSpec, DatasetSpec, EventsSpec, TableSpec
 
 logger = logging.getLogger(__name__)
 
 REJECT_COLUMNS = ["table", "file", "row", "customer_id", "column", "reason"]
 TRUE_LABELS = {"true", "1", "1.0", "yes", "y", "churned", "t"}
-
-
-class DataLoadError(UserError):
-    """A file the spec names cannot be read, or lacks a column the spec names. The message says which."""
-
-
-def parquet_file(file: str | Path) -> pq.ParquetFile:
-    """An open Parquet file; `DataLoadError` naming it when it is not Parquet, truncated or unreadable."""
-    try:
-        return pq.ParquetFile(file)
-    except (OSError, pa.ArrowInvalid) as error:
-        raise DataLoadError(f"{file}: cannot read Parquet ({error})") from None
-
-
-def undecodable_line(file: str | Path, encoding: str = "utf-8") -> str:
-    """Where the first line that is not valid `encoding` is, for an error message ("" if none is found)."""
-    with open(file, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                raw.decode(encoding)
-            except UnicodeDecodeError as error:
-                byte = raw[error.start : error.start + 1].hex()
-                return f"line {number}, byte {error.start + 1} (0x{byte}) is not valid {encoding}"
-    return ""
-
-
-def decode_error(file: str | Path, read_options: dict[str, Any]) -> str:
-    """A one-line message for a file that does not decode: where, and what to set."""
-    encoding = str(read_options.get("encoding") or "utf-8")
-    where = undecodable_line(file, encoding) or f"it is not valid {encoding}"
-    return f"{file}: {where}; fix the file, or name its encoding in the spec (read_options: {{encoding: latin-1}})"
 
 
 class Loaded(NamedTuple):
@@ -97,26 +74,9 @@ def resolve_files(spec: DatasetSpec, table: TableSpec) -> list[Path]:
     return files
 
 
-def is_parquet(file: str | Path) -> bool:
-    """Whether a file is read as Parquet (by its name: .parquet or .pq); otherwise as CSV/TSV."""
-    return str(file).lower().endswith((".parquet", ".pq"))
-
-
 def available_columns(spec: DatasetSpec, table: TableSpec) -> list[str]:
     """Column names of the first file, read without loading the data."""
     return available_columns_of(resolve_files(spec, table)[0], table)
-
-
-def _read_csv(file: Path, options: dict[str, Any], **extra: Any) -> pd.DataFrame:
-    kwargs: dict[str, Any] = {"sep": "\t" if file.suffix.lower() == ".tsv" else ","}
-    kwargs.update(options)
-    kwargs.update(extra)
-    try:
-        return pd.read_csv(file, **kwargs)
-    except UnicodeDecodeError:
-        raise DataLoadError(decode_error(file, options)) from None
-    except (pd.errors.ParserError, ValueError) as error:
-        raise DataLoadError(f"{file}: cannot parse ({error})") from None
 
 
 def read_table(
@@ -148,7 +108,7 @@ def read_table(
             frames.append(_read_parquet(file, columns, dictionary_columns))
         else:
             dtype = {c: "string" for c in string_columns if c in present}
-            frame = _read_csv(file, table.read_options, usecols=columns, dtype=dtype or None)
+            frame = read_csv_rows(file, table.read_options, columns, dtype=dtype or None)
             for name in dictionary_columns:
                 if name in frame.columns:
                     frame[name] = frame[name].astype("category")
@@ -165,11 +125,13 @@ def read_table(
 def available_columns_of(file: Path, table: TableSpec) -> list[str]:
     if is_parquet(file):
         return list(parquet_file(file).schema_arrow.names)
-    return list(_read_csv(file, table.read_options, nrows=0).columns)
+    return csv_header(file, table.read_options)
 
 
 def _read_parquet(file: Path, columns: list[str] | None, dictionary_columns: tuple[str, ...]) -> pd.DataFrame:
     schema = parquet_file(file).schema_arrow
+    if columns is not None and ROW_PROBLEM in schema.names:  # a batch bucket's rows keep their CSV problems
+        columns = [*columns, ROW_PROBLEM]
     wanted = [c for c in dictionary_columns if c in schema.names and pa.types.is_string(schema.field(c).type)]
     try:
         table = pq.read_table(file, columns=columns, read_dictionary=wanted or None)
@@ -206,7 +168,7 @@ def parse_churn_label(values: pd.Series, positive: Any = None) -> pd.Series:
 
 
 def _reject_rows(
-    table: str, file: str, mask: np.ndarray, ids: pd.Series, column: str, reason: str
+    table: str, file: str, mask: np.ndarray, ids: pd.Series, column: str, reason: str | np.ndarray
 ) -> pd.DataFrame:
     rows = np.flatnonzero(mask)
     return pd.DataFrame(
@@ -216,16 +178,43 @@ def _reject_rows(
             "row": rows,
             "customer_id": ids.iloc[rows].astype("string").to_numpy(dtype=object),
             "column": column,
-            "reason": reason,
+            "reason": reason if isinstance(reason, str) else np.asarray(reason, dtype=object)[rows],
         }
     )
 
 
-def load_customers(spec: DatasetSpec) -> Loaded:
+def _pop_row_problems(frame: pd.DataFrame) -> np.ndarray | None:
+    """The reasons of CSV rows with a wrong number of fields (`features.raw.ROW_PROBLEM`), removed from `frame`;
+    None when every row is whole."""
+    if ROW_PROBLEM not in frame.columns:
+        return None
+    reasons = frame.pop(ROW_PROBLEM).astype("string")
+    present = reasons.notna().to_numpy()
+    return reasons.to_numpy(dtype=object, na_value=None) if present.any() else None
+
+
+def not_a_number(values: pd.Series) -> np.ndarray:
+    """True where a value is present (not blank) but is not a finite number: "abc", "$30", "12,50", "inf".
+
+    The one rule for numbers given as text, used by the loaders (profile columns a model reads as numbers) and
+    by the service, so `score` and `/churn_risk` judge the same value the same way.
+    """
+    if pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype):
+        numbers = values.to_numpy(dtype="float64", na_value=np.nan)
+        return np.isinf(numbers)
+    text = values.astype("string").str.strip()
+    present = (text.notna() & (text != "")).to_numpy()
+    parsed = pd.to_numeric(text.where(present), errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    return present & ~np.isfinite(parsed)
+
+
+def load_customers(spec: DatasetSpec, numeric_columns: Sequence[str] = ()) -> Loaded:
     """Customers with canonical names: `customer_id` (string), `churned` (0/1, when a label is declared),
     `churn_date` / `signup_date` (datetime), then profile columns as they are.
 
-    Rows without an id, with a duplicate id, or with an unparseable date go to rejects.
+    Rows go to rejects, each with its first problem: a wrong number of fields (CSV), no id, a duplicate id, an
+    unparseable date, or a value in one of `numeric_columns` (the profile columns a model reads as numbers)
+    that is not a number.
     """
     cs: CustomersSpec | None = spec.customers
     if cs is None:
@@ -233,6 +222,7 @@ def load_customers(spec: DatasetSpec) -> Loaded:
     wanted = [c for c in (cs.id, cs.label, cs.churn_date, cs.signup_date) if c]
     frame = read_table(spec, cs, string_columns=tuple(c for c in (cs.id,) if c))
     file = str(spec.resolve(cs.path))
+    row_problems = _pop_row_problems(frame)
     missing = [c for c in wanted if c not in frame.columns]
     if missing:
         raise DataLoadError(f"{file}: column(s) {', '.join(map(repr, missing))} not found")
@@ -242,15 +232,20 @@ def load_customers(spec: DatasetSpec) -> Loaded:
     else:
         ids = pd.Series(np.arange(len(frame)).astype(str), dtype="string")
     out = pd.DataFrame({CUSTOMER_ID: ids.to_numpy()}, index=frame.index)
-    rejects = []
-    bad = ids.isna().to_numpy() | (ids == "").fillna(True).to_numpy()
-    if bad.any():
-        rejects.append(_reject_rows("customers", file, bad, ids, cs.id or "", "customer id is empty"))
-    dup = ids.duplicated(keep="first").to_numpy() & ~bad
-    if dup.any():
-        rejects.append(
-            _reject_rows("customers", file, dup, ids, cs.id or "", "duplicate customer id (first kept)")
+    checks: list[tuple[np.ndarray, str, str | np.ndarray]] = []
+    if row_problems is not None:  # shifted or missing values: nothing else in the row can be trusted
+        checks.append((np.array([reason is not None for reason in row_problems]), "", row_problems))
+    broken = checks[0][0] if checks else np.zeros(len(frame), dtype=bool)
+    empty = ids.isna().to_numpy() | (ids == "").fillna(True).to_numpy()
+    checks.append((empty, cs.id or "", "customer id is empty"))
+    first_of_id = ids.mask(broken | empty)  # a broken row never makes the good row of its id a duplicate
+    checks.append(
+        (
+            first_of_id.duplicated(keep="first").to_numpy() & ~(broken | empty),
+            cs.id or "",
+            "duplicate customer id (first kept)",
         )
+    )
     if cs.label:
         out[CHURNED] = parse_churn_label(frame.pop(cs.label), cs.positive).to_numpy()
     for source, target in ((cs.churn_date, CHURN_DATE), (cs.signup_date, SIGNUP_DATE)):
@@ -258,15 +253,25 @@ def load_customers(spec: DatasetSpec) -> Loaded:
             raw = frame.pop(source)
             parsed = parse_timestamps(raw)
             unparseable = (parsed.isna() & raw.notna() & (raw.astype("string").str.strip() != "")).to_numpy()
-            if unparseable.any():
-                rejects.append(
-                    _reject_rows("customers", file, unparseable, ids, source, f"{source} is not a date")
-                )
+            checks.append((unparseable, source, f"{source} is not a date"))
             out[target] = parsed.to_numpy()
+    for name in numeric_columns:
+        if name in frame.columns:
+            values = frame[name]
+            bad = not_a_number(values)
+            if bad.any():
+                shown = values.astype("string").to_numpy(dtype=object, na_value=None)
+                reasons = np.array(
+                    [f"{name}: {v!r} is not a finite number" for v in np.where(bad, shown, "")], dtype=object
+                )
+                checks.append((bad, name, reasons))
     out = pd.concat([out, frame], axis=1)
-    keep = ~(bad | dup)
-    for extra in rejects:
-        keep[extra["row"].to_numpy()] = False
+    keep = np.ones(len(out), dtype=bool)
+    rejects = []
+    for mask, column, reason in checks:
+        if (mask & keep).any():
+            rejects.append(_reject_rows("customers", file, mask & keep, ids, column, reason))
+            keep &= ~mask
     return Loaded(out[keep].reset_index(drop=True), _concat_rejects(rejects))
 
 
@@ -312,12 +317,16 @@ def load_events(spec: DatasetSpec, with_text: bool = True, known_ids: pd.Index |
         spec, es, columns=columns, string_columns=(es.id, es.type), dictionary_columns=(es.id, es.type)
     )
     file = str(spec.resolve(es.path))
+    row_problems = _pop_row_problems(frame)
     ids = _stripped_categorical(frame[es.id])
     types = _stripped_categorical(frame[es.type])
     timestamps = parse_timestamps(frame[es.time])
     columns: dict[str, Any] = {CUSTOMER_ID: ids, TIMESTAMP: timestamps, EVENT_TYPE: types}
     rejects = []
-    checks = [
+    checks: list[tuple[np.ndarray, str, str | np.ndarray]] = []
+    if row_problems is not None:  # shifted or missing values: nothing else in the row can be trusted
+        checks.append((np.array([reason is not None for reason in row_problems]), "", row_problems))
+    checks += [
         (ids.isna().to_numpy(), es.id, "customer id is empty"),
         (timestamps.isna().to_numpy(), es.time, "timestamp is missing or not a date"),
         (types.isna().to_numpy(), es.type, "event type is empty"),
@@ -377,6 +386,7 @@ def load_reviews(spec: DatasetSpec) -> Loaded:
     columns = list(dict.fromkeys(c for c in (rs.text, label_column, rs.id) if c))
     frame = read_table(spec, rs, columns=columns, string_columns=tuple(c for c in (rs.id,) if c))
     file = str(spec.resolve(rs.path))
+    row_problems = _pop_row_problems(frame)
     if rs.rating:
         labels = rating_to_sentiment(frame[rs.rating])
         reason = f"{rs.rating} is not a 1-5 star rating"
@@ -388,6 +398,10 @@ def load_reviews(spec: DatasetSpec) -> Loaded:
     if rs.id:
         out["review_id"] = frame[rs.id].astype("string")
     ids = out["review_id"] if rs.id else pd.Series(np.arange(len(out)).astype(str))
-    bad = labels.isna().to_numpy()
+    broken = np.zeros(len(out), dtype=bool) if row_problems is None else pd.notna(row_problems)
+    bad = labels.isna().to_numpy() & ~broken
     rejects = [_reject_rows("reviews", file, bad, ids, label_column, reason)] if bad.any() else []
+    if broken.any():  # shifted or missing values
+        rejects.insert(0, _reject_rows("reviews", file, broken, ids, "", row_problems))
+    bad |= broken
     return Loaded(out[~bad].reset_index(drop=True), _concat_rejects(rejects))

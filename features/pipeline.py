@@ -61,13 +61,20 @@ def add_sentiment(events: pd.DataFrame, scorer: SentimentScorer) -> pd.DataFrame
 
 
 def load_data(
-    spec: DatasetSpec, sentiment_scorer: SentimentScorer | None = None, with_text: bool = True
+    spec: DatasetSpec,
+    sentiment_scorer: SentimentScorer | None = None,
+    with_text: bool = True,
+    numeric_columns: Sequence[str] = (),
 ) -> SpecData:
-    """Load customers and events (whichever the spec declares); optionally score event texts."""
+    """Load customers and events (whichever the spec declares); optionally score event texts.
+
+    `numeric_columns`: profile columns a model reads as numbers (its schema's `profile_numeric`); a customer
+    whose value there is not a number is rejected, as the service answers 400 for it.
+    """
     customers = events = None
     rejects = [empty_rejects()]
     if spec.customers is not None:
-        customers, bad = load_customers(spec)
+        customers, bad = load_customers(spec, numeric_columns)
         rejects.append(bad)
     if spec.events is not None:
         known = pd.Index(customers[CUSTOMER_ID]) if customers is not None else None

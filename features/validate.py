@@ -41,6 +41,7 @@ from features.io import (
     resolve_files,
 )
 from features.labels import label_snapshots
+from features.raw import ROW_PROBLEM
 from features.spec import DatasetSpec, SpecError, TableSpec, load_spec
 
 MIN_POSITIVES = 50  # the trainer refuses fewer churned examples; validation says so before anyone trains
@@ -178,6 +179,31 @@ def _read_column(
     return raw[column].iloc[rows[:N_EXAMPLES]].tolist()
 
 
+def _check_field_counts(raw: pd.DataFrame, where: str, report: Report) -> pd.DataFrame:
+    """Report CSV rows with more or fewer fields than the header (`features.raw`); `raw` without the marker."""
+    if ROW_PROBLEM not in raw.columns:
+        return raw
+    reasons = raw[ROW_PROBLEM]
+    rows = np.flatnonzero(reasons.notna().to_numpy())
+    if rows.size:
+        _report_field_counts(rows, reasons.iloc[rows].tolist(), where, report)
+    return raw.drop(columns=ROW_PROBLEM)
+
+
+def _report_field_counts(rows: np.ndarray, reasons: Sequence[Any], where: str, report: Report) -> None:
+    shown = "; ".join(
+        f"row {int(r)}: {reason}" for r, reason in zip(rows[:N_EXAMPLES], reasons, strict=False)
+    )
+    more = ", ..." if len(rows) > N_EXAMPLES else ""
+    report(
+        "error",
+        where,
+        None,
+        f"{_plural(rows.size, 'row')} with the wrong number of fields ({shown}{more}); they are rejected "
+        "(check the separator and quoting: read_options in the spec)",
+    )
+
+
 # --- customers -----------------------------------------------------------------------------------------
 
 
@@ -208,6 +234,7 @@ def _check_customers(spec: DatasetSpec, report: Report) -> pd.DataFrame | None:
     if raw.empty:
         report("error", where, None, "the table has no rows")
         return None
+    raw = _check_field_counts(raw, where, report)
 
     if cs.id and cs.id not in missing:
         ids = raw[cs.id].astype("string").str.strip()
@@ -401,7 +428,9 @@ def _check_events(spec: DatasetSpec, customers: pd.DataFrame | None, report: Rep
 
     for column, group in rejects.groupby("column", sort=False):
         rows = group["row"].to_numpy()
-        if column == es.id:
+        if column == "":  # the whole row: a wrong number of fields
+            _report_field_counts(rows, group["reason"].tolist(), where, report)
+        elif column == es.id:
             report(
                 "error",
                 where,
@@ -515,6 +544,7 @@ def _check_reviews(spec: DatasetSpec, report: Report) -> None:
     if raw.empty:
         report("error", where, None, "the table has no rows")
         return
+    raw = _check_field_counts(raw, where, report)
 
     if rs.text not in missing:
         empty = int(_blank(raw[rs.text]).sum())

@@ -12,7 +12,6 @@ a pydantic `ValidationError` naming the field, so the service answers them with 
 from __future__ import annotations
 
 import datetime as dt
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -22,6 +21,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
 from features.columns import CUSTOMER_ID, EVENT_TYPE, SIGNUP_DATE, TEXT, TIMESTAMP
 from features.engine import FeatureSchema, build_customer_features
+from features.io import not_a_number
 from features.pipeline import add_sentiment
 from features.text import normalise_texts
 from serving.schemas import (
@@ -65,11 +65,11 @@ def check_against_schema(
                         "missing: the churn model uses this profile field (null if unknown)",
                     )
                 )
-        for name in schema.profile_numeric:
-            value = profile.get(name)
-            if isinstance(value, str) and value.strip():
-                parsed = pd.to_numeric(value.strip(), errors="coerce")
-                if pd.isna(parsed) or not math.isfinite(float(parsed)):
+        numeric = [name for name in schema.profile_numeric if profile.get(name) is not None]
+        if numeric:  # the loaders' rule (`features.io.not_a_number`): `score` rejects the same values
+            values = pd.Series([profile[name] for name in numeric], dtype=object)
+            for name, bad in zip(numeric, not_a_number(values), strict=True):
+                if bad:
                     problems.append(((*where, "customer", name), "must be a finite number (or null)"))
         for j, event in enumerate(request.events):
             values = event.value_fields()

@@ -78,6 +78,25 @@ BAD_EVENTS = [
 ]
 
 
+# Injected customers (all new ids, so no event of theirs is touched): reason -> (id, CSV line).
+BAD_CUSTOMERS = {
+    "row has 10 fields, the header has 9: values would be shifted": (
+        "BAD-SHIFT",
+        "{id},2024-03-01,,basic,extra,19.99,monthly,direct_debit,north,41",
+    ),
+    "row has 8 fields, the header has 9: values are missing": (
+        "BAD-SHORT",
+        "{id},2024-03-01,,basic,19.99,monthly,direct_debit,north",
+    ),
+    "monthly_price: '$19.99' is not a finite number": (
+        "BAD-MONEY",
+        "{id},2024-03-01,,basic,$19.99,monthly,direct_debit,north,41",
+    ),
+}
+EXTRA_FIELD_EVENT = 20  # 0-based data row of events/part-1.csv that gets a field too many
+N_REJECTED = len(BAD_EVENTS) + 2 + len(BAD_CUSTOMERS) + 1
+
+
 @pytest.fixture(scope="module")
 def dirty_dir(sim_dir: Path, session_tmp: Path) -> Path:
     """The simulator data as CSV in several files (a glob), with rows that fail validation."""
@@ -101,7 +120,15 @@ def dirty_dir(sim_dir: Path, session_tmp: Path) -> Path:
         for name, value in zip(header, customers[1].split(","), strict=True)
     ]
     customers += [",".join(blank), customers[2]]  # no id; a duplicate of the second customer (first kept)
+    # Rows a real file has: a field too many (every value after it shifted right), a field too few, and a
+    # price the model reads as a number written as money. Each is rejected with its reason, never scored.
+    for new_id, line in BAD_CUSTOMERS.values():
+        customers.append(line.format(id=new_id))
     (folder / "customers.csv").write_text("\n".join(customers) + "\n")
+    part = folder / "events" / "part-1.csv"
+    lines = part.read_text().split("\n")
+    lines[1 + EXTRA_FIELD_EVENT] += ",surplus"  # one event row with a field too many
+    part.write_text("\n".join(lines))
     spec = yaml.safe_load((sim_dir / "spec.yaml").read_text())
     spec["events"]["path"] = "events/*.csv"
     spec.pop("reviews", None)
@@ -119,7 +146,9 @@ def direct_features(spec_path: Path, models: dict, churn) -> pd.DataFrame:
     cached = CachedTextScorer(
         SentimentLineage.of(models["classifier"]), models["cache_dir"], models["classifier"]
     )
-    data = load_data(load_spec(spec_path), sentiment_scorer=cached)
+    data = load_data(
+        load_spec(spec_path), sentiment_scorer=cached, numeric_columns=churn.schema.profile_numeric
+    )
     return build_customer_features(data.events, models["as_of"], churn.schema, customers=data.customers)
 
 
@@ -130,7 +159,7 @@ def direct_scores(spec_path: Path, models: dict, churn) -> pd.DataFrame:
     from features.spec import load_spec
 
     spec = load_spec(spec_path)
-    data = load_data(spec, with_text=False)
+    data = load_data(spec, with_text=False, numeric_columns=churn.schema.profile_numeric)
     why_not = ineligible_reasons(data.customers, data.events, models["as_of"], spec.events.churn_event)
     scores = churn.score(direct_features(spec_path, models, churn), top_k=5).sort_index()
     return scores[why_not.reindex(scores.index.astype(str)).isna().to_numpy()]
@@ -268,29 +297,42 @@ def test_local_engine_equals_direct_scoring_on_multi_file_csv(
     assert_same_scores(got, direct_scores(dirty_dir / "spec.yaml", models, churn))
     assert summary.n_customers == len(got) and sum(summary.band_counts.values()) == len(got)
     text = summary.render()
-    assert "customers/s" in text and "rejected input rows: 6" in text
+    assert "customers/s" in text and f"rejected input rows: {N_REJECTED}" in text
 
 
 @pytest.mark.slow
-def test_rejected_rows_land_in_the_rejects_file_with_reasons(dirty_dir: Path, local_dirty):
+def test_rejected_rows_land_in_the_rejects_file_with_reasons(dirty_dir: Path, local_dirty, churn):
+    from batch import read_scores
     from features.pipeline import load_data
     from features.spec import load_spec
 
     summary, out = local_dirty
     rejects = pd.read_parquet(summary.rejects_path)
     assert summary.rejects_path == out.with_name("scores.rejects.parquet")
-    expected = load_data(load_spec(dirty_dir / "spec.yaml"), with_text=False).rejects
+    spec = load_spec(dirty_dir / "spec.yaml")
+    expected = load_data(spec, with_text=False, numeric_columns=churn.schema.profile_numeric).rejects
     count = lambda frame: frame.groupby(["table", "reason"]).size().to_dict()  # noqa: E731
     assert count(rejects) == count(expected)
-    assert summary.n_rejected == len(rejects) == len(BAD_EVENTS) + 2
+    assert summary.n_rejected == len(rejects) == N_REJECTED
     events = rejects[rejects["table"] == "events"].set_index("reason")
     for part, row, _, reason in BAD_EVENTS:
         assert events.loc[reason, "file"].endswith(f"events/part-{part}.csv")
         assert events.loc[reason, "row"] == row
     customers = rejects[rejects["table"] == "customers"].set_index("reason")
     lines = (dirty_dir / "customers.csv").read_text().splitlines()
-    assert customers.loc["customer id is empty", "row"] == len(lines) - 3
-    assert customers.loc["duplicate customer id (first kept)", "row"] == len(lines) - 2
+    assert customers.loc["customer id is empty", "row"] == len(lines) - 3 - len(BAD_CUSTOMERS)
+    assert customers.loc["duplicate customer id (first kept)", "row"] == len(lines) - 2 - len(BAD_CUSTOMERS)
+    for reason, (customer_id, _) in BAD_CUSTOMERS.items():
+        assert customers.loc[reason, "customer_id"] == customer_id
+        assert (
+            customers.loc[reason, "row"]
+            == lines.index(next(ln for ln in lines if ln.startswith(customer_id))) - 1
+        )
+    shifted = events.loc[[r for r in events.index if r.startswith("row has ")]]
+    assert len(shifted) == 1 and shifted["row"].iloc[0] == EXTRA_FIELD_EVENT
+    assert shifted["file"].iloc[0].endswith("events/part-1.csv")
+    scored = set(read_scores(out)["customer_id"])
+    assert not scored & {customer_id for customer_id, _ in BAD_CUSTOMERS.values()}
 
 
 @pytest.mark.slow
@@ -423,7 +465,7 @@ def test_spark_engine_equals_local_engine_and_direct_scoring(
         local_rejects.sort_values(key).reset_index(drop=True),
         check_dtype=False,
     )
-    assert summary.band_counts == local_dirty[0].band_counts and summary.n_rejected == 6
+    assert summary.band_counts == local_dirty[0].band_counts and summary.n_rejected == N_REJECTED
     assert sorted(models["cache_dir"].rglob("part-*.parquet")) == parts_before  # warm cache: no text rescored
     assert not list(tmp_path.glob(".spark_scores.*"))
 
