@@ -13,7 +13,7 @@ import os
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -233,34 +233,47 @@ def bucket_spec(plan: BatchPlan, customers_file: Path | None, events_file: Path 
     return plan.spec.model_copy(update=update)
 
 
-def score_bucket(
-    plan: BatchPlan, customers_file: Path | None, events_file: Path | None
-) -> tuple[pa.Table, pa.Table]:
+class BucketResult(NamedTuple):
+    """One bucket's result rows, rejected input rows, and input rows read by table (for the summary's sums)."""
+
+    results: pa.Table
+    rejects: pa.Table
+    rows_in: dict[str, int]
+
+
+def score_bucket(plan: BatchPlan, customers_file: Path | None, events_file: Path | None) -> BucketResult:
     """Validate, build features and score the customers of one bucket.
 
     Args:
         customers_file / events_file: the bucket's raw rows: a Parquet file, or a folder of Parquet parts read
             in name order (written from `iter_raw_batches` tables); None when the spec has no such table.
     Returns:
-        (results with `RESULT_SCHEMA`, rejected input rows with `REJECT_SCHEMA`, pointing at the source files).
+        results with `RESULT_SCHEMA`, rejected input rows with `REJECT_SCHEMA` (pointing at the source files),
+        and the rows of each table in the bucket: every one of them is scored, not a customer at `as_of`, or
+        rejected, and the summary shows that sum.
     """
     spec = bucket_spec(plan, customers_file, events_file)
+    rows_in = {
+        kind: sum(pq.ParquetFile(p).metadata.num_rows for p in _bucket_files(path))
+        for kind, path in ((CUSTOMERS, customers_file), (EVENTS, events_file))
+        if path is not None
+    }
     model = churn_model(plan.model_uri, plan.tracking_uri, plan.model_digest)
     # Profile values the model reads as numbers must be numbers: a customer with "$30" is rejected (as the
     # service answers 400), not scored as if the value were missing.
     data = load_data(spec, with_text=False, numeric_columns=model.schema.profile_numeric)
     rejects = _source_rejects(plan, data.rejects, customers_file, events_file)
     if data.customers is not None and len(data.customers) == 0:
-        return RESULT_SCHEMA.empty_table(), rejects
+        return BucketResult(RESULT_SCHEMA.empty_table(), rejects, rows_in)
     features = build_customer_features(data.events, plan.as_of, model.schema, customers=data.customers)
     if len(features) == 0:
-        return RESULT_SCHEMA.empty_table(), rejects
+        return BucketResult(RESULT_SCHEMA.empty_table(), rejects, rows_in)
     churn_event = plan.spec.events.churn_event if plan.spec.events else None
     why_not = ineligible_reasons(data.customers, data.events, plan.as_of, churn_event)
     why_not = why_not.reindex(pd.Index(features.index).astype(str)).to_numpy(dtype=object)
     eligible = np.array([reason is None for reason in why_not], dtype=bool)
     scored = model.score(features, top_k=plan.top_k)
-    return result_table(scored, plan, eligible, why_not), rejects
+    return BucketResult(result_table(scored, plan, eligible, why_not), rejects, rows_in)
 
 
 def _source_rejects(

@@ -106,8 +106,9 @@ def _score_bucket_in_worker(work: str, bucket: int) -> int:
         if not any(parts.glob("part-*.parquet")):  # no rows of this table fell in the bucket
             pq.write_table(raw_schema(plan, kind).empty_table(), parts / "part-empty.parquet")
         inputs[kind] = parts
-    results, rejects = score_bucket(plan, inputs[CUSTOMERS], inputs[EVENTS])
+    results, rejects, rows_in = score_bucket(plan, inputs[CUSTOMERS], inputs[EVENTS])
     name = bucket_file_name(bucket)
+    atomic_write_bytes(json.dumps(rows_in).encode(), folder / "rows_in" / f"{bucket:05d}.json")
     atomic_write_parquet(rejects, folder / "rejects" / name)
     atomic_write_parquet(results, folder / "scored" / name)
     sleep_after = float(os.environ.get(SLEEP_HOOK_ENV) or 0)
@@ -149,6 +150,7 @@ def run_local(
         # Buckets are only scored once every split is partitioned: nothing scored can be stale.
         shutil.rmtree(work / "scored", ignore_errors=True)
         shutil.rmtree(work / "rejects", ignore_errors=True)
+        shutil.rmtree(work / "rows_in", ignore_errors=True)
     done = {b for b in range(plan.n_buckets) if (work / "scored" / bucket_file_name(b)).exists()}
     resumed = len(done)
     if resumed:
@@ -180,6 +182,7 @@ def run_local(
                 ) from None
         logger.info("scored %d bucket(s) in %.1fs", len(todo), time.perf_counter() - tick)
         n_customers, counts, n_rejected, reasons = merge_outputs(plan, work, out)
+        rows_in = _rows_in(work)
     except Exception:
         shutil.rmtree(work, ignore_errors=True)  # copies of customer data: never left behind by an error
         with suppress(OSError):
@@ -207,7 +210,17 @@ def run_local(
         bands_order=_bands_by_risk(out),
         ineligible_by_reason=ineligible,
         ineligible=plan.ineligible,
+        rows_in=rows_in,
     )
+
+
+def _rows_in(work: Path) -> dict[str, int]:
+    """Input rows of each table over all buckets (each scored bucket wrote its counts before its results)."""
+    totals: dict[str, int] = {}
+    for path in sorted((work / "rows_in").glob("*.json")):
+        for kind, n in json.loads(path.read_text(encoding="utf-8")).items():
+            totals[kind] = totals.get(kind, 0) + int(n)
+    return totals
 
 
 def _partition_in_pool(plan: BatchPlan, work: Path, pool: cf.Executor, bars: _Bars) -> None:

@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batch.plan import BatchPlan
+from batch.plan import CUSTOMERS, EVENTS, BatchPlan
 from features.columns import AS_OF
 from features.io import REJECT_COLUMNS
 
@@ -166,6 +166,20 @@ class BatchSummary:
     bands_order: tuple[str, ...] = ()
     ineligible_by_reason: dict[str, int] = dataclasses.field(default_factory=dict)
     ineligible: str = "exclude"
+    rows_in: dict[str, int] = dataclasses.field(default_factory=dict)
+    """Input rows read, by table (`customers`, `events`)."""
+
+    def rejected_rows(self, table: str) -> int:
+        return sum(n for key, n in self.rejected_by_reason.items() if key.startswith(f"{table}: "))
+
+    @property
+    def unaccounted_customer_rows(self) -> int:
+        """Customer rows read but neither scored, nor counted as not customers at `as_of`, nor rejected: 0
+        unless something lost a row (no customers table: 0)."""
+        if CUSTOMERS not in self.rows_in:
+            return 0
+        accounted = self.n_customers + sum(self.ineligible_by_reason.values()) + self.rejected_rows(CUSTOMERS)
+        return self.rows_in[CUSTOMERS] - accounted
 
     @property
     def customers_per_second(self) -> float:
@@ -197,6 +211,23 @@ class BatchSummary:
         )
         for reason, count in sorted(self.rejected_by_reason.items(), key=lambda kv: -kv[1])[:10]:
             lines.append(f"    {count:>10,}  {reason}")
+        if CUSTOMERS in self.rows_in:
+            lines.append(
+                f"  customer rows read: {self.rows_in[CUSTOMERS]:,} = {self.n_customers:,} scored"
+                f" + {sum(self.ineligible_by_reason.values()):,} not customers at {self.as_of}"
+                f" + {self.rejected_rows(CUSTOMERS):,} rejected"
+                + (
+                    f"  (MISMATCH: {self.unaccounted_customer_rows:,} unaccounted)"
+                    if self.unaccounted_customer_rows
+                    else ""
+                )
+            )
+        if EVENTS in self.rows_in:
+            n_events = self.rows_in[EVENTS]
+            rejected = self.rejected_rows(EVENTS)
+            lines.append(
+                f"  event rows read: {n_events:,} = {n_events - rejected:,} used + {rejected:,} rejected"
+            )
         lines.append(f"  wrote {self.out}")
         return "\n".join(lines)
 

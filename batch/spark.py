@@ -229,8 +229,8 @@ def score_group(plan: BatchPlan, key: tuple, slices: pa.Table) -> pa.Table:
             table = ipc_table([p for k, p in zip(kinds, payloads, strict=True) if k == kind], schema)
             files[kind] = Path(folder) / f"{kind}.parquet"
             pq.write_table(table.cast(schema), files[kind])
-        results, rejects = score_bucket(plan, files[CUSTOMERS], files[EVENTS])
-    return _union(results, rejects)
+        results, rejects, rows_in = score_bucket(plan, files[CUSTOMERS], files[EVENTS])
+    return _union(results, rejects, rows_in)
 
 
 _ready_workers: set[tuple[str, str, str]] = set()
@@ -248,10 +248,12 @@ def score_group_with_model(plan: BatchPlan, model: Any, key: tuple, slices: pa.T
     return score_group(plan, key, slices)
 
 
-def _union(results: pa.Table, rejects: pa.Table) -> pa.Table:
+def _union(results: pa.Table, rejects: pa.Table, rows_in: dict[str, int]) -> pa.Table:
+    """Results, rejects, and one `count` record per table (input rows in `row`), told apart by `RECORD`."""
     schema = _output_schema()
+    counts = pa.table({"table": list(rows_in), "row": pa.array(list(rows_in.values()), pa.int64())})
     parts = []
-    for record, table in (("score", results), ("reject", rejects)):
+    for record, table in (("score", results), ("reject", rejects), ("count", counts)):
         n = table.num_rows
         if n == 0:
             continue
@@ -332,11 +334,13 @@ def run_spark(
         rejects.coalesce(1).write.parquet(str(scratch / "rejects"))
         # One pass over the staged rows for the summary: bands (with their lowest risk) and reject reasons.
         counts = staged.groupBy(RECORD, "risk_band", "ineligible_reason", "table", "reason").agg(
-            F.count(F.lit(1)).alias("n"), F.min("churn_risk").alias("low")
+            F.count(F.lit(1)).alias("n"), F.min("churn_risk").alias("low"), F.sum("row").alias("rows")
         )
-        bands, band_floor, reasons, ineligible = {}, {}, {}, {}
+        bands, band_floor, reasons, ineligible, rows_in = {}, {}, {}, {}, {}
         for row in counts.collect():
-            if row[RECORD] == "score" and row["ineligible_reason"] is not None:
+            if row[RECORD] == "count":
+                rows_in[row["table"]] = int(row["rows"])
+            elif row[RECORD] == "score" and row["ineligible_reason"] is not None:
                 ineligible[row["ineligible_reason"]] = int(row["n"])
             elif row[RECORD] == "score":
                 bands[row["risk_band"]] = int(row["n"])
@@ -365,6 +369,7 @@ def run_spark(
         bands_order=tuple(sorted(band_floor, key=lambda b: band_floor[b])),
         ineligible_by_reason=ineligible,
         ineligible=plan.ineligible,
+        rows_in=rows_in,
     )
 
 

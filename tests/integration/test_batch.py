@@ -298,6 +298,12 @@ def test_local_engine_equals_direct_scoring_on_multi_file_csv(
     assert summary.n_customers == len(got) and sum(summary.band_counts.values()) == len(got)
     text = summary.render()
     assert "customers/s" in text and f"rejected input rows: {N_REJECTED}" in text
+    # Rows in = rows scored + rows not customers at as_of + rows rejected, counted from what was read.
+    customer_rows = len((dirty_dir / "customers.csv").read_text().splitlines()) - 1
+    event_rows = sum(len(pd.read_csv(p, usecols=[0])) for p in (dirty_dir / "events").glob("*.csv"))
+    assert summary.rows_in == {"customers": customer_rows, "events": event_rows}
+    assert summary.unaccounted_customer_rows == 0
+    assert f"customer rows read: {customer_rows:,} = {summary.n_customers:,} scored" in text
 
 
 @pytest.mark.slow
@@ -466,6 +472,7 @@ def test_spark_engine_equals_local_engine_and_direct_scoring(
         check_dtype=False,
     )
     assert summary.band_counts == local_dirty[0].band_counts and summary.n_rejected == N_REJECTED
+    assert summary.rows_in == local_dirty[0].rows_in and summary.unaccounted_customer_rows == 0
     assert sorted(models["cache_dir"].rglob("part-*.parquet")) == parts_before  # warm cache: no text rescored
     assert not list(tmp_path.glob(".spark_scores.*"))
 
