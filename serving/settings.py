@@ -9,7 +9,7 @@ Every limit that turns bad input into a 400 lives here, so an operator can tune 
 | CHURNSENSE_MAX_TEXT_CHARS | 5000 | characters in one text |
 | CHURNSENSE_BATCH_MAX_CUSTOMERS | 1000 | customers in one `/churn_risk_batch` request |
 | CHURNSENSE_BATCH_MAX_EVENTS | 100000 | events over all customers of one `/churn_risk_batch` request |
-| CHURNSENSE_BATCH_MAX_TEXTS | 2000 | event texts over all customers of one `/churn_risk_batch` request |
+| CHURNSENSE_BATCH_MAX_TEXTS | 256 | event texts over all customers of one `/churn_risk_batch` request (see below) |
 | CHURNSENSE_MAX_PROFILE_FIELDS | 200 | profile fields of one customer |
 | CHURNSENSE_MAX_BODY_MB | 32 | request body size; larger bodies are answered 413 before they are read |
 | CHURNSENSE_TOP_REASONS | 5 | reasons returned with each churn risk |
@@ -24,6 +24,12 @@ Every limit that turns bad input into a 400 lives here, so an operator can tune 
 | CHURNSENSE_SENTIMENT_MAX_LATENCY_MS | 5000 | texts queued longer than this are answered 503 (both modes) |
 | CHURNSENSE_TIMEOUT_S | 60 | request timeout of the service |
 | CHURNSENSE_BALANCE_CONNECTIONS | true | a worker holding more than its share of keep-alive connections asks a client to reconnect (`serving.connections`) |
+
+Work per request: a worker scores texts one forward pass at a time, so one request's texts hold back every
+other request's on that worker. MiniLM int8 on one thread scores ~135 full-width (64-token) texts/s (measured:
+`benchmarks/sentiment.py --threads 1 --lengths 64 --batch-sizes 64`), so the caps bound one request's text work
+to ~0.5 s (`/sentiment`, 64 texts) and ~1.9 s (`/churn_risk_batch`, 256 texts): well inside the 5 s a queued
+request waits before a 503. The earlier 2,000 held a worker for ~15 s and starved `/sentiment` into 503s.
 
 Threads and workers: two workers with one torch thread each keep both cores busy without OpenMP threads
 waiting on each other. Measured on the shared 2-core machine, MiniLM with 2 torch threads ran at 22 texts/s
@@ -53,7 +59,7 @@ class ServingSettings(BaseSettings):
     max_text_chars: int = Field(5000, ge=1, le=1_000_000)
     batch_max_customers: int = Field(1000, ge=1, le=100_000)
     batch_max_events: int = Field(100_000, ge=1, le=10_000_000)
-    batch_max_texts: int = Field(2000, ge=1, le=1_000_000)
+    batch_max_texts: int = Field(256, ge=1, le=1_000_000)
     max_profile_fields: int = Field(200, ge=1, le=10_000)
     max_body_mb: float = Field(32, gt=0, le=4096)
     top_reasons: int = Field(5, ge=0, le=100)
