@@ -7,10 +7,9 @@ on one bucket: nothing here computes a feature.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
-import os
-import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -34,6 +33,7 @@ from batch.plan import (
 from batch.read import cast_column, raw_schema, read_file_batches
 from batch.texts import text_sentiment
 from batch.workers import churn_model
+from churnsense.files import atomic_path
 from features.engine import build_customer_features
 from features.labels import ineligible_reasons
 from features.pipeline import load_data
@@ -182,27 +182,20 @@ def partition_split(plan: BatchPlan, split: Split, index: int, folder: Path) -> 
     """Write a split's rows by bucket to `folder/<table>/bucket-NNNNN/part-<index>.parquet` (temporary names
     first, renamed at the end, so a rerun of a killed task simply overwrites). Returns rows read."""
     schema = raw_schema(plan, split.kind)
-    writers: dict[int, tuple[pq.ParquetWriter, Path, Path]] = {}
+    writers: dict[int, pq.ParquetWriter] = {}
     rows = 0
-    try:
+    # One open writer per bucket, each on a temporary name renamed when the split is done (removed on error).
+    with contextlib.ExitStack() as files:
         for batch in split.batches(plan):
             buckets = bucket_of(batch.column(id_column(plan, split.kind)), plan.n_buckets)
             for bucket, part in split_by_bucket(batch, buckets, plan.n_buckets):
                 if bucket not in writers:
                     final = folder / split.kind / f"bucket-{bucket:05d}" / f"part-{index:05d}.parquet"
-                    final.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
-                    writers[bucket] = (pq.ParquetWriter(tmp, schema), tmp, final)
-                writers[bucket][0].write_table(part)
+                    writers[bucket] = files.enter_context(
+                        pq.ParquetWriter(files.enter_context(atomic_path(final)), schema)
+                    )
+                writers[bucket].write_table(part)
             rows += batch.num_rows
-    except BaseException:
-        for writer, tmp, _ in writers.values():
-            writer.close()
-            tmp.unlink(missing_ok=True)
-        raise
-    for writer, tmp, final in writers.values():
-        writer.close()
-        os.replace(tmp, final)
     return rows
 
 

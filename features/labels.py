@@ -159,6 +159,24 @@ def _known_and_gone(
     return known, gone
 
 
+MIN_POSITIVES = 50
+"""Fewest churned examples the trainer accepts; `churnsense validate` says so before anyone trains."""
+
+
+def censored_as_of(
+    dates: list[dt.date], horizon_days: int, newest: pd.Timestamp
+) -> tuple[list[dt.date], dt.date]:
+    """(as_of dates whose label window reaches past the data, the latest as_of date that does not).
+
+    The window [as_of, as_of + horizon) is covered when its last day has data (the day of the `newest` event);
+    a window past it would call customers churned, or not, only because the data stops. One rule for
+    `churnsense validate` and the trainer.
+    """
+    last_day = pd.Timestamp(newest).normalize()
+    latest_ok = (last_day - pd.Timedelta(days=horizon_days - 1)).date()
+    return [d for d in dates if d > latest_ok], latest_ok
+
+
 NOT_YET_A_CUSTOMER = "not a customer yet at as_of (signs up later, or no signup date and no earlier event)"
 ALREADY_CHURNED = "churned before as_of"
 

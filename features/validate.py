@@ -40,11 +40,10 @@ from features.io import (
     read_table,
     resolve_files,
 )
-from features.labels import label_snapshots
+from features.labels import MIN_POSITIVES, censored_as_of, label_snapshots
 from features.raw import ROW_PROBLEM
 from features.spec import DatasetSpec, SpecError, TableSpec, load_spec
 
-MIN_POSITIVES = 50  # the trainer refuses fewer churned examples; validation says so before anyone trains
 MOSTLY_NUMERIC = 0.8  # share of non-blank values that must parse as numbers for a column to count as numeric
 N_EXAMPLES = 3
 _READ_ERRORS = (UserError, OSError, pa.ArrowException)
@@ -682,12 +681,9 @@ def _check_coverage(
     where, column = str(spec.resolve(spec.events.path)), spec.events.time
     stamps = events[TIMESTAMP].to_numpy("datetime64[ns]")
     newest = pd.Timestamp(stamps.max())
-    last_day = newest.normalize()
     window = dt.timedelta(days=horizon)
-    # The window [as_of, as_of + horizon) is covered when its last day has data.
-    censored = [d for d in dates if pd.Timestamp(d + window - dt.timedelta(days=1)) > last_day]
+    censored, latest_ok = censored_as_of(dates, horizon, newest)
     if censored:
-        latest_ok = (last_day - pd.Timedelta(days=horizon - 1)).date()
         report(
             "error",
             where,

@@ -30,6 +30,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
+from churnsense.files import atomic_write_text
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -74,9 +76,7 @@ class WorkerCounts:
         return cls(root / f"{FOLDER_PREFIX}{os.getppid()}")
 
     def publish(self, count: int) -> None:
-        temporary = self._mine.with_suffix(".tmp")
-        temporary.write_text(str(count))
-        os.replace(temporary, self._mine)
+        atomic_write_text(str(count), self._mine)  # its temporary name has a suffix: all() skips it
 
     def all(self) -> list[int]:
         """Every live worker's last published count (this worker's included)."""

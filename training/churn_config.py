@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from churnsense.errors import UserError, read_yaml_file
-from features.validate import MIN_POSITIVES
+from features.labels import MIN_POSITIVES
 from models.churn import RiskCutoffs
 
 

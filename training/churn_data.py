@@ -18,9 +18,9 @@ from sklearn.model_selection import train_test_split
 from churnsense.errors import UserError
 from features.columns import AS_OF, CHURNED, CUSTOMER_ID, TIMESTAMP
 from features.engine import FeatureSchema
+from features.labels import MIN_POSITIVES, censored_as_of
 from features.pipeline import SentimentScorer, SpecData, load_data, schema_for, training_frame
 from features.spec import DatasetSpec
-from features.validate import MIN_POSITIVES
 
 logger = logging.getLogger(__name__)
 
@@ -66,11 +66,9 @@ def check_label_windows(data: SpecData) -> None:
     if not dates or data.events is None or len(data.events) == 0:
         return
     newest = pd.Timestamp(data.events[TIMESTAMP].max())
-    last_day = newest.normalize()
     horizon = spec.labels.horizon_days
-    censored = [d for d in dates if pd.Timestamp(d) + pd.Timedelta(days=horizon - 1) > last_day]
+    censored, latest_ok = censored_as_of(dates, horizon, newest)
     if censored:
-        latest_ok = (last_day - pd.Timedelta(days=horizon - 1)).date()
         raise ChurnDataError(
             f"labels.as_of: {len(censored)} as_of date(s) ({', '.join(map(str, censored[:3]))}"
             f"{', ...' if len(censored) > 3 else ''}) + horizon_days={horizon} reach past the newest event "

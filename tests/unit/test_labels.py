@@ -169,3 +169,15 @@ def test_labels_that_cannot_be_made_raise_label_error():
         label_snapshot(customers, None, START, 30, churn_event="cancel")
     with pytest.raises(LabelError, match="labels.as_of"):
         label_snapshots(customers, None, [], 30)
+
+
+def test_a_label_window_past_the_newest_event_is_censored() -> None:
+    import datetime as dt
+
+    from features.labels import censored_as_of
+
+    newest = pd.Timestamp("2024-03-30 17:45")  # the window's last day needs data: 2024-03-30 counts
+    dates = [dt.date(2024, 3, 1), dt.date(2024, 3, 2), dt.date(2024, 3, 3)]
+    censored, latest_ok = censored_as_of(dates, 29, newest)
+    assert latest_ok == dt.date(2024, 3, 2) and censored == [dt.date(2024, 3, 3)]
+    assert censored_as_of(dates, 1, newest) == ([], dt.date(2024, 3, 30))
