@@ -300,7 +300,8 @@ def run_spark(
     shuffle_partitions = spark.conf.get("spark.sql.shuffle.partitions")
     spark.conf.set("spark.sql.shuffle.partitions", str(plan.n_buckets))  # one bucket per reduce task
     splits = plan_splits(plan)
-    scratch = out.parent / f".{out.name}.spark-{uuid.uuid4().hex[:8]}"
+    _remove_orphaned_scratch(out)
+    scratch = out.parent / f".{out.name}.spark-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         split_frame = _split_frame(spark, splits)
         if plan.sentiment is not None:
@@ -371,6 +372,26 @@ def run_spark(
         ineligible=plan.ineligible,
         rows_in=rows_in,
     )
+
+
+def _remove_orphaned_scratch(out: Path) -> None:
+    """Remove scratch folders (copies of customer data) that killed runs for `out` left: those whose driver
+    process no longer exists. A failed run removes its own; only SIGKILL or a power cut leave one."""
+    for folder in out.parent.glob(f".{out.name}.spark-*"):
+        owner = folder.name.rsplit(".spark-", 1)[1].split("-", 1)[0]
+        if owner.isdigit() and not _process_exists(int(owner)):
+            logger.info("removing %s, left by a run that was killed", folder)
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _split_frame(spark: Any, splits: list[Split]) -> Any:

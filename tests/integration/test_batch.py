@@ -449,6 +449,12 @@ def test_spark_engine_equals_local_engine_and_direct_scoring(
 
     parts_before = sorted(models["cache_dir"].rglob("part-*.parquet"))
     out = tmp_path / "spark_scores"
+    # A scratch folder a SIGKILLed run left (its driver is gone): customer data, removed by the next run.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    orphan = tmp_path / f".spark_scores.spark-{dead.pid}-0badc0de"
+    (orphan / "stage").mkdir(parents=True)
+    (orphan / "stage" / "part-0.parquet").write_bytes(b"customer rows")
     summary = score_customers(
         dirty_dir / "spec.yaml",
         models["as_of"],
