@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup demo test test-fast bench lint format serve clean
+.PHONY: help setup demo test test-fast bench lint format serve clean postgres
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -28,13 +28,13 @@ $(STAMP): pyproject.toml
 	$(PIP) install torch==2.13.0 2>&1 | { grep -v "$(PIP_NOISE)" || true; }
 	$(PY) -c "from importlib.metadata import version as v; assert v('torch').startswith('2.13.0'), v('torch')"
 	$(PIP) install -e ".[dev,spark]" 2>&1 | { grep -v "$(PIP_NOISE)" || true; }
-	$(PY) -c "import churnsense, features, training, models, serving, torch, mlflow, bentoml, transformers, pyspark"
+	$(PY) -c "import churnsense, features, training, models, serving, batch, store, torch, mlflow, bentoml, transformers, pyspark"
 	touch $(STAMP)
 
 demo: setup ## generate data, validate, build features, train, promote, serve and batch-score it
 	$(PY) -m churnsense.demo --out $(DEMO_DIR)
 
-test: setup ## run the whole test suite (unit, integration, real server, Spark)
+test: setup postgres ## run the whole test suite (unit, integration, real server, Spark, PostgreSQL)
 	$(PY) -m pytest
 
 test-fast: setup ## skip the slow tests
@@ -50,6 +50,13 @@ bench: setup ## run every benchmark (each prints ratios against yardsticks measu
 	@if [ -d $(DEMO_DIR)/bentoml/bentos/churnsense ]; then \
 		BENTOML_HOME=$(abspath $(DEMO_DIR))/bentoml $(PY) benchmarks/serving.py; \
 	else echo "benchmarks/serving.py skipped: no Bento under $(DEMO_DIR)/bentoml (run make demo first)"; fi
+
+# The store tests start a real PostgreSQL server from its binaries (tests/databases.py); install them if missing.
+postgres: ## install the PostgreSQL server binaries (Debian package postgresql) when they are missing
+	@if ! command -v pg_ctl >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then \
+		echo "installing the Debian package postgresql (the store tests start a real server)"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; \
+	fi
 
 serve: setup ## serve the newest churnsense Bento on 127.0.0.1:3000 (after `churnsense build`)
 	$(VENV)/bin/churnsense serve

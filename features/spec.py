@@ -74,6 +74,9 @@ class EventsSpec(TableSpec):
     values: tuple[str, ...] = Field((), description="numeric columns aggregated per window")
     churn_event: str | None = Field(None, description="event type that means the customer left")
     sentiment: str | None = Field(None, description="precomputed sentiment score column in [-1, 1]")
+    event_id: str | None = Field(
+        None, description="unique event id column: `churnsense ingest` keys events by it (else by content)"
+    )
 
 
 class ReviewsSpec(TableSpec):

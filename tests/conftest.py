@@ -13,7 +13,7 @@ from churnsense.environment import OFFLINE, QUIET, SCORING, set_defaults
 set_defaults(QUIET, OFFLINE, SCORING)
 
 # Session fixtures with small real models and the real server (the service and skew tests share them).
-pytest_plugins = ["tests.served_models"]
+pytest_plugins = ["tests.served_models", "tests.databases"]
 
 LEVELS = ("unit", "integration", "server")
 """Test folders, one per level (tests/README.md); each test gets its folder's marker: `pytest -m unit`."""
