@@ -21,6 +21,6 @@ neither on the bucketing nor on the engine (tests/server/test_skew.py: bit-ident
 
 from batch.output import BatchSummary, read_scores, top_risk
 from batch.plan import BatchError
-from batch.score import score_customers
+from batch.score import score_customers, score_store
 
-__all__ = ["BatchError", "BatchSummary", "read_scores", "score_customers", "top_risk"]
+__all__ = ["BatchError", "BatchSummary", "read_scores", "score_customers", "score_store", "top_risk"]

@@ -142,3 +142,32 @@ def score_customers(
             summary.unaccounted_customer_rows,
         )
     return summary
+
+
+def score_store(url: str, as_of: str | dt.date, out: str | Path, **options: Any) -> BatchSummary:
+    """`score_customers` over everything in the event store at `url`, on either engine.
+
+    The store is extracted to Parquet files and a spec in a folder beside `out` (`store.read.extract`), read by
+    the same loaders and features as any data set, and removed afterwards, failure or not.
+    """
+    import shutil
+    import uuid
+
+    from store.ingest import store_layout
+    from store.schema import open_store, safe_url
+
+    engine = open_store(url)
+    layout = store_layout(engine)
+    if layout is None:
+        raise BatchError(f"store {safe_url(url)} is empty: load it first (churnsense ingest --spec ...)")
+    out = Path(out)
+    folder = out.parent / f".{out.name}.store-{uuid.uuid4().hex[:8]}"
+    try:
+        from store.read import extract
+
+        tick = time.perf_counter()
+        spec_path = extract(engine, layout, folder)
+        logger.info("extracted %s in %.1fs", safe_url(url), time.perf_counter() - tick)
+        return score_customers(spec_path, as_of, out, **options)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -145,13 +145,53 @@ def promote_churn_command(
 # --- batch scoring -----------------------------------------------------------------------------------------
 
 
+StoreOption = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        help="event store SQLAlchemy URL, e.g. sqlite:///store.db or postgresql+psycopg://user@host/db "
+        "(default: CHURNSENSE_STORE_URL, else sqlite:///churnsense_store.db)",
+    ),
+]
+
+
+def _store_url(store: str | None) -> str:
+    from churnsense.environment import paths
+    from store import DEFAULT_URL
+
+    return store or paths().store_url or DEFAULT_URL
+
+
+@app.command()
+def ingest(
+    spec: SpecOption,
+    store: StoreOption = None,
+    rejects: Annotated[
+        Path, typer.Option("--rejects", help="where rejected input rows go, with reasons (Parquet)")
+    ] = Path("ingest.rejects.parquet"),
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="show a progress bar")] = True,
+) -> None:
+    """Load the spec's customers and events into the event store (created on first use).
+
+    Idempotent: re-ingesting a file adds nothing (events keyed by `events.event_id` or by their content);
+    new files append. Customers already stored take the newer profile and dates. One transaction: a failed
+    ingest leaves the store as it was.
+    """
+    from store.ingest import ingest_spec
+
+    summary = ingest_spec(spec, _store_url(store), rejects_path=rejects, progress=progress)
+    typer.echo(summary.render())
+
+
 @app.command()
 def score(
-    spec: SpecOption,
     as_of: Annotated[str, typer.Option("--as-of", help="date the features describe (YYYY-MM-DD)")],
     out: Annotated[
         Path, typer.Option("--out", help="output: a Parquet file (local engine) or folder (spark engine)")
     ],
+    spec: Annotated[
+        Path | None, typer.Option("--spec", help="dataset spec YAML of the files to score (or --store)")
+    ] = None,
     engine: Annotated[str, typer.Option("--engine", help="local (process pool) or spark")] = "local",
     model: Annotated[
         str | None,
@@ -184,12 +224,18 @@ def score(
             "summary) or flag (kept with eligible=false and no risk)",
         ),
     ] = "exclude",
+    store: StoreOption = None,
 ) -> None:
-    """Score every customer as of a date (churn_risk, risk_band, reasons); rejected input rows go beside --out."""
-    from batch import score_customers
+    """Score every customer as of a date (churn_risk, risk_band, reasons); rejected input rows go beside --out.
 
-    summary = score_customers(
-        spec,
+    Reads the files of --spec, or everything in the event store of --store.
+    """
+    from batch import score_customers, score_store
+
+    if (spec is None) == (store is None):
+        raise UserError("give exactly one of --spec (files) or --store (the event store)")
+    summary = (score_customers if spec is not None else score_store)(
+        spec if spec is not None else _store_url(store),
         as_of,
         out,
         engine=engine,

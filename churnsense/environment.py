@@ -5,7 +5,8 @@ Two kinds of environment variable, both read here and nowhere else:
 - **Defaults for the libraries** (`QUIET`, `OFFLINE`, `SCORING`, and `SERVER`, all three plus one thread): telemetry off, no hub look-ups, OpenMP threads
   that sleep when idle. `set_defaults` applies a group with `setdefault`, so a variable the user exported wins.
   Entry points call it before the libraries are imported (the CLI, the demo, the service, the server wrapper).
-- **churnsense's own paths** (`Paths`, pydantic-settings): `CHURNSENSE_CACHE_DIR` and `CHURNSENSE_ARTIFACT_ROOT`.
+- **churnsense's own paths** (`Paths`, pydantic-settings): `CHURNSENSE_CACHE_DIR`, `CHURNSENSE_ARTIFACT_ROOT` and
+  `CHURNSENSE_STORE_URL` (the event store).
   The MLflow store itself is MLflow's own `MLFLOW_TRACKING_URI` (`models.catalog.tracking_uri`).
 
 The service's limits and tuning knobs are `serving.settings.ServingSettings`, the same mechanism with the
@@ -68,6 +69,11 @@ class Paths(BaseSettings):
     artifact_root: Path | None = Field(
         None,
         description="folder for MLflow run artifacts of new experiments (None: MLflow's default ./mlruns)",
+    )
+    store_url: str | None = Field(
+        None,
+        description="the event store's SQLAlchemy URL (CLI default: sqlite:///churnsense_store.db; the service "
+        "answers by-id requests only when it is set)",
     )
 
 

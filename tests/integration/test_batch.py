@@ -559,3 +559,38 @@ def test_events_of_customers_not_in_the_customers_table_are_rejected_not_dropped
         len(events) + 2,
     ]
     assert summary.rejected_by_reason[f"events: {UNKNOWN_CUSTOMER}"] == 3
+
+
+# --- from the event store ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_scoring_the_event_store_equals_scoring_the_files(
+    sim_dir: Path, models: dict, local_sim, store_url: str, tmp_path: Path, request: pytest.FixtureRequest
+):
+    """The same customers from the store (SQLite and PostgreSQL, local engine; Spark on SQLite) score bit for bit
+    as from the files they were ingested from."""
+    from batch import read_scores, score_store
+    from store.ingest import ingest_spec
+
+    ingest_spec(sim_dir / "spec.yaml", store_url, rejects_path=tmp_path / "ingest.rejects.parquet")
+    expected = read_scores(local_sim[1]).sort_values("customer_id").reset_index(drop=True)
+    engines = ["local", "spark"] if store_url.startswith("sqlite") else ["local"]
+    for engine in engines:
+        if engine == "spark":
+            request.getfixturevalue("spark")  # the session's local Spark
+        out = tmp_path / f"store_scores_{engine}"
+        summary = score_store(
+            store_url,
+            models["as_of"],
+            out,
+            engine=engine,
+            model_uri=models["churn_uri"],
+            sentiment_model=models["sentiment_uri"],
+            cache_dir=models["cache_dir"],
+            chunk_customers=300,
+        )
+        got = read_scores(out).sort_values("customer_id").reset_index(drop=True)
+        pd.testing.assert_frame_equal(got, expected, check_exact=True)
+        assert summary.n_customers == local_sim[0].n_customers and summary.unaccounted_customer_rows == 0
+        assert not [p for p in tmp_path.iterdir() if ".store-" in p.name]  # the extract is gone
