@@ -8,6 +8,7 @@ database (`store_url` fixture), so tests never see each other's rows.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -56,27 +57,30 @@ def _has_user(name: str) -> bool:
     return True
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[str]:
-    """A running PostgreSQL server; yields its base URL (`postgresql+psycopg://churnsense@127.0.0.1:<port>`)."""
+@contextlib.contextmanager
+def local_postgres() -> Iterator[str]:
+    """Start a PostgreSQL server in a temporary folder; yields its base URL; stops it and removes the folder.
+    Used by the `postgres_server` fixture and by `benchmarks/store.py`."""
     from serving.server import free_port
 
     bindir = postgres_bindir()
     if bindir is None:
-        pytest.fail("PostgreSQL server binaries not found: run `make postgres` (Debian package postgresql)")
+        raise RuntimeError(
+            "PostgreSQL server binaries not found: run `make postgres` (Debian package postgresql)"
+        )
     # Not under pytest's temporary root: that one is private to the user running the tests.
     folder = Path(tempfile.mkdtemp(prefix="churnsense-postgres-"))
     user = _server_user()
     if user:
         shutil.chown(folder, user=user)
     data = folder / "data"
-    _run([str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "churnsense", "-E", "UTF8", "--no-sync",
-          "--locale=C"])  # fmt: skip
-    port = free_port()
-    options = f"-p {port} -h 127.0.0.1 -k {folder} -F -c fsync=off -c full_page_writes=off"
-    _run([str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w", "-t", "60",
-          "start"])  # fmt: skip
     try:
+        _run([str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "churnsense", "-E", "UTF8",
+              "--no-sync", "--locale=C"])  # fmt: skip
+        port = free_port()
+        options = f"-p {port} -h 127.0.0.1 -k {folder} -F -c fsync=off -c full_page_writes=off"
+        _run([str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w", "-t",
+              "60", "start"])  # fmt: skip
         yield f"postgresql+psycopg://churnsense@127.0.0.1:{port}"
     finally:
         subprocess.run(
@@ -84,6 +88,15 @@ def postgres_server() -> Iterator[str]:
             capture_output=True,
         )
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A running PostgreSQL server; yields its base URL (`postgresql+psycopg://churnsense@127.0.0.1:<port>`)."""
+    if postgres_bindir() is None:
+        pytest.fail("PostgreSQL server binaries not found: run `make postgres` (Debian package postgresql)")
+    with local_postgres() as url:
+        yield url
 
 
 def _run(command: list[str]) -> None:

@@ -1,0 +1,138 @@
+"""Event store benchmark: `churnsense ingest` against a plain bulk insert of the same rows, SQLite and PostgreSQL.
+
+    .venv/bin/python benchmarks/store.py [--customers 1000000] [--backends sqlite,postgresql]
+
+The data is the simulator's (seed 11; the folder benchmarks/features.py and benchmarks/batch.py share under
+bench_out/). For each backend, in one run:
+
+- yardstick: the events, already prepared as store rows, inserted with one `executemany` per 20,000 rows into
+  an empty table of the same schema (same key and indexes) in one transaction: the least any ingest into this
+  schema can cost;
+- ingest: `store.ingest.ingest_spec` from the files into a new store: the loaders (validation, rejects), the
+  keys, the text normalisation, the idempotent inserts.
+
+Printed: events/s of both, the ratio (target: ingest >= 0.5x the yardstick), the store's size on disk, and a
+re-ingest of the same files (adds nothing; its time says what idempotency costs). PostgreSQL runs on a server
+this script starts from the Debian binaries (`make postgres`), fsync off as in the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def ensure_data(folder: Path, customers: int) -> Path:
+    if not (folder / "spec.yaml").exists():
+        from features.simulate import write_demo_data
+
+        print(f"generating {customers:,} customers into {folder} (once)", flush=True)
+        write_demo_data(folder, n_customers=customers, seed=11)
+    return folder / "spec.yaml"
+
+
+@contextlib.contextmanager
+def backend(kind: str, work: Path) -> Iterator[tuple[str, str]]:
+    """(URL of a new store, URL of a new yardstick database) for `kind`."""
+    if kind == "sqlite":
+        for name in ("store.db", "plain.db"):
+            for suffix in ("", "-wal", "-shm"):
+                Path(work / (name + suffix)).unlink(missing_ok=True)
+        yield f"sqlite:///{work / 'store.db'}", f"sqlite:///{work / 'plain.db'}"
+        return
+    from tests.databases import local_postgres, new_postgres_database
+
+    with local_postgres() as server:
+        yield new_postgres_database(server), new_postgres_database(server)
+
+
+def yardstick(spec_path: Path, url: str) -> tuple[int, float]:
+    """Events prepared as store rows (not timed), then inserted plainly (timed): (rows, seconds)."""
+    import sqlalchemy as sa
+
+    from features.io import load_customers, load_events
+    from features.spec import load_spec
+    from store.ingest import INSERT_ROWS, Layout, event_keys, event_rows, layout_of
+    from store.schema import create_store_engine, events, metadata, placeholders
+
+    spec = load_spec(spec_path)
+    customers, _ = load_customers(spec)
+    frame, _ = load_events(spec, with_text=True)
+    layout: Layout = layout_of(spec, customers)
+    rows = list(event_rows(frame, event_keys(frame, None), layout, 0))
+    engine = create_store_engine(url)
+    metadata.create_all(engine, tables=[events])
+    columns = [c.name for c in events.columns]
+    sql = f"INSERT INTO events ({', '.join(columns)}) VALUES ({placeholders(engine, len(columns))})"
+    started = time.perf_counter()
+    with engine.begin() as connection:
+        for start in range(0, len(rows), INSERT_ROWS):
+            connection.exec_driver_sql(sql, rows[start : start + INSERT_ROWS])
+    seconds = time.perf_counter() - started
+    with engine.connect() as connection:
+        assert connection.execute(sa.select(sa.func.count()).select_from(events)).scalar_one() == len(rows)
+    return len(rows), seconds
+
+
+def size_of(url: str) -> str:
+    import sqlalchemy as sa
+
+    if url.startswith("sqlite"):
+        path = Path(sa.make_url(url).database)
+        total = sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
+        return f"{total / 1e9:.2f} GB"
+    engine = sa.create_engine(url)
+    with engine.connect() as connection:
+        return connection.execute(
+            sa.text("select pg_size_pretty(pg_database_size(current_database()))")
+        ).scalar()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--customers", type=int, default=1_000_000)
+    parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--bench-dir", type=Path, default=ROOT / "bench_out")
+    args = parser.parse_args()
+
+    from store.ingest import ingest_spec
+
+    spec_path = ensure_data(args.bench_dir / f"sim_{args.customers}", args.customers)
+    work = args.bench_dir / "store"
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"{args.customers:,} customers, load average {os.getloadavg()[0]:.1f}")
+    header = f"{'backend':<11}{'events':>12}{'plain ev/s':>13}{'ingest ev/s':>13}{'ratio':>8}{'re-ingest s':>13}  size"
+    lines = []
+    for kind in args.backends.split(","):
+        with backend(kind, work) as (store_url, plain_url):
+            n, plain_s = yardstick(spec_path, plain_url)
+            first = ingest_spec(
+                spec_path, store_url, rejects_path=work / "ingest.rejects.parquet", progress=True
+            )
+            again = ingest_spec(spec_path, store_url, rejects_path=work / "ingest.rejects.parquet")
+            assert first.events_new == n and again.events_new == 0, (first.events_new, n, again.events_new)
+            ratio = (n / first.seconds) / (n / plain_s)
+            lines.append(
+                f"{kind:<11}{n:>12,}{n / plain_s:>13,.0f}{n / first.seconds:>13,.0f}{ratio:>7.2f}x"
+                f"{again.seconds:>13.1f}  {size_of(store_url)}"
+            )
+            print(first.render(), flush=True)
+    print("\n" + header)
+    print("\n".join(lines))
+    print("target: ingest >= 0.5x the plain bulk insert of the same rows (ratio column)")
+
+
+if __name__ == "__main__":
+    main()
