@@ -53,6 +53,7 @@ from store.schema import (
     placeholders,
     safe_url,
     set_meta,
+    write_lock,
 )
 
 logger = logging.getLogger(__name__)
@@ -246,13 +247,15 @@ def upsert_customers(connection: Connection, rows: Sequence[dict[str, Any]]) -> 
         connection.exec_driver_sql(sql, tuples[start : start + INSERT_ROWS])
 
 
-def insert_events(connection: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
-    """Insert events whose key is not stored yet (the rest are skipped, not updated)."""
+def insert_events(connection: Connection, rows: Sequence[tuple[Any, ...]]) -> int:
+    """Insert events whose key is not stored yet (the rest are skipped, not updated); returns how many were new."""
     sql = (
         f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) "
         f"VALUES ({placeholders(connection.engine, len(EVENT_COLUMNS))}) ON CONFLICT (event_key) DO NOTHING"
     )
-    connection.exec_driver_sql(sql, list(rows))
+    if not rows:
+        return 0
+    return int(connection.exec_driver_sql(sql, list(rows)).rowcount)
 
 
 def count(connection: Connection, table: sa.Table) -> int:
@@ -280,7 +283,7 @@ def ingest_spec(
     (default `ingest.rejects.parquet`), written even when empty so an old file never misleads."""
     started = time.perf_counter()
     spec = load_spec(spec_path)
-    engine = open_store(url)
+    engine = open_store(url, writer=True)
     shown = safe_url(url)
     summary = IngestSummary(store=shown)
     rejects: list[pd.DataFrame] = []
@@ -304,15 +307,14 @@ def ingest_spec(
             event_frame, ids, blank = _event_ids(spec, event_frame, bad)
             rejects.append(blank)
             keys = event_keys(event_frame, ids)
-            before = count(connection, events)
+            write_lock(connection)
             rows = event_rows(event_frame, keys, layout, next_seq(connection))
             with tqdm(
                 total=len(event_frame), unit="event", disable=not progress, desc="ingest events"
             ) as bar:
                 while chunk := list(itertools.islice(rows, INSERT_ROWS)):
-                    insert_events(connection, chunk)
+                    summary.events_new += insert_events(connection, chunk)
                     bar.update(len(chunk))
-            summary.events_new = count(connection, events) - before
             summary.events_already_stored = len(event_frame) - summary.events_new
     found = [r for r in rejects if len(r)]
     frame = pd.concat(found, ignore_index=True) if found else empty_rejects()

@@ -82,8 +82,13 @@ def safe_url(url: str | sa.URL) -> str:
     return sa.make_url(url).render_as_string(hide_password=True)
 
 
-def create_store_engine(url: str) -> Engine:
-    """An engine for `url`; SQLite files get WAL mode, a busy timeout and foreign-key-free fast writes."""
+def create_store_engine(url: str, writer: bool = False) -> Engine:
+    """An engine for `url`; SQLite files get WAL mode and a busy timeout.
+
+    `writer`: every transaction of a SQLite writer starts with BEGIN IMMEDIATE, taking the write lock at once.
+    A plain (deferred) transaction that reads, then writes, can find another writer holding the lock and fail
+    at once with "database is locked" instead of waiting its turn; readers stay deferred and never wait.
+    """
     try:
         parsed = sa.make_url(url)
     except sa.exc.ArgumentError:
@@ -101,6 +106,14 @@ def create_store_engine(url: str) -> Engine:
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA busy_timeout=60000")
             cursor.close()
+            if writer:
+                dbapi_connection.isolation_level = None  # SQLAlchemy, not the driver, begins transactions
+
+        if writer:
+
+            @sa.event.listens_for(engine, "begin")
+            def _begin_immediate(connection: Connection) -> None:
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     try:
@@ -110,12 +123,9 @@ def create_store_engine(url: str) -> Engine:
 
 
 @contextlib.contextmanager
-def _migration_lock(engine: Engine, connection: Connection) -> Iterator[None]:
-    """One migrating process at a time: an advisory lock (PostgreSQL) or a file lock beside the SQLite file."""
-    if engine.dialect.name == "postgresql":
-        connection.execute(sa.text("SELECT pg_advisory_xact_lock(7340211)"))  # released at commit
-        yield
-        return
+def _file_lock(engine: Engine) -> Iterator[None]:
+    """One migrating process at a time for a SQLite file: a file lock beside it, taken before any transaction
+    (so it never waits on the database lock while holding this one)."""
     database = engine.url.database or ""
     if engine.dialect.name != "sqlite" or not database or database == ":memory:":
         yield
@@ -141,7 +151,9 @@ def schema_version(connection: Connection) -> int:
 def migrate(engine: Engine) -> int:
     """Apply every migration the store lacks, under the lock; returns the store's schema version."""
     try:
-        with engine.begin() as connection, _migration_lock(engine, connection):
+        with _file_lock(engine), engine.begin() as connection:
+            if engine.dialect.name == "postgresql":  # one migrating process at a time, until commit
+                connection.execute(sa.text("SELECT pg_advisory_xact_lock(7340211)"))
             metadata.create_all(connection, tables=[store_meta])
             current = schema_version(connection)
             if current > SCHEMA_VERSION:
@@ -175,8 +187,16 @@ def set_meta(connection: Connection, key: str, value: Any) -> None:
     connection.execute(sa.insert(store_meta).values(key=key, value=text))
 
 
-def open_store(url: str = DEFAULT_URL) -> Engine:
-    """An engine on a migrated store (created on first use)."""
-    engine = create_store_engine(url)
+def open_store(url: str = DEFAULT_URL, writer: bool = False) -> Engine:
+    """An engine on a migrated store (created on first use); `writer` for one that writes (see
+    `create_store_engine`)."""
+    engine = create_store_engine(url, writer=writer)
     migrate(engine)
     return engine
+
+
+def write_lock(connection: Connection) -> None:
+    """Serialise writers that number rows (`events.seq`): PostgreSQL takes an advisory lock until commit;
+    a SQLite writer already holds the database's write lock (BEGIN IMMEDIATE)."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(sa.text("SELECT pg_advisory_xact_lock(7340212)"))

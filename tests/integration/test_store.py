@@ -174,3 +174,29 @@ def test_an_extract_is_a_data_set_with_the_same_customers_and_events(
     b = theirs.events.astype({"customer_id": str, "event_type": str}).reset_index(drop=True)
     pd.testing.assert_frame_equal(a[b.columns], b, check_exact=True, check_dtype=False)
     assert sorted(mine.customers["customer_id"]) == sorted(theirs.customers["customer_id"])
+
+
+def test_appended_events_are_stored_once_and_refused_for_unknown_customers(
+    data_dir: Path, store_url: str, tmp_path: Path
+):
+    from store.append import NewEvent, append_events
+
+    ingest_spec(data_dir / "first.yaml", store_url, rejects_path=tmp_path / "r.parquet")
+    writer = open_store(store_url, writer=True)
+    layout = store_layout(writer)
+    customer = "C0000003"
+    now = to_timestamp_ns("2025-01-10T09:30:00")
+    ticket = NewEvent(customer, now, "support_ticket", text="  still  broken ", values={"amount": 2.5})
+    assert append_events(writer, layout, [ticket]).stored == 1
+    again = append_events(writer, layout, [ticket])
+    assert (again.stored, again.duplicates) == (0, 1)  # same content, same key: stored once
+    named = NewEvent(customer, now, "support_ticket", event_id="T-77")
+    assert append_events(writer, layout, [named, named]).stored == 1
+    refused = append_events(
+        writer, layout, [NewEvent("nobody", now, "call"), NewEvent(customer, now + 1, "call")]
+    )
+    assert refused.unknown_customers == ["nobody"] and refused.stored == 0
+    with writer.connect() as connection:
+        found = history(connection, layout, [customer], now + 1, 90)
+    mine = found.events[found.events["timestamp"] == pd.Timestamp(now, unit="ns")]
+    assert len(mine) == 2 and "still broken" in mine["text"].tolist()  # normalised, and no third copy
