@@ -7,6 +7,9 @@ door, as 4xx with a JSON body naming the problem:
 - 415 when a POST to a guarded path is not `application/json`;
 - 413 when the body is larger than `max_body_bytes`: at once from `Content-Length`, or while reading a chunked
   body (never more than the cap is held in memory).
+
+It also documents those answers in the OpenAPI spec BentoML serves at /docs.json, with the 400 of bad input, whose
+body BentoML's spec gets wrong (`detail` is a list of field errors, not a string): `serving.schemas.ErrorResponse`.
 """
 
 from __future__ import annotations
@@ -22,8 +25,16 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
+SPEC_PATH = "/docs.json"
+ANSWERS = {
+    "400": "Bad input: `detail` names each field that is wrong",
+    "413": "The request body is larger than CHURNSENSE_MAX_BODY_MB",
+    "415": "The request's Content-Type is not application/json",
+}
+
+
 class RequestGuard:
-    """ASGI middleware for the JSON endpoints in `paths` (other paths pass untouched)."""
+    """ASGI middleware for the JSON endpoints in `paths` (other paths pass untouched, but for the spec)."""
 
     def __init__(self, app: ASGIApp, paths: Collection[str], max_body_bytes: int) -> None:
         self.app = app
@@ -31,6 +42,9 @@ class RequestGuard:
         self.max_body_bytes = int(max_body_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("method") == "GET" and scope.get("path") == SPEC_PATH:
+            await self.app(scope, receive, _edit_json(send, self._document_answers))
+            return
         if scope["type"] != "http" or scope.get("method") != "POST" or scope.get("path") not in self.paths:
             await self.app(scope, receive, send)
             return
@@ -59,6 +73,24 @@ class RequestGuard:
     def _too_large(self) -> str:
         return f"request body: larger than {self.max_body_bytes:,} bytes (CHURNSENSE_MAX_BODY_MB)"
 
+    def _document_answers(self, spec: dict[str, Any]) -> None:
+        """Declare the 400, 413 and 415 answers of the guarded endpoints, all with `ErrorResponse` bodies."""
+        from serving.schemas import ErrorResponse
+
+        error = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+        schemas.update(error.pop("$defs", {}), ErrorResponse=error)
+        content = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+        for path in self.paths:
+            operation = spec.get("paths", {}).get(path, {}).get("post")
+            if operation is None:
+                continue
+            if "requestBody" in operation:  # a POST without a body is refused: 415 (no Content-Type) or 400
+                operation["requestBody"]["required"] = True
+            operation["responses"].update(
+                {code: {"description": text, "content": content} for code, text in ANSWERS.items()}
+            )
+
 
 def _replay(body: bytes, receive: Receive) -> Receive:
     """A `receive` that hands the app the body already read, then passes on what the client sends next."""
@@ -72,6 +104,35 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return await receive()
 
     return replay
+
+
+def _edit_json(send: Send, edit: Callable[[Any], None]) -> Send:
+    """A `send` that passes the app's JSON response on after `edit` changed it in place (a 200 only)."""
+    start: Message | None = None
+    body = bytearray()
+
+    async def edited(message: Message) -> None:
+        nonlocal start
+        if message["type"] == "http.response.start":
+            start = message
+            return
+        if message["type"] != "http.response.body" or start is None:
+            await send(message)
+            return
+        body.extend(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        payload = bytes(body)
+        if start["status"] == 200:
+            document = json.loads(payload)
+            edit(document)
+            payload = json.dumps(document).encode()
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+        headers.append((b"content-length", str(len(payload)).encode()))
+        await send({**start, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
+    return edited
 
 
 async def _reply(send: Send, status: int, message: str) -> None:

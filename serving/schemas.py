@@ -7,12 +7,17 @@ request's validation error, and nothing a customer wrote may reach the logs.
 Checks that need the loaded churn model (which profile fields and value columns it expects) live in
 `serving.scoring`, which raises the same pydantic `ValidationError` so every 400 has one shape:
 ``{"error": "1 validation error for ...", "detail": [{"loc": [...], "msg": "...", "type": "..."}]}``.
+
+The published OpenAPI spec (/docs.json) states what a schema can: the limits (read from the settings when the spec
+is generated, so it shows the server's own), non-blank texts, and the served model's profile fields and event
+values (`publish_model_fields`). Rules across fields (times in order, totals, distinct ids) are in descriptions.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import (
     AfterValidator,
@@ -30,11 +35,17 @@ from pydantic import (
 
 from serving.settings import current_settings
 
+if TYPE_CHECKING:
+    from features.engine import FeatureSchema
+
 # pandas stores times as int64 nanoseconds: anything outside this range cannot be represented.
 EARLIEST = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 LATEST = dt.datetime(2200, 1, 1, tzinfo=dt.UTC)
 MAX_NAME_CHARS = 200
 MAX_VALUE_CHARS = 1000
+# "Not blank" as the spec says it: a character that is whitespace neither to JSON Schema (ECMA-262 `\s`) nor to
+# Python's `str.strip` (which also strips \x1c-\x1f and \x85).
+NOT_BLANK = r"[^\s\x1c-\x1f\x85]"
 
 
 def utc(stamp: dt.datetime) -> dt.datetime:
@@ -57,14 +68,37 @@ def _check_text(value: str) -> str:
 
 
 def _check_time(value: dt.datetime) -> dt.datetime:
-    value = utc(value)
-    if not EARLIEST <= value < LATEST:
+    try:
+        stamp = utc(value)
+    except OverflowError:  # e.g. 0001-01-01T00:00+01:00: before the first time Python has in UTC (was a 500)
+        stamp = None
+    if stamp is None or not EARLIEST <= stamp < LATEST:
         raise ValueError(f"must be between {EARLIEST:%Y-%m-%d} and {LATEST:%Y-%m-%d}")
-    return value
+    return stamp
 
 
-Text = Annotated[str, AfterValidator(_check_text)]
-Timestamp = Annotated[dt.datetime, AfterValidator(_check_time)]
+def _published(**limits: str) -> Callable[[dict[str, Any]], None]:
+    """`json_schema_extra` giving JSON-schema keywords the values of settings (keyword -> setting name), read when
+    the spec is generated: /docs.json then shows the limits this server enforces."""
+
+    def extra(schema: dict[str, Any]) -> None:
+        settings = current_settings()
+        schema.update({keyword: getattr(settings, name) for keyword, name in limits.items()})
+
+    return extra
+
+
+def _text_schema(schema: dict[str, Any]) -> None:
+    schema.update(minLength=1, pattern=NOT_BLANK)  # what `_check_text` checks
+    _published(maxLength="max_text_chars")(schema)
+
+
+Text = Annotated[str, AfterValidator(_check_text), Field(json_schema_extra=_text_schema)]
+Timestamp = Annotated[
+    dt.datetime,
+    AfterValidator(_check_time),
+    Field(description=f"ISO 8601; from {EARLIEST:%Y-%m-%d} to before {LATEST:%Y-%m-%d}; naive times are UTC"),
+]
 # Extra fields: strict types, so "007" stays a string and 7 stays an integer, as a loaded file would have them.
 Scalar = (
     StrictBool
@@ -73,9 +107,12 @@ Scalar = (
     | Annotated[StrictStr, StringConstraints(max_length=MAX_VALUE_CHARS)]
     | None
 )
-ExtraName = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME_CHARS)]
 # Ids and event types are stripped, as the loaders strip them (" call " in a file is the type "call").
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_NAME_CHARS)]
+Name = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_NAME_CHARS),
+    Field(json_schema_extra={"pattern": NOT_BLANK}),
+]
 
 
 class _Strict(BaseModel):
@@ -87,7 +124,8 @@ class _Open(BaseModel):
     a string, a finite number, a boolean or null, checked by pydantic itself (no Python per value)."""
 
     model_config = ConfigDict(extra="allow", hide_input_in_errors=True)
-    __pydantic_extra__: dict[ExtraName, Scalar] = Field(init=False)
+    # Any name, as the spec allows: one the model does not read is ignored (the body's size limits its length).
+    __pydantic_extra__: dict[str, Scalar] = Field(init=False)
 
 
 # --- /sentiment -----------------------------------------------------------------------------------------
@@ -95,7 +133,9 @@ class _Open(BaseModel):
 
 class SentimentRequest(_Strict):
     texts: list[Text] = Field(
-        min_length=1, description="texts to classify; at most CHURNSENSE_MAX_TEXTS (default 64)"
+        min_length=1,
+        description="texts to classify; at most CHURNSENSE_MAX_TEXTS (default 64)",
+        json_schema_extra=_published(maxItems="max_texts"),
     )
 
     @field_validator("texts")
@@ -110,7 +150,10 @@ class SentimentRequest(_Strict):
 class ClassifyTextsRequest(_Strict):
     """Input of the internal, adaptively batched `/classify_texts` (what /sentiment and /churn_risk send)."""
 
-    texts: list[Text] = Field(description="at most CHURNSENSE_BATCH_MAX_TEXTS (default 2000)")
+    texts: list[Text] = Field(
+        description="at most CHURNSENSE_BATCH_MAX_TEXTS (default 2000)",
+        json_schema_extra=_published(maxItems="batch_max_texts"),
+    )
 
     @field_validator("texts")
     @classmethod
@@ -145,9 +188,38 @@ class SentimentResponse(BaseModel):
 
 # --- /churn_risk ----------------------------------------------------------------------------------------
 
+# What the served churn model reads beyond the fixed fields: set by the service once its model is loaded, so the
+# spec lists them. Empty in any other process: there Customer and Event stay plain open objects.
+_SERVED_FIELDS: dict[str, tuple[str, ...]] = {"profile_numeric": (), "profile_categorical": (), "values": ()}
+_NUMBER_OR_NULL = {"anyOf": [{"type": "number"}, {"type": "null"}]}
+
+
+def publish_model_fields(schema: FeatureSchema) -> None:
+    """Publish the churn model's profile fields (required: null if unknown) and event value columns (numbers)."""
+    _SERVED_FIELDS.update(
+        profile_numeric=tuple(schema.profile_numeric),
+        profile_categorical=tuple(schema.profile_categorical),
+        values=tuple(schema.value_columns),
+    )
+
+
+def _customer_schema(schema: dict[str, Any]) -> None:
+    numeric, categorical = _SERVED_FIELDS["profile_numeric"], _SERVED_FIELDS["profile_categorical"]
+    scalar = schema.get("additionalProperties", {})
+    schema["properties"].update({name: _NUMBER_OR_NULL for name in numeric})
+    schema["properties"].update({name: scalar for name in categorical})
+    schema["required"] = [*schema.get("required", []), *numeric, *categorical]
+
+
+def _event_schema(schema: dict[str, Any]) -> None:
+    schema["properties"].update({name: _NUMBER_OR_NULL for name in _SERVED_FIELDS["values"]})
+
 
 class Customer(_Open):
-    """`customer_id`, an optional `signup_date`, and the profile fields the churn model was trained on."""
+    """`customer_id`, an optional `signup_date`, and the profile fields the churn model was trained on (each
+    required, null if unknown; the spec lists them). At most CHURNSENSE_MAX_PROFILE_FIELDS profile fields."""
+
+    model_config = ConfigDict(json_schema_extra=_customer_schema)
 
     customer_id: Name
     signup_date: Timestamp | None = None
@@ -171,6 +243,8 @@ class Event(_Open):
     Value fields the churn model aggregates (its `value_columns`) must be numbers or null; others are ignored.
     """
 
+    model_config = ConfigDict(json_schema_extra=_event_schema)
+
     timestamp: Timestamp
     type: Name = Field(description="event type; types the model never saw count as 'other'")
     text: Text | None = Field(
@@ -185,7 +259,10 @@ class Event(_Open):
 class ChurnRiskRequest(_Strict):
     customer: Customer
     events: list[Event] = Field(
-        default_factory=list, description="interaction history; at most CHURNSENSE_MAX_EVENTS (default 1000)"
+        default_factory=list,
+        description="interaction history, none after `as_of`; at most CHURNSENSE_MAX_EVENTS (default 1000) "
+        "events, and at most CHURNSENSE_MAX_TEXTS (default 64) of them with a text",
+        json_schema_extra=_published(maxItems="max_events"),
     )
     as_of: Timestamp | None = Field(None, description="the time the risk describes (default: now, UTC)")
 
@@ -214,7 +291,10 @@ class ChurnRiskRequest(_Strict):
 
 class ChurnRiskBatchRequest(_Strict):
     customers: list[ChurnRiskRequest] = Field(
-        min_length=1, description="at most CHURNSENSE_BATCH_MAX_CUSTOMERS (default 1000)"
+        min_length=1,
+        description="each customer_id once; at most CHURNSENSE_BATCH_MAX_CUSTOMERS (default 1000) customers, "
+        "CHURNSENSE_BATCH_MAX_EVENTS events and CHURNSENSE_BATCH_MAX_TEXTS texts in all",
+        json_schema_extra=_published(maxItems="batch_max_customers"),
     )
 
     @field_validator("customers")
@@ -287,3 +367,20 @@ class ChurnRiskResponse(BaseModel):
 
 class ChurnRiskBatchResponse(BaseModel):
     results: list[ChurnRiskResponse]
+
+
+# --- errors ---------------------------------------------------------------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    loc: list[str | int] = Field(description="where: field names and list positions")
+    msg: str
+    type: str
+
+
+class ErrorResponse(BaseModel):
+    """The body of the service's 4xx answers: 400 (bad input: `detail` names each field), 413 and 415 (the
+    request's size or content type: `error` only). `serving.guard` publishes it in /docs.json."""
+
+    error: str
+    detail: list[ErrorDetail] = Field(default_factory=list)

@@ -45,6 +45,7 @@ from serving.schemas import (
     SentimentResponse,
     SentimentResult,
     TextSentiment,
+    publish_model_fields,
 )
 from serving.settings import current_settings
 
@@ -101,6 +102,7 @@ class ChurnSense:
             quantize=lineage.quantized if lineage is not None else None,
         )
         _check_coupled(self.churn_model, self.sentiment_model)
+        publish_model_fields(self.churn_model.schema)  # /docs.json lists the fields the model reads
         self.versions = ModelVersions(
             churn=_mlflow_version(churn_stored),
             sentiment=_mlflow_version(sentiment_stored),
