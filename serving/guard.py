@@ -14,6 +14,7 @@ body BentoML's spec gets wrong (`detail` is a list of field errors, not a string
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Awaitable, Callable, Collection, MutableMapping
 from typing import Any
@@ -33,17 +34,36 @@ ANSWERS = {
 }
 
 
-class RequestGuard:
-    """ASGI middleware for the JSON endpoints in `paths` (other paths pass untouched, but for the spec)."""
+NOT_FOUND = "A customer the event store does not hold (`error` names it)"
 
-    def __init__(self, app: ASGIApp, paths: Collection[str], max_body_bytes: int) -> None:
+
+class RequestGuard:
+    """ASGI middleware for the JSON endpoints in `paths` (other paths pass untouched, but for the spec).
+
+    `hidden`: endpoints answered 404 and left out of the spec (an internal hop nothing calls in this mode).
+    `by_id`: endpoints that may answer 404 for a customer the event store does not hold (declared in the spec).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        paths: Collection[str],
+        max_body_bytes: int,
+        hidden: Collection[str] = (),
+        by_id: Collection[str] = (),
+    ) -> None:
         self.app = app
         self.paths = frozenset(paths)
         self.max_body_bytes = int(max_body_bytes)
+        self.hidden = frozenset(hidden)
+        self.by_id = frozenset(by_id)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope.get("method") == "GET" and scope.get("path") == SPEC_PATH:
             await self.app(scope, receive, _edit_json(send, self._document_answers))
+            return
+        if scope["type"] == "http" and scope.get("path") in self.hidden:
+            await _reply(send, 404, "not found")
             return
         if scope["type"] != "http" or scope.get("method") != "POST" or scope.get("path") not in self.paths:
             await self.app(scope, receive, send)
@@ -68,7 +88,7 @@ class RequestGuard:
                 await _reply(send, 413, self._too_large())
                 return
             complete = not message.get("more_body", False)
-        await self.app(scope, _replay(bytes(body), receive), send)
+        await self.app(scope, _replay(bytes(body), receive), _one_error_object(send))
 
     def _too_large(self) -> str:
         return f"request body: larger than {self.max_body_bytes:,} bytes (CHURNSENSE_MAX_BODY_MB)"
@@ -81,7 +101,9 @@ class RequestGuard:
         schemas = spec.setdefault("components", {}).setdefault("schemas", {})
         schemas.update(error.pop("$defs", {}), ErrorResponse=error)
         content = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
-        for path in self.paths:
+        for path in self.hidden:
+            spec.get("paths", {}).pop(path, None)
+        for path in self.paths - self.hidden:
             operation = spec.get("paths", {}).get(path, {}).get("post")
             if operation is None:
                 continue
@@ -90,6 +112,8 @@ class RequestGuard:
             operation["responses"].update(
                 {code: {"description": text, "content": content} for code, text in ANSWERS.items()}
             )
+            if path in self.by_id:
+                operation["responses"]["404"] = {"description": NOT_FOUND, "content": content}
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
@@ -133,6 +157,39 @@ def _edit_json(send: Send, edit: Callable[[Any], None]) -> Send:
         await send({"type": "http.response.body", "body": payload})
 
     return edited
+
+
+def _one_error_object(send: Send) -> Send:
+    """A `send` that answers BentoML's own errors (a 404 is `[{"error": ...}]`, a list) with the one object every
+    other 4xx of this service has: `{"error": ...}`, as the spec says (`ErrorResponse`)."""
+    start: Message | None = None
+    body = bytearray()
+
+    async def one(message: Message) -> None:
+        nonlocal start
+        if message["type"] == "http.response.start":
+            if message["status"] != 404:
+                await send(message)
+                return
+            start = message
+            return
+        if start is None or message["type"] != "http.response.body":
+            await send(message)
+            return
+        body.extend(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        payload = bytes(body)
+        with contextlib.suppress(ValueError):
+            document = json.loads(payload)
+            if isinstance(document, list) and len(document) == 1 and isinstance(document[0], dict):
+                payload = json.dumps(document[0]).encode()
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+        headers.append((b"content-length", str(len(payload)).encode()))
+        await send({**start, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
+    return one
 
 
 async def _reply(send: Send, status: int, message: str) -> None:

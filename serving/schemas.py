@@ -151,7 +151,7 @@ class ClassifyTextsRequest(_Strict):
     """Input of the internal, adaptively batched `/classify_texts` (what /sentiment and /churn_risk send)."""
 
     texts: list[Text] = Field(
-        description="at most CHURNSENSE_BATCH_MAX_TEXTS (default 2000)",
+        description="at most CHURNSENSE_BATCH_MAX_TEXTS (default 256)",
         json_schema_extra=_published(maxItems="batch_max_texts"),
     )
 
@@ -256,8 +256,18 @@ class Event(_Open):
         return dict(self.model_extra or {})
 
 
+BY_ID_RULE = "give either customer (with its events) or customer_id alone"
+
+
 class ChurnRiskRequest(_Strict):
-    customer: Customer
+    """A customer in full (profile and events), or a customer of the event store by id alone."""
+
+    customer: Customer | None = Field(None, description="the customer in full; or give customer_id instead")
+    customer_id: Name | None = Field(
+        None,
+        description="score a customer of the event store (CHURNSENSE_STORE_URL) by id: its profile and the "
+        "events the features need are read from the store; an id it does not hold is a 404",
+    )
     events: list[Event] = Field(
         default_factory=list,
         description="interaction history, none after `as_of`; at most CHURNSENSE_MAX_EVENTS (default 1000) "
@@ -277,6 +287,17 @@ class ChurnRiskRequest(_Strict):
             raise ValueError(f"{n_texts} event texts; at most {settings.max_texts} (CHURNSENSE_MAX_TEXTS)")
         return events
 
+    @property
+    def id(self) -> str:
+        """The customer's id, given either way."""
+        return self.customer.customer_id if self.customer is not None else str(self.customer_id)
+
+    @model_validator(mode="after")
+    def _customer_or_id(self) -> ChurnRiskRequest:
+        if (self.customer is None) == (self.customer_id is None) or (self.customer_id and self.events):
+            raise ValueError(BY_ID_RULE)
+        return self
+
     @model_validator(mode="after")
     def _nothing_after_as_of(self) -> ChurnRiskRequest:
         # Without as_of the check is against now; the request is scored as of a moment later still, so it holds.
@@ -284,7 +305,11 @@ class ChurnRiskRequest(_Strict):
         for i, event in enumerate(self.events):
             if event.timestamp > as_of:
                 raise ValueError(f"events[{i}].timestamp is after as_of; send only what happened before it")
-        if self.customer.signup_date is not None and self.customer.signup_date > as_of:
+        if (
+            self.customer is not None
+            and self.customer.signup_date is not None
+            and self.customer.signup_date > as_of
+        ):
             raise ValueError("customer.signup_date is after as_of")
         return self
 
@@ -315,10 +340,45 @@ class ChurnRiskBatchRequest(_Strict):
             raise ValueError(
                 f"{n_texts} event texts in all; at most {settings.batch_max_texts} (CHURNSENSE_BATCH_MAX_TEXTS)"
             )
-        ids = [item.customer.customer_id for item in items]
+        ids = [item.id for item in items]
         if len(set(ids)) != len(ids):
             raise ValueError("customer_id values repeat; send each customer once")
         return items
+
+
+# --- /events --------------------------------------------------------------------------------------------
+
+
+class StoredEvent(Event):
+    """An interaction to store: an event plus whose it is and, optionally, the sender's own event id."""
+
+    customer_id: Name = Field(description="a customer the event store holds")
+    event_id: Name | None = Field(
+        None,
+        description="the sender's id: sending it again stores nothing (without one: the content is the key)",
+    )
+
+
+class EventsRequest(_Strict):
+    events: list[StoredEvent] = Field(
+        min_length=1,
+        description="at most CHURNSENSE_MAX_EVENTS (default 1000) events, of customers the store holds; all are "
+        "stored or none (an unknown customer is a 404)",
+        json_schema_extra=_published(maxItems="max_events"),
+    )
+
+    @field_validator("events")
+    @classmethod
+    def _not_too_many(cls, events: list[StoredEvent]) -> list[StoredEvent]:
+        limit = current_settings().max_events
+        if len(events) > limit:
+            raise ValueError(f"{len(events)} events; at most {limit} (CHURNSENSE_MAX_EVENTS)")
+        return events
+
+
+class EventsResponse(BaseModel):
+    stored: int = Field(description="events new to the store, committed before this answer")
+    duplicates: int = Field(description="events the store already held (same event_id, or same content)")
 
 
 class Reason(BaseModel):
@@ -379,8 +439,9 @@ class ErrorDetail(BaseModel):
 
 
 class ErrorResponse(BaseModel):
-    """The body of the service's 4xx answers: 400 (bad input: `detail` names each field), 413 and 415 (the
-    request's size or content type: `error` only). `serving.guard` publishes it in /docs.json."""
+    """The body of the service's 4xx answers: 400 (bad input: `detail` names each field), 404 (a customer the
+    event store does not hold), 413 and 415 (the request's size or content type: `error` only). `serving.guard`
+    publishes it in /docs.json."""
 
     error: str
     detail: list[ErrorDetail] = Field(default_factory=list)

@@ -6,8 +6,13 @@
 Endpoints (JSON, schemas in `serving.schemas`):
     POST /sentiment          {"texts": [...]}                          -> labels and class probabilities
     POST /churn_risk         {"customer": {...}, "events": [...], "as_of"?} -> calibrated risk, band, reasons
+                             {"customer_id": "...", "as_of"?}         -> the same, history from the event store
     POST /churn_risk_batch   {"customers": [<churn_risk request>, ...]} -> one answer per customer
-    POST /classify_texts     {"texts": [...]} -> the raw forward pass, with BentoML's adaptive batching
+    POST /events             {"events": [{"customer_id": ..., "timestamp": ..., "type": ...}, ...]} -> stored
+    POST /classify_texts     {"texts": [...]} -> the raw forward pass, with BentoML's adaptive batching (only
+                             with CHURNSENSE_SENTIMENT_BATCHING=bentoml; otherwise nothing calls it: a 404)
+
+The event store (`store`, CHURNSENSE_STORE_URL) is optional: without it, by-id requests and /events are 400s.
 
 Concurrent requests share work: churn requests are scored together (one feature-engine and model call), and
 texts share forward passes, batched in the worker (default) or through `/classify_texts` with BentoML's
@@ -31,6 +36,7 @@ import bentoml
 from churnsense.environment import OFFLINE, set_defaults
 from serving.batching import MicroBatcher
 from serving.connections import BalanceConnections
+from serving.event_store import EventStore
 from serving.guard import RequestGuard
 from serving.schemas import (
     ChurnRiskBatchRequest,
@@ -40,13 +46,17 @@ from serving.schemas import (
     ClassifyTextsRequest,
     Customer,
     Event,
+    EventsRequest,
+    EventsResponse,
     ModelVersions,
     SentimentRequest,
     SentimentResponse,
     SentimentResult,
+    StoredEvent,
     TextSentiment,
     publish_model_fields,
 )
+from serving.scoring import request_error
 from serving.settings import current_settings
 
 logger = logging.getLogger(__name__)
@@ -103,6 +113,7 @@ class ChurnSense:
         )
         _check_coupled(self.churn_model, self.sentiment_model)
         publish_model_fields(self.churn_model.schema)  # /docs.json lists the fields the model reads
+        self.store = EventStore.from_environment()
         self.versions = ModelVersions(
             churn=_mlflow_version(churn_stored),
             sentiment=_mlflow_version(sentiment_stored),
@@ -168,10 +179,17 @@ class ChurnSense:
 
     @bentoml.api(input_spec=ChurnRiskRequest)
     async def churn_risk(
-        self, customer: Customer, events: list[Event], as_of: dt.datetime | None
+        self,
+        customer: Customer | None,
+        customer_id: str | None,
+        events: list[Event],
+        as_of: dt.datetime | None,
     ) -> ChurnRiskResponse:
-        """Calibrated churn risk of one customer as of `as_of` (default now), with reasons and text sentiment."""
-        request = ChurnRiskRequest.model_construct(customer=customer, events=events, as_of=as_of)
+        """Calibrated churn risk of one customer as of `as_of` (default now), with reasons and text sentiment:
+        sent in full, or by `customer_id` alone from the event store."""
+        request = ChurnRiskRequest.model_construct(
+            customer=customer, customer_id=customer_id, events=events, as_of=as_of
+        )
         (answer,) = await self._score([request])
         return answer
 
@@ -180,7 +198,37 @@ class ChurnSense:
         """`/churn_risk` for up to CHURNSENSE_BATCH_MAX_CUSTOMERS customers in one call."""
         return ChurnRiskBatchResponse(results=await self._score(customers))
 
+    @bentoml.api(input_spec=EventsRequest)
+    async def events(self, events: list[StoredEvent]) -> EventsResponse:
+        """Store interactions as they happen (idempotent by event_id, else by content); committed before the
+        answer, so the next by-id score sees them. All of them are stored, or none."""
+        stored, duplicates = await asyncio.to_thread(self._store().append, events)
+        return EventsResponse(stored=stored, duplicates=duplicates)
+
     # --- helpers ----------------------------------------------------------------------------------------
+
+    def _store(self) -> EventStore:
+        if self.store is None:
+            raise request_error(
+                "ChurnRiskRequest",
+                [(("customer_id",), "this service has no event store (set CHURNSENSE_STORE_URL)")],
+            )
+        return self.store
+
+    async def _resolve(self, requests: list[ChurnRiskRequest]) -> list[ChurnRiskRequest]:
+        """By-id requests replaced by full ones read from the event store (404 for an id it does not hold)."""
+        if all(request.customer is not None for request in requests):
+            return requests
+        store = self._store()
+        now = dt.datetime.now(dt.UTC)
+        wanted = [(r.customer_id, r.as_of or now) for r in requests if r.customer is None]
+        found = await asyncio.to_thread(store.requests, wanted, self.churn_model.schema)
+        out = []
+        for request in requests:
+            if request.customer is None:
+                request = found[(request.customer_id, request.as_of or now)]
+            out.append(request)
+        return out
 
     def _classify(self, texts: list[str]) -> list[TextSentiment]:
         if self.settings.log_text:
@@ -227,6 +275,7 @@ class ChurnSense:
         """Model checks (400 before any work), text sentiment (batched), then churn (micro-batched)."""
         from serving.scoring import check_against_schema, request_texts
 
+        requests = await self._resolve(requests)
         check_against_schema(requests, self.churn_model.schema)
         distinct = list(dict.fromkeys(text for request in requests for text in request_texts(request)))
         scored = dict(zip(distinct, await self._classify_batched(distinct), strict=True))
@@ -278,10 +327,13 @@ ChurnSense.add_asgi_middleware(
     BalanceConnections, enabled=_SETTINGS.balance_connections, exclude_paths=("/classify_texts",)
 )
 # Wrong content types (415) and oversized bodies (413) are answered before BentoML reads them (serving.guard).
+# /classify_texts is an internal hop: only BentoML's own client calls it, and only in `bentoml` batching mode.
 ChurnSense.add_asgi_middleware(
     RequestGuard,
-    paths=("/sentiment", "/churn_risk", "/churn_risk_batch", "/classify_texts"),
+    paths=("/sentiment", "/churn_risk", "/churn_risk_batch", "/events", "/classify_texts"),
     max_body_bytes=int(_SETTINGS.max_body_mb * 1024 * 1024),
+    hidden=() if _SETTINGS.sentiment_batching == "bentoml" else ("/classify_texts",),
+    by_id=("/churn_risk", "/churn_risk_batch", "/events"),
 )
 
 

@@ -154,10 +154,44 @@ def bento_tag(trained) -> str:
 
 
 @pytest.fixture(scope="session")
-def server(bento_tag: str, session_tmp: Path):
+def event_store(trained, session_tmp: Path) -> str:
+    """The service data ingested into a SQLite event store (the session server reads customers by id from it)."""
+    from store.ingest import ingest_spec
+
+    url = f"sqlite:///{session_tmp / 'event_store.db'}"
+    ingest_spec(trained["spec"], url, rejects_path=session_tmp / "event_store.rejects.parquet")
+    return url
+
+
+@pytest.fixture(scope="session")
+def postgres_event_store(trained, postgres_server: str, session_tmp: Path) -> str:
+    """The same data in a database on the session's real PostgreSQL server."""
+    from store.ingest import ingest_spec
+    from tests.databases import new_postgres_database
+
+    url = new_postgres_database(postgres_server)
+    ingest_spec(trained["spec"], url, rejects_path=session_tmp / "pg_store.rejects.parquet")
+    return url
+
+
+@pytest.fixture(scope="session")
+def postgres_backed_server(bento_tag: str, postgres_event_store: str, session_tmp: Path):
+    """The Bento once more, one worker, its event store on PostgreSQL."""
     from serving.server import ServerProcess
 
-    process = ServerProcess(bento_tag, env=SERVER_LIMITS, log_path=session_tmp / "server.log")
+    env = {**SERVER_LIMITS, "CHURNSENSE_STORE_URL": postgres_event_store, "CHURNSENSE_WORKERS": "1"}
+    process = ServerProcess(bento_tag, env=env, log_path=session_tmp / "server_postgres.log")
+    process.start(ready_timeout_s=240)
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def server(bento_tag: str, event_store: str, session_tmp: Path):
+    from serving.server import ServerProcess
+
+    env = {**SERVER_LIMITS, "CHURNSENSE_STORE_URL": event_store}
+    process = ServerProcess(bento_tag, env=env, log_path=session_tmp / "server.log")
     process.start(ready_timeout_s=240)
     yield process
     process.stop()

@@ -69,7 +69,7 @@ def test_churnsense_serve_passes_sigterm_on_and_leaves_nothing_behind(bento_tag:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("path", ["/sentiment", "/churn_risk", "/churn_risk_batch", "/classify_texts"])
+@pytest.mark.parametrize("path", ["/sentiment", "/churn_risk", "/churn_risk_batch", "/events"])
 def test_wrong_content_types_are_415_not_500(http, path: str):
     body = json.dumps({"texts": ["hi"]})
     for content_type in ("multipart/form-data", "multipart/form-data; boundary=xyz", "text/plain", ""):

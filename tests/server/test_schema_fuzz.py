@@ -42,13 +42,16 @@ CONFIG = {
 }
 # Rules on values or across fields that OpenAPI 3.0 cannot express (the 400's `msg` says which).
 UNSTATED_RULES = (
+    "give either customer (with its events) or customer_id alone",  # one of two shapes (no oneOf in the spec)
+    "no event store",  # by-id requests on a server without CHURNSENSE_STORE_URL
     f"must be between {EARLIEST:%Y-%m-%d} and {LATEST:%Y-%m-%d}",  # a date-time's range (pandas' nanoseconds)
     "is after as_of",  # events and signup_date come before as_of
     "customer_id values repeat",  # each customer once in a batch
     "event texts",  # texts over all events (CHURNSENSE_MAX_TEXTS; in a batch CHURNSENSE_BATCH_MAX_TEXTS)
     "events in all",  # events over a batch (CHURNSENSE_BATCH_MAX_EVENTS)
 )
-GUARDED = ("/sentiment", "/churn_risk", "/churn_risk_batch", "/classify_texts")
+GUARDED = ("/sentiment", "/churn_risk", "/churn_risk_batch", "/events")
+ACCEPTING = ("/sentiment", "/churn_risk", "/churn_risk_batch")  # /events needs customers the store holds
 ANSWERED: Counter[tuple[str, int]] = Counter()  # (operation, status) of every fuzzed request
 
 
@@ -73,7 +76,10 @@ def node_id_for_schemathesis(request):
 
 
 def breaks_only_unstated_rules(response) -> bool:
-    """A 400 whose every error is one of `UNSTATED_RULES`."""
+    """A 400 whose every error is one of `UNSTATED_RULES`, or a 404 for a customer the event store does not hold
+    (schema-valid ids the store lacks: the spec declares the 404)."""
+    if response.status_code == 404:
+        return "not in the event store" in response.text
     if response.status_code != 400:
         return False
     detail = response.json().get("detail") or [{}]
@@ -99,7 +105,7 @@ def test_the_fuzzing_got_answers_not_only_rejections():
     """Each endpoint answered some generated requests with 200: the spec leads to requests the server takes."""
     if not ANSWERED:
         pytest.skip("the fuzzing test did not run")
-    for path in GUARDED:
+    for path in ACCEPTING:
         assert ANSWERED[f"POST {path}", 200] >= 3, (path, sorted(ANSWERED.items()))
 
 

@@ -506,8 +506,22 @@ def _bad_requests(customers, events, as_of) -> list[tuple[str, object, str]]:
             churn(events=[{"timestamp": "2024-03-01", "type": "x", "text": SECRET + " " * 500}]),
             "text",
         ),
-        ("/classify_texts", {"texts": [SECRET + " " * 500]}, "CHURNSENSE_MAX_TEXT_CHARS"),
-        ("/classify_texts", {"texts": ["ok", " "]}, "empty"),
+        ("/classify_texts", {"texts": ["ok"]}, "not found"),  # an internal hop, not served in this mode
+        ("/churn_risk", {"customer_id": "C0000001", "events": good["events"]}, "customer_id alone"),
+        ("/churn_risk", {"customer_id": "x' OR 1=1 --"}, "not in the event store"),
+        ("/churn_risk_batch", {"customers": [good, {"customer_id": "nobody"}]}, "not in the event store"),
+        ("/events", {"events": []}, "events"),
+        ("/events", {"events": [{"customer_id": "c1", "type": "call"}]}, "timestamp"),
+        (
+            "/events",
+            {"events": [{"customer_id": "nobody", "timestamp": "2024-03-01", "type": "x"}]},
+            "nobody",
+        ),
+        (
+            "/events",
+            {"events": [{"customer_id": "C0000001", "timestamp": "2024-03-01", "type": "x", "amount": "12"}]},
+            "amount",
+        ),  # fmt: skip
         ("/churn_risk_batch", {"customers": [good] * 7}, "CHURNSENSE_BATCH_MAX_CUSTOMERS"),
         ("/churn_risk_batch", {"customers": [good, good]}, "repeat"),
         ("/churn_risk_batch", {"customers": [good, other_without_profile]}, profile_field),

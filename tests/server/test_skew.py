@@ -202,3 +202,52 @@ def test_batch_engines_equal_the_training_frame(engine, truth, models, tmp_path:
         )
         assert summary.n_buckets > 2
         _assert_batch_equals(_batch_rows(out), truth["scores"][as_of], churn)
+
+
+def _by_id(truth: dict, canonical, as_of: dt.date) -> list[dict]:
+    return [
+        {"customer_id": body["customer"]["customer_id"], "as_of": body["as_of"]}
+        for body in _bodies(truth, canonical, as_of)
+    ]
+
+
+def test_by_id_from_the_event_store_equals_the_training_frame(
+    http, postgres_backed_server, truth, models, canonical
+):
+    """`{"customer_id", "as_of"}` alone: the profile and the lookback window come from the event store (SQLite on
+    the session server, PostgreSQL on a second one), and the answer is the training frame's, bit for bit."""
+    import httpx
+
+    churn, _ = models
+    with httpx.Client(base_url=postgres_backed_server.url, timeout=60) as postgres_http:
+        for client in (http, postgres_http):
+            for as_of in _served_dates(truth):
+                expected = truth["scores"][as_of]
+                bodies = _by_id(truth, canonical, as_of)
+                for body in bodies:
+                    response = client.post("/churn_risk", json=body)
+                    assert response.status_code == 200, response.text
+                    _assert_answer_equals(response.json(), expected.loc[body["customer_id"]], churn)
+                response = client.post("/churn_risk_batch", json={"customers": bodies[:6]})
+                assert response.status_code == 200, response.text
+                for answer, body in zip(response.json()["results"], bodies[:6], strict=True):
+                    _assert_answer_equals(answer, expected.loc[body["customer_id"]], churn)
+
+
+def test_batch_from_the_postgres_store_equals_the_training_frame(
+    postgres_event_store, truth, models, tmp_path: Path
+):
+    from batch import score_store
+
+    churn, _ = models
+    as_of = _served_dates(truth)[-1]
+    out = tmp_path / "scores.parquet"
+    score_store(
+        postgres_event_store,
+        as_of,
+        out,
+        model_uri=f"models:/churnsense-churn/{churn.version}",
+        cache_dir=tmp_path / "cache",
+        chunk_customers=150,
+    )
+    _assert_batch_equals(_batch_rows(out), truth["scores"][as_of], churn)
