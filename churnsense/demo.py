@@ -3,8 +3,8 @@
     python -m churnsense.demo --out demo_out [--customers 3000]
 
 generate data -> validate -> feature table -> train + promote sentiment (short MiniLM fine-tune) -> train +
-promote churn (with the sentiment of event texts as features) -> batch-score everyone -> build the Bento,
-serve it briefly and send one /churn_risk and one /sentiment request.
+promote churn (with the sentiment of event texts as features) -> batch-score everyone -> load the event store ->
+build the Bento, serve it briefly and send one /churn_risk (in full, then by id) and one /sentiment request.
 Everything goes under --out (data, MLflow store, BentoML home, sentiment cache), so the demo never touches
 your own stores. Open the runs with `mlflow ui --backend-store-uri sqlite:///demo_out/mlflow.db`.
 """
@@ -107,13 +107,22 @@ def run_demo(out: Path, customers: int, seed: int, sentiment_steps: int) -> None
         print(top_risk(scores_path, 10).to_string(index=False))
     print(f"({time.perf_counter() - started:.1f}s)")
 
-    started = _banner("7. build the Bento, serve it on 127.0.0.1 and ask it about one customer")
+    started = _banner("7. load the event store, so support tools can ask by customer id")
+    from store.ingest import ingest_spec
+
+    store_url = f"sqlite:///{(out / 'store.db').resolve()}"
+    print(
+        ingest_spec(spec_path, store_url, rejects_path=out / "ingest.rejects.parquet", progress=True).render()
+    )
+    print(f"({time.perf_counter() - started:.1f}s)")
+
+    started = _banner("8. build the Bento, serve it on 127.0.0.1 and ask it about one customer")
     from serving.build import build_bento
     from serving.smoke import demo_requests
 
     tag = build_bento()
     print(f"built {tag}")
-    demo_requests(tag, spec_path)
+    demo_requests(tag, spec_path, store_url=store_url)
     print(f"({time.perf_counter() - started:.1f}s)")
     print(
         f"\ndone: everything is under {out}/ (MLflow: mlflow ui --backend-store-uri sqlite:///{out}/mlflow.db)"

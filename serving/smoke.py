@@ -108,7 +108,10 @@ def example_from_schema(schema: Any) -> dict[str, Any]:
 
 
 def demo_requests(
-    bento_tag: str | None = None, spec_path: Path | str | None = None, port: int | None = None
+    bento_tag: str | None = None,
+    spec_path: Path | str | None = None,
+    port: int | None = None,
+    store_url: str | None = None,
 ) -> dict[str, Any]:
     """Serve the Bento on 127.0.0.1 briefly, send one /churn_risk and one /sentiment request, print both
     answers, stop the server, and return them ({"churn_risk": ..., "sentiment": ...}).
@@ -117,6 +120,7 @@ def demo_requests(
         bento_tag: the Bento to serve (default: the newest churnsense Bento).
         spec_path: a dataset spec whose data gives the /churn_risk customer (default: a made-up one).
         port: the port (default: a free one).
+        store_url: an event store holding the spec's data: the same customer is then also asked for by id.
     """
     import bentoml
     import httpx
@@ -135,10 +139,18 @@ def demo_requests(
             FeatureSchema.from_json(Model.load(folder).metadata["feature_schema"])
         )
     sentiment_body = {"texts": SENTIMENT_EXAMPLES}
-    with ServerProcess(tag, port=port) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+    env = {"CHURNSENSE_STORE_URL": store_url} if store_url else None
+    by_id = None
+    with (
+        ServerProcess(tag, port=port, env=env) as server,
+        httpx.Client(base_url=server.url, timeout=60) as client,
+    ):
         print(f"serving {tag} at {server.url} (OpenAPI docs at {server.url}/)")
         churn = client.post("/churn_risk", json=churn_body)
         sentiment = client.post("/sentiment", json=sentiment_body)
+        if store_url:
+            ask = {"customer_id": churn_body["customer"]["customer_id"], "as_of": churn_body.get("as_of")}
+            by_id = client.post("/churn_risk", json=ask)
         health = client.get("/healthz").status_code
     n_texts = sum("text" in e for e in churn_body["events"])
     print(
@@ -148,8 +160,14 @@ def demo_requests(
     print(f"-> {churn.status_code} {json.dumps(churn.json(), indent=2)}")
     print(f"\nPOST /sentiment  {json.dumps(sentiment_body)}")
     print(f"-> {sentiment.status_code} {json.dumps(sentiment.json(), indent=2)}")
+    if by_id is not None:
+        same = by_id.status_code == 200 and by_id.json()["churn_risk"] == churn.json()["churn_risk"]
+        print(f"\nPOST /churn_risk  {json.dumps(ask)}  (history from the event store)")
+        print(f"-> {by_id.status_code} churn_risk {by_id.json().get('churn_risk')}: "
+              f"{'the same' if same else 'NOT the same'} as with the full history")  # fmt: skip
     print(f"\n/healthz {health}; server stopped")
-    for name, response in (("/churn_risk", churn), ("/sentiment", sentiment)):
+    answers = [("/churn_risk", churn), ("/sentiment", sentiment)]
+    for name, response in answers + ([("/churn_risk by id", by_id)] if by_id is not None else []):
         if response.status_code != 200:
             from churnsense.errors import UserError
 
