@@ -1,6 +1,7 @@
 """Event store benchmark: `churnsense ingest` against a plain bulk insert of the same rows, SQLite and PostgreSQL.
 
     .venv/bin/python benchmarks/store.py [--customers 1000000] [--backends sqlite,postgresql]
+    BENTOML_HOME=demo_out/bentoml .venv/bin/python benchmarks/store.py --serving demo_out/data/spec.yaml
 
 The data is the simulator's (seed 11; the folder benchmarks/features.py and benchmarks/batch.py share under
 bench_out/). For each backend, in one run:
@@ -14,6 +15,11 @@ bench_out/). For each backend, in one run:
 Printed: events/s of both, the ratio (target: ingest >= 0.5x the yardstick), the store's size on disk, and a
 re-ingest of the same files (adds nothing; its time says what idempotency costs). PostgreSQL runs on a server
 this script starts from the Debian binaries (`make postgres`), fsync off as in the tests.
+
+With `--serving SPEC` (the data the newest Bento's churn model was trained on, e.g. the demo's), it measures
+`/churn_risk` by id (history from the store) against the payload path (the same customers' whole history in the
+request) on a real server per backend, at 1 and 32 clients: req/s, p50, p99, each the median of `--repeat`
+rounds. Target: by-id p50 at 1 client no more than 3 ms above the payload path's.
 """
 
 from __future__ import annotations
@@ -98,6 +104,74 @@ def size_of(url: str) -> str:
         ).scalar()
 
 
+def _load_measure():  # noqa: ANN202
+    """`measure` of benchmarks/serving.py (a script, not a package: its name would shadow `serving`)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("serving_benchmark", ROOT / "benchmarks" / "serving.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module.measure
+
+
+def serving(spec_path: Path, backends: list[str], work: Path, seconds: float, repeat: int) -> None:
+    import json
+    from statistics import median
+
+    import pandas as pd
+
+    from features.columns import CUSTOMER_ID, TIMESTAMP
+    from features.pipeline import load_data
+    from features.spec import load_spec
+    from serving.server import ServerProcess, latest_bento_tag
+    from serving.smoke import churn_request_from_tables
+    from store.ingest import ingest_spec
+
+    measure = _load_measure()
+    spec = load_spec(spec_path)
+    data = load_data(spec, with_text=True)
+    as_of = pd.Timestamp(spec.labels.as_of_dates()[-1])
+    before = data.events[data.events[TIMESTAMP] < as_of]
+    counts = before.groupby(CUSTOMER_ID, observed=True).size()
+    eligible = counts[(counts >= 10) & (counts <= 60)].index.astype(str)[:64]
+    values = tuple(spec.events.values)
+    payloads = [
+        json.dumps(churn_request_from_tables(data.customers, data.events, c, as_of, values)).encode()
+        for c in eligible
+    ]
+    by_id = [json.dumps({"customer_id": c, "as_of": as_of.isoformat()}).encode() for c in eligible]
+    tag = latest_bento_tag()
+    print(f"\nserving: Bento {tag}, {len(eligible)} customers with 10-60 events before {as_of.date()}")
+    rows = []
+    for kind in backends:
+        with backend(kind, work) as (store_url, _):
+            ingest_spec(spec_path, store_url, rejects_path=work / "serving.rejects.parquet")
+            with ServerProcess(tag, env={"CHURNSENSE_STORE_URL": store_url}) as server:
+                for clients in (1, 32):
+                    runs: dict[str, list] = {"payload": [], "by id": []}
+                    for _ in range(repeat):
+                        runs["payload"].append(
+                            measure(server.url, "payload", "/churn_risk", payloads, clients, seconds)
+                        )
+                        runs["by id"].append(
+                            measure(server.url, f"by id ({kind})", "/churn_risk", by_id, clients, seconds)
+                        )
+                    for name, results in runs.items():
+                        rows.append(
+                            (kind, name, clients, median(r.rps for r in results), median(r.p50_ms for r in results),
+                             median(r.p99_ms for r in results), sum(sum(r.errors.values()) for r in results))
+                        )  # fmt: skip
+    print(f"\n{'store':<11}{'path':<10}{'clients':>8}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    for kind, name, clients, rps, p50, p99, errors in rows:
+        print(f"{kind:<11}{name:<10}{clients:>8}{rps:>9.1f}{p50:>9.2f}{p99:>9.2f}{errors:>8}")
+    for kind in backends:
+        p50 = {name: p for k, name, clients, _, p, _, _ in rows if k == kind and clients == 1}
+        extra = p50["by id"] - p50["payload"]
+        verdict = "met" if extra <= 3 else "MISSED"
+        print(f"target ({kind}): by-id p50 at 1 client <= payload p50 + 3 ms: {extra:+.2f} ms ({verdict})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -105,7 +179,17 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=1_000_000)
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--bench-dir", type=Path, default=ROOT / "bench_out")
+    parser.add_argument(
+        "--serving", type=Path, default=None, help="spec of the served model's data (see above)"
+    )
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per serving measurement")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds per serving measurement")
     args = parser.parse_args()
+    if args.serving:
+        work = args.bench_dir / "store"
+        work.mkdir(parents=True, exist_ok=True)
+        serving(args.serving, args.backends.split(","), work, args.duration, args.repeat)
+        return
 
     from store.ingest import ingest_spec
 

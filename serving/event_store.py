@@ -13,6 +13,7 @@ Times come back as Python datetimes (microseconds), as in a request sent in full
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -22,13 +23,12 @@ import pandas as pd
 from bentoml.exceptions import NotFound
 from sqlalchemy.engine import Engine
 
-from features.columns import CUSTOMER_ID, EVENT_TYPE, SENTIMENT, SIGNUP_DATE, TEXT, TIMESTAMP
 from features.engine import FeatureSchema, to_timestamp_ns
 from serving.schemas import ChurnRiskRequest, Customer, Event, StoredEvent
 from serving.scoring import request_error
 from store.append import NewEvent, append_events
 from store.ingest import Layout, store_layout
-from store.read import history
+from store.read import history_rows
 from store.schema import open_store, safe_url
 
 logger = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ class EventStore:
         self.url = safe_url(url)
         self.reader = open_store(url)
         self.writer = open_store(url, writer=True)
+        self._layout: Layout | None = None
 
     @classmethod
     def from_environment(cls) -> EventStore | None:
@@ -54,13 +55,16 @@ class EventStore:
         return store
 
     def layout(self) -> Layout | None:
-        return store_layout(self.reader)
+        """The store's layout, read until there is one, then kept (an ingest never changes it)."""
+        if self._layout is None:
+            self._layout = store_layout(self.reader)
+        return self._layout
 
     def requests(
         self, wanted: Sequence[tuple[str, dt.datetime]], schema: FeatureSchema
     ) -> dict[tuple[str, dt.datetime], ChurnRiskRequest]:
         """Full requests for (customer id, as_of) pairs; `NotFound` (404) naming the ids the store lacks."""
-        built, missing = resolve(self.reader, wanted, schema)
+        built, missing = resolve(self.reader, wanted, schema, self.layout())
         if missing:
             raise NotFound(f"customer_id: not in the event store: {_listed(missing)}")
         return {
@@ -135,7 +139,8 @@ def resolve(
 ) -> tuple[list[ChurnRiskRequest], list[str]]:
     """Full requests for (customer id, as_of) pairs, and the ids the store does not know.
 
-    Pairs sharing an as_of are read together (one set of queries per as_of).
+    Pairs sharing an as_of are read together (one set of queries per as_of). Built straight from the store's
+    rows: no data frames on the way (a request's own path builds those).
     """
     layout = layout or store_layout(engine)
     if layout is None:  # nothing ingested yet: every id is unknown
@@ -147,48 +152,33 @@ def resolve(
         by_date.setdefault(as_of, []).append(customer_id)
     with engine.connect() as connection:
         for as_of, ids in by_date.items():
-            found = history(connection, layout, ids, to_timestamp_ns(as_of), lookback_days(schema))
+            found = history_rows(connection, layout, ids, to_timestamp_ns(as_of), lookback_days(schema))
             missing += found.missing
-            for request in _requests(found.customers, found.events, layout, as_of):
-                built[(request.customer.customer_id, as_of)] = request
+            mine: dict[str, list[Event]] = {}
+            for row in found.events:
+                mine.setdefault(row.customer_id, []).append(_event(row, layout))
+            for row in found.customers:
+                built[(row.customer_id, as_of)] = ChurnRiskRequest.model_construct(
+                    customer=_customer(row, layout), events=mine.get(row.customer_id, []), as_of=as_of
+                )
     return [built[pair] for pair in requests if pair in built], list(dict.fromkeys(missing))
 
 
-def _requests(
-    customers: pd.DataFrame, events: pd.DataFrame, layout: Layout, as_of: dt.datetime
-) -> list[ChurnRiskRequest]:
-    grouped = {key: frame for key, frame in events.groupby(CUSTOMER_ID, observed=True, sort=False)}
-    out = []
-    for row in customers.itertuples(index=False):
-        record = row._asdict()
-        profile = {name: _plain(record[name]) for name in layout.profile_columns}
-        customer = Customer.model_construct(
-            customer_id=str(record[CUSTOMER_ID]), signup_date=_utc(record[SIGNUP_DATE]), **profile
-        )
-        mine = grouped.get(record[CUSTOMER_ID])
-        items = [] if mine is None else _events(mine, layout)
-        out.append(ChurnRiskRequest.model_construct(customer=customer, events=items, as_of=as_of))
-    return out
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
-def _events(frame: pd.DataFrame, layout: Layout) -> list[Event]:
-    stamps = frame[TIMESTAMP].to_numpy(dtype="datetime64[ns]").astype(np.int64)
-    types = frame[EVENT_TYPE].astype(str).tolist()
-    texts = frame[TEXT].tolist() if layout.has_text else [None] * len(frame)
-    values = {name: frame[name].to_numpy(dtype="float64") for name in layout.value_columns}
-    if layout.has_sentiment:
-        values[SENTIMENT] = frame[SENTIMENT].to_numpy(dtype="float64")
-    items = []
-    for i, stamp in enumerate(stamps):
-        fields = {name: (None if np.isnan(v[i]) else float(v[i])) for name, v in values.items()}
-        text = texts[i]
-        items.append(
-            Event.model_construct(
-                timestamp=dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-                + dt.timedelta(microseconds=int(stamp) // 1000),
-                type=types[i],
-                text=None if text is None or text is pd.NA else str(text),
-                **fields,
-            )
-        )
-    return items
+def _utc(ns: int | None) -> dt.datetime | None:
+    """Nanoseconds since the epoch as an aware datetime (microseconds, as a request carries them)."""
+    return None if ns is None else _EPOCH + dt.timedelta(microseconds=ns // 1000)
+
+
+def _customer(row: Any, layout: Layout) -> Customer:
+    profile = json.loads(row.profile)
+    fields = {name: profile.get(name) for name in layout.profile_columns}
+    return Customer.model_construct(customer_id=row.customer_id, signup_date=_utc(row.signup_ns), **fields)
+
+
+def _event(row: Any, layout: Layout) -> Event:
+    numbers = json.loads(row.numbers) if row.numbers else {}
+    fields = {name: numbers.get(name) for name in layout.value_columns}
+    return Event.model_construct(timestamp=_utc(row.ts_ns), type=row.event_type, text=row.text, **fields)

@@ -21,7 +21,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
 from features.columns import CUSTOMER_ID, EVENT_TYPE, SIGNUP_DATE, TEXT, TIMESTAMP
 from features.engine import FeatureSchema, build_customer_features
-from features.io import not_a_number
+from features.io import not_a_number_text
 from features.pipeline import add_sentiment
 from features.text import normalise_texts
 from serving.schemas import (
@@ -65,12 +65,12 @@ def check_against_schema(
                         "missing: the churn model uses this profile field (null if unknown)",
                     )
                 )
-        numeric = [name for name in schema.profile_numeric if profile.get(name) is not None]
-        if numeric:  # the loaders' rule (`features.io.not_a_number`): `score` rejects the same values
-            values = pd.Series([profile[name] for name in numeric], dtype=object)
-            for name, bad in zip(numeric, not_a_number(values), strict=True):
-                if bad:
-                    problems.append(((*where, "customer", name), "must be a finite number (or null)"))
+        for name in schema.profile_numeric:
+            # The loaders' rule (`features.io.not_a_number`): `score` rejects the same values. A JSON number is
+            # finite already (the schema refuses NaN and infinity); true/false are no numbers in a file either.
+            value = profile.get(name)
+            if isinstance(value, bool) or (isinstance(value, str) and not_a_number_text(value)):
+                problems.append(((*where, "customer", name), "must be a finite number (or null)"))
         for j, event in enumerate(request.events):
             values = event.value_fields()
             for name in schema.value_columns:

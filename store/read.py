@@ -100,76 +100,90 @@ def _chunks(ids: Sequence[str]) -> list[list[str]]:
     return [ids[i : i + ID_CHUNK] for i in range(0, len(ids), ID_CHUNK)]
 
 
+class HistoryRows(NamedTuple):
+    """Store rows: customers, their events (window + anchors, by customer, time and arrival), unknown ids."""
+
+    customers: list[Any]
+    events: list[Any]
+    missing: list[str]
+
+
+def history_rows(
+    connection: Connection, layout: Layout, ids: Sequence[str], as_of_ns: int, lookback_days: int
+) -> HistoryRows:
+    """What `history` reads, as plain rows (no frames: the service builds its requests from these directly).
+
+    Two round trips per 500 ids: the customers, then one UNION ALL of the window's events and the anchors.
+    """
+    start = as_of_ns - lookback_days * DAY_NS
+    found, rows = [], []
+    for chunk in _chunks(ids):
+        found += connection.execute(sa.select(customers).where(customers.c.customer_id.in_(chunk))).all()
+        rows += connection.execute(_events_query(layout, chunk, start, as_of_ns)).all()
+    present = {r.customer_id for r in found}
+    missing = [i for i in dict.fromkeys(ids) if i not in present]
+    unique = list(
+        {(r.customer_id, r.ts_ns, r.event_type, r.seq): r for r in rows}.values()
+    )  # min == max anchors
+    return HistoryRows(found, sorted(unique, key=lambda r: (r.customer_id, r.ts_ns, r.seq)), missing)
+
+
+ANCHOR_SEQ = -1
+"""`seq` of anchor rows: no text, no values; only their time and type count (they are outside every window)."""
+
+
+def _events_query(layout: Layout, ids: list[str], start: int, as_of_ns: int) -> sa.CompoundSelect:
+    e = events.c
+    columns = (e.customer_id, e.ts_ns, e.event_type, e.seq, e.text, e.sentiment, e.numbers)
+    window = sa.select(*columns).where(e.customer_id.in_(ids), e.ts_ns >= start, e.ts_ns < as_of_ns)
+
+    def anchor(time: Any) -> sa.Select:
+        """Per customer and type, one older event's time: the oldest, or the newest before the window."""
+        return (
+            sa.select(
+                e.customer_id,
+                time.label("ts_ns"),
+                e.event_type,
+                sa.literal(ANCHOR_SEQ, sa.BigInteger).label("seq"),
+                sa.null().label("text"),
+                sa.null().label("sentiment"),
+                sa.null().label("numbers"),
+            )
+            .where(e.customer_id.in_(ids), e.ts_ns < start)
+            .group_by(e.customer_id, e.event_type)
+        )
+
+    parts = [window, anchor(sa.func.min(e.ts_ns)), anchor(sa.func.max(e.ts_ns))]
+    if layout.has_text or layout.has_sentiment:
+        # Per customer, the newest event before the window with a text (or a score): `sentiment_last`.
+        has = e.text.is_not(None) if layout.has_text else e.sentiment.is_not(None)
+        ranked = (
+            sa.select(
+                *columns,
+                sa.func.row_number()
+                .over(partition_by=e.customer_id, order_by=(e.ts_ns.desc(), e.seq.asc()))
+                .label("rank"),
+            )
+            .where(e.customer_id.in_(ids), e.ts_ns < start, has)
+            .subquery()
+        )
+        r = ranked.c
+        parts.append(
+            sa.select(
+                r.customer_id, r.ts_ns, r.event_type, r.seq, r.text, r.sentiment, sa.null().label("numbers")
+            ).where(r.rank == 1)
+        )
+    return sa.union_all(*parts)
+
+
 def history(
     connection: Connection, layout: Layout, ids: Sequence[str], as_of_ns: int, lookback_days: int
 ) -> History:
     """Customers `ids` and their events before `as_of_ns`: the lookback window in full, older ones as anchors."""
-    start = as_of_ns - lookback_days * DAY_NS
-    found, window, anchors = [], [], []
-    e = events.c
-    for chunk in _chunks(ids):
-        found += connection.execute(sa.select(customers).where(customers.c.customer_id.in_(chunk))).all()
-        window += connection.execute(
-            sa.select(events).where(e.customer_id.in_(chunk), e.ts_ns >= start, e.ts_ns < as_of_ns)
-        ).all()
-        # Per customer and type: the oldest event, and the newest one before the window (days_since_*).
-        older = (
-            sa.select(
-                e.customer_id,
-                e.event_type,
-                sa.func.min(e.ts_ns).label("first"),
-                sa.func.max(e.ts_ns).label("last"),
-            )
-            .where(e.customer_id.in_(chunk), e.ts_ns < start)
-            .group_by(e.customer_id, e.event_type)
-        )
-        for row in connection.execute(older):
-            for ts in {row.first, row.last}:
-                anchors.append(_anchor(row.customer_id, ts, row.event_type))
-        if layout.has_text or layout.has_sentiment:
-            anchors += _newest_scored_before(connection, layout, chunk, start)
-    present = {r.customer_id for r in found}
-    missing = [i for i in dict.fromkeys(ids) if i not in present]
-    return History(customers_frame(found, layout), events_frame([*window, *anchors], layout), missing)
-
-
-class _Anchor(NamedTuple):
-    customer_id: str
-    ts_ns: int
-    event_type: str
-    seq: int
-    text: str | None
-    sentiment: float | None
-    numbers: str | None
-
-
-def _anchor(customer_id: str, ts_ns: int, event_type: str) -> _Anchor:
-    return _Anchor(customer_id, int(ts_ns), event_type, -1, None, None, None)
-
-
-def _newest_scored_before(
-    connection: Connection, layout: Layout, ids: list[str], start: int
-) -> list[_Anchor]:
-    """Per customer, the newest event before the window with a text (or a sentiment score): `sentiment_last`."""
-    e = events.c
-    has = e.text.is_not(None) if layout.has_text else e.sentiment.is_not(None)
-    ranked = (
-        sa.select(
-            e.customer_id,
-            e.ts_ns,
-            e.event_type,
-            e.seq,
-            e.text,
-            e.sentiment,
-            sa.func.row_number()
-            .over(partition_by=e.customer_id, order_by=(e.ts_ns.desc(), e.seq.asc()))
-            .label("rank"),
-        )
-        .where(e.customer_id.in_(ids), e.ts_ns < start, has)
-        .subquery()
+    rows = history_rows(connection, layout, ids, as_of_ns, lookback_days)
+    return History(
+        customers_frame(rows.customers, layout), events_frame(rows.events, layout, ordered=True), rows.missing
     )
-    rows = connection.execute(sa.select(ranked).where(ranked.c.rank == 1)).all()
-    return [_Anchor(r.customer_id, r.ts_ns, r.event_type, r.seq, r.text, r.sentiment, None) for r in rows]
 
 
 def extract(engine: Engine, layout: Layout, folder: str | Path, chunk_rows: int = 500_000) -> Path:

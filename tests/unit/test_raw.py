@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.io import load_customers, load_events, load_reviews, not_a_number
+from features.io import load_customers, load_events, load_reviews, not_a_number, not_a_number_text
 from features.raw import ROW_PROBLEM, field_count_problems, iter_csv_rows, read_csv_rows
 from features.spec import load_spec
 from features.validate import validate_spec_file
@@ -120,4 +120,6 @@ def test_validate_reports_broken_rows_as_an_error(tmp_path: Path) -> None:
 )
 def test_one_rule_for_numbers_written_as_text(value, bad) -> None:
     assert not_a_number(pd.Series([value], dtype=object)).tolist() == [bad]
+    if isinstance(value, str):  # the service's one-value form of the same rule
+        assert not_a_number_text(value) is bad
     assert not_a_number(pd.Series([1.5, np.nan])).tolist() == [False, False]
