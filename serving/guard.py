@@ -132,43 +132,39 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 def _edit_json(send: Send, edit: Callable[[Any], None]) -> Send:
     """A `send` that passes the app's JSON response on after `edit` changed it in place (a 200 only)."""
-    start: Message | None = None
-    body = bytearray()
 
-    async def edited(message: Message) -> None:
-        nonlocal start
-        if message["type"] == "http.response.start":
-            start = message
-            return
-        if message["type"] != "http.response.body" or start is None:
-            await send(message)
-            return
-        body.extend(message.get("body", b""))
-        if message.get("more_body", False):
-            return
-        payload = bytes(body)
-        if start["status"] == 200:
-            document = json.loads(payload)
-            edit(document)
-            payload = json.dumps(document).encode()
-        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
-        headers.append((b"content-length", str(len(payload)).encode()))
-        await send({**start, "headers": headers})
-        await send({"type": "http.response.body", "body": payload})
+    def rewrite(payload: bytes) -> bytes:
+        document = json.loads(payload)
+        edit(document)
+        return json.dumps(document).encode()
 
-    return edited
+    return _rewritten(send, lambda status: status == 200, rewrite)
 
 
 def _one_error_object(send: Send) -> Send:
     """A `send` that answers BentoML's own errors (a 404 is `[{"error": ...}]`, a list) with the one object every
     other 4xx of this service has: `{"error": ...}`, as the spec says (`ErrorResponse`)."""
+
+    def rewrite(payload: bytes) -> bytes:
+        with contextlib.suppress(ValueError):
+            document = json.loads(payload)
+            if isinstance(document, list) and len(document) == 1 and isinstance(document[0], dict):
+                return json.dumps(document[0]).encode()
+        return payload
+
+    return _rewritten(send, lambda status: status == 404, rewrite)
+
+
+def _rewritten(send: Send, wanted: Callable[[int], bool], rewrite: Callable[[bytes], bytes]) -> Send:
+    """A `send` that buffers a response whose status is `wanted` and passes on `rewrite(body)` with its length;
+    any other response streams through untouched."""
     start: Message | None = None
     body = bytearray()
 
-    async def one(message: Message) -> None:
+    async def relay(message: Message) -> None:
         nonlocal start
         if message["type"] == "http.response.start":
-            if message["status"] != 404:
+            if not wanted(message["status"]):
                 await send(message)
                 return
             start = message
@@ -179,17 +175,13 @@ def _one_error_object(send: Send) -> Send:
         body.extend(message.get("body", b""))
         if message.get("more_body", False):
             return
-        payload = bytes(body)
-        with contextlib.suppress(ValueError):
-            document = json.loads(payload)
-            if isinstance(document, list) and len(document) == 1 and isinstance(document[0], dict):
-                payload = json.dumps(document[0]).encode()
+        payload = rewrite(bytes(body))
         headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
         headers.append((b"content-length", str(len(payload)).encode()))
         await send({**start, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
 
-    return one
+    return relay
 
 
 async def _reply(send: Send, status: int, message: str) -> None:

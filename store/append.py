@@ -8,15 +8,17 @@ customers the store does not know are refused as a whole request: nothing is hal
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from features.columns import CUSTOMER_ID, EVENT_TYPE, SENTIMENT, TEXT, TIMESTAMP
 from store.ingest import Layout, event_keys, event_rows, insert_events, next_seq
+from store.read import events_frame
 from store.schema import customers, write_lock
 
 
@@ -40,22 +42,23 @@ class Appended:
 
 def canonical_events(new: Sequence[NewEvent], layout: Layout) -> pd.DataFrame:
     """The events as `features.io.load_events` would return them (the same keys and rows as an ingest)."""
-    columns = {
-        CUSTOMER_ID: pd.Categorical([e.customer_id for e in new]),
-        TIMESTAMP: np.array([e.timestamp_ns for e in new], dtype=np.int64).view("datetime64[ns]"),
-        EVENT_TYPE: pd.Categorical([e.event_type for e in new]),
-    }
-    for name in layout.value_columns:
-        columns[name] = np.array(
-            [np.nan if e.values.get(name) is None else float(e.values[name]) for e in new], dtype="float64"
-        )
-    if layout.has_text:
-        columns[TEXT] = pd.array([e.text for e in new], dtype="string")
-    if layout.has_sentiment:
-        columns[SENTIMENT] = np.array(
-            [np.nan if e.sentiment is None else e.sentiment for e in new], dtype="float64"
-        )
-    return pd.DataFrame(columns)
+    rows = [
+        _Row(e.customer_id, e.timestamp_ns, e.event_type, i, e.text, e.sentiment, json.dumps(e.values))
+        for i, e in enumerate(new)
+    ]
+    return events_frame(rows, layout, ordered=True)
+
+
+class _Row(NamedTuple):
+    """A new event in the shape of a stored row (what `store.read.events_frame` reads)."""
+
+    customer_id: str
+    ts_ns: int
+    event_type: str
+    seq: int
+    text: str | None
+    sentiment: float | None
+    numbers: str
 
 
 def append_events(engine: Engine, layout: Layout, new: Sequence[NewEvent]) -> Appended:
