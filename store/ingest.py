@@ -316,6 +316,12 @@ def ingest_spec(
                     summary.events_new += insert_events(connection, chunk)
                     bar.update(len(chunk))
             summary.events_already_stored = len(event_frame) - summary.events_new
+    if engine.dialect.name == "sqlite":  # fold the ingest's write-ahead log into the file (it can be GBs)
+        raw = engine.raw_connection()  # outside any transaction: a checkpoint cannot run inside one
+        try:
+            raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            raw.close()
     found = [r for r in rejects if len(r)]
     frame = pd.concat(found, ignore_index=True) if found else empty_rejects()
     summary.rejected = len(frame)
