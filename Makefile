@@ -47,9 +47,12 @@ bench: setup ## run every benchmark (each prints ratios against yardsticks measu
 	$(PY) benchmarks/train_churn.py
 	$(PY) benchmarks/sentiment.py
 	$(PY) benchmarks/batch.py
+	$(MAKE) postgres
+	$(PY) benchmarks/store.py
 	@if [ -d $(DEMO_DIR)/bentoml/bentos/churnsense ]; then \
 		BENTOML_HOME=$(abspath $(DEMO_DIR))/bentoml $(PY) benchmarks/serving.py; \
-	else echo "benchmarks/serving.py skipped: no Bento under $(DEMO_DIR)/bentoml (run make demo first)"; fi
+		BENTOML_HOME=$(abspath $(DEMO_DIR))/bentoml $(PY) benchmarks/store.py --serving $(DEMO_DIR)/data/spec.yaml; \
+	else echo "benchmarks/serving.py and store.py --serving skipped: no Bento under $(DEMO_DIR)/bentoml (run make demo first)"; fi
 
 # The store tests start a real PostgreSQL server from its binaries (tests/databases.py); install them if missing.
 postgres: ## install the PostgreSQL server binaries (Debian package postgresql) when they are missing
