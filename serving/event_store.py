@@ -18,14 +18,12 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-import pandas as pd
 from bentoml.exceptions import NotFound
 from sqlalchemy.engine import Engine
 
 from features.engine import FeatureSchema, to_timestamp_ns
 from serving.schemas import ChurnRiskRequest, Customer, Event, StoredEvent
-from serving.scoring import request_error
+from serving.scoring import event_value_problems, request_error
 from store.append import NewEvent, append_events
 from store.ingest import Layout, store_layout
 from store.read import history_rows
@@ -79,12 +77,7 @@ class EventStore:
             raise NotFound(
                 f"customer_id: not in the event store: {_listed(sorted({e.customer_id for e in events}))}"
             )
-        problems = []
-        for i, event in enumerate(events):
-            for name in layout.value_columns:
-                value = (event.model_extra or {}).get(name)
-                if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-                    problems.append((("events", i, name), "must be a number or null"))
+        problems = event_value_problems(events, layout.value_columns)  # the rule of /churn_risk's events
         if problems:
             raise request_error("EventsRequest", problems)
         new = [
@@ -117,18 +110,6 @@ def _listed(ids: Sequence[str], shown: int = 5) -> str:
 def lookback_days(schema: FeatureSchema) -> int:
     """Days of history the features read in full: the longest window, or the two trend windows."""
     return max(schema.windows[-1], 2 * schema.trend_window)
-
-
-def _utc(value: Any) -> dt.datetime | None:
-    if value is None or pd.isna(value):
-        return None
-    return pd.Timestamp(value).tz_localize("UTC").to_pydatetime()
-
-
-def _plain(value: Any) -> Any:
-    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
-        return None
-    return value.item() if isinstance(value, np.generic) else value
 
 
 def resolve(

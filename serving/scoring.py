@@ -27,6 +27,7 @@ from features.text import normalise_texts
 from serving.schemas import (
     ChurnRiskRequest,
     ChurnRiskResponse,
+    Event,
     ModelVersions,
     Reason,
     SentimentSummary,
@@ -44,6 +45,20 @@ def request_error(title: str, problems: Sequence[tuple[tuple[str | int, ...], st
         for loc, message in problems
     ]
     return ValidationError.from_exception_data(title, details, hide_input=True)
+
+
+def event_value_problems(
+    events: Sequence[Event], value_columns: Sequence[str], where: tuple[str | int, ...] = ()
+) -> list[tuple[tuple[str | int, ...], str]]:
+    """(location, message) for each value column of an event that is neither a number nor null."""
+    problems = []
+    for j, event in enumerate(events):
+        values = event.value_fields()
+        for name in value_columns:
+            value = values.get(name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+                problems.append(((*where, "events", j, name), "must be a number or null"))
+    return problems
 
 
 def check_against_schema(
@@ -71,12 +86,7 @@ def check_against_schema(
             value = profile.get(name)
             if isinstance(value, bool) or (isinstance(value, str) and not_a_number_text(value)):
                 problems.append(((*where, "customer", name), "must be a finite number (or null)"))
-        for j, event in enumerate(request.events):
-            values = event.value_fields()
-            for name in schema.value_columns:
-                value = values.get(name)
-                if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-                    problems.append(((*where, "events", j, name), "must be a number or null"))
+        problems += event_value_problems(request.events, schema.value_columns, where)
         if len(problems) >= 20:
             break
     if problems:
