@@ -62,8 +62,9 @@ def main() -> None:
     import numpy as np
 
     from models.churn import ChurnModel
-    from training.churn import load_validation_frame, train_churn
+    from training.churn import train_churn
     from training.churn_config import load_config
+    from training.churn_promotion import load_validation_frame
 
     spec = ensure_data(args.data, args.customers, args.seed)
     config = load_config(args.config).model_copy(

@@ -135,7 +135,7 @@ def promote_churn_command(
 ) -> None:
     """Compare the newest churn version with the champion on its validation data; exit 0 promoted, 1 refused."""
     set_defaults(SCORING)
-    from training.churn import promote_churn
+    from training.churn_promotion import promote_churn
 
     decision = promote_churn(force=force, config=config)
     typer.echo(decision.render())

@@ -87,7 +87,8 @@ def run_demo(out: Path, customers: int, seed: int, sentiment_steps: int) -> None
     )
     from models.catalog import SENTIMENT_MODEL, champion_uri
     from models.text_scoring import CachedTextScorer, sentiment_lineage
-    from training.churn import promote_churn, train_churn
+    from training.churn import train_churn
+    from training.churn_promotion import promote_churn
 
     # The churn model records this sentiment model: the batch job and the Bento use exactly it for text features.
     cached_scores = CachedTextScorer(sentiment_lineage(champion_uri(SENTIMENT_MODEL)))

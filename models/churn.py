@@ -5,12 +5,13 @@
     model.score(features, top_k=5)                    # churn_risk, risk_band, reasons; index customer_id
 
 The MLflow model is a plain scikit-learn `Pipeline`: `encode` (ordinal codes for the schema's categorical
-columns) then `classifier`, a `CalibratedClassifierCV` (one fitted `HistGradientBoostingClassifier` and a
-sigmoid or isotonic calibrator trained on out-of-fold scores). The MLmodel `metadata` carries the feature
-version, the `FeatureSchema` JSON, the column order and the risk-band cut-offs; `load` refuses a model whose
-feature version or columns do not match what this code builds.
+columns) then `classifier`, a `CalibratedClassifierCV` (one fitted `lightgbm.LGBMClassifier` and a sigmoid or
+isotonic calibrator trained on out-of-fold scores). The MLmodel `metadata` carries the feature version, the
+`FeatureSchema` JSON, the column order and the risk-band cut-offs; `load` refuses a model whose feature version
+or columns do not match what this code builds.
 
-Reasons are exact TreeSHAP values of the boosted trees (`models.treeshap`), expressed in calibrated log-odds:
+Reasons are LightGBM's own exact TreeSHAP values (`pred_contrib`) of the trees' raw log-odds, expressed in
+calibrated log-odds (the calibrator reads the raw log-odds, LightGBM's `decision_function`):
 
 - sigmoid calibration: calibrated logit = slope * raw score + intercept, so each raw SHAP value times the slope
   is exact, and a row's contributions add up to logit(churn_risk) - `base_logit`, where `base_logit` is the
@@ -41,7 +42,6 @@ from churnsense.errors import UserError
 from features.engine import FEATURE_VERSION, FeatureSchema
 from models.catalog import CHURN_MODEL, champion_uri
 from models.tree_input import TreeInput, categorical_values, numeric_block
-from models.treeshap import BoostedTreeExplainer
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,8 @@ CHAMPION_URI = champion_uri(CHURN_MODEL)
 RISK_BANDS = ("low", "medium", "high", "critical")
 # Probabilities are clipped this far from 0 and 1 before taking log-odds (isotonic can return exact 0 or 1).
 _LOGIT_EPS = 1e-9
+# Up to this many rows, LightGBM predicts on one thread (starting threads costs more than one row's trees).
+_ONE_THREAD_ROWS = 2_000
 
 
 class ModelContractError(UserError):
@@ -170,13 +172,13 @@ class ChurnModel:
         pair = calibrated.calibrated_classifiers_[0]
         self._classifier = calibrated
         self.booster = pair.estimator
+        self._trees = self.booster.booster_
         self._calibrator = pair.calibrators[0]
         self.calibration = str(pair.method)
-        self._explainer = BoostedTreeExplainer(self.booster)
+        if self.calibration not in ("sigmoid", "isotonic"):
+            raise ModelContractError(f"unsupported calibration method {self.calibration!r}")
         try:
-            self._tree_input: TreeInput | None = TreeInput(
-                schema, self._encode, self.booster, self._slow_trees_input
-            )
+            self._tree_input: TreeInput | None = TreeInput(schema, self._encode, self._slow_trees_input)
         except (ValueError, KeyError, AttributeError) as error:
             # An unexpected pipeline shape: score through the logged sklearn steps instead (same numbers, slower).
             logger.warning("churn model: fast input path unavailable (%s); using the sklearn encoders", error)
@@ -189,18 +191,18 @@ class ChurnModel:
         self._encoded_position = np.asarray(
             [position[self.columns[i]] for i in self._used_columns], dtype=np.int64
         )
-        expected = np.asarray([self._explainer.expected_value])
+        # The trees' expected raw score: the last column of every `pred_contrib` row.
+        probe = np.full((1, len(position)), np.nan)
+        self.expected_raw = float(self._predict(probe, pred_contrib=True)[0, -1])
         if self.calibration == "sigmoid":
             # sklearn's sigmoid calibration: p = expit(-(a * raw + b)).
             self._slope = -float(self._calibrator.a_)
             self._intercept = -float(self._calibrator.b_)
-            self.base_logit = self._slope * float(expected[0]) + self._intercept
-        elif self.calibration == "isotonic":
-            self._slope = self._intercept = float("nan")
-            base = np.clip(self._calibrator.predict(expected), _LOGIT_EPS, 1 - _LOGIT_EPS)
-            self.base_logit = float(logit(base)[0])
+            self.base_logit = self._slope * self.expected_raw + self._intercept
         else:
-            raise ModelContractError(f"unsupported calibration method {self.calibration!r}")
+            self._slope = self._intercept = float("nan")
+            base = np.clip(self._calibrate(np.asarray([self.expected_raw])), _LOGIT_EPS, 1 - _LOGIT_EPS)
+            self.base_logit = float(logit(base)[0])
 
     # --- loading -------------------------------------------------------------------------------------------
 
@@ -251,7 +253,7 @@ class ChurnModel:
 
     def _slow_trees_input(self, features: pd.DataFrame) -> np.ndarray:
         """The trees' input through the logged sklearn steps (the reference `TreeInput` reproduces)."""
-        return self._explainer.trees_input(self._encode.transform(prepare_features(features, self.schema)))
+        return self._encode.transform(prepare_features(features, self.schema))
 
     def _trees_input(self, features: pd.DataFrame) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         if self._tree_input is None or not set(self.columns).issubset(features.columns.tolist()):
@@ -259,8 +261,14 @@ class ChurnModel:
                 features, self.schema
             )  # raises ModelContractError naming what is missing
             values = {c: prepared[c].to_numpy() for c in self.columns}
-            return self._explainer.trees_input(self._encode.transform(prepared)), values
+            return self._encode.transform(prepared), values
         return self._tree_input.transform(features)
+
+    def _predict(self, trees_input: np.ndarray, **kwargs: Any) -> np.ndarray:
+        """LightGBM's raw log-odds (`raw_score=True`) or contributions (`pred_contrib=True`); each row on its own
+        whatever the thread count, so a customer gives the same bits alone or in a batch."""
+        threads = 1 if len(trees_input) <= _ONE_THREAD_ROWS else 0  # 0: OpenMP's default
+        return self._trees.predict(trees_input, num_threads=threads, **kwargs)
 
     def _calibrate(self, raw: np.ndarray) -> np.ndarray:
         """The fitted calibrator on raw scores, as `CalibratedClassifierCV.predict_proba` applies it."""
@@ -271,25 +279,22 @@ class ChurnModel:
     def _scored(
         self, features: pd.DataFrame, explain: bool
     ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None]:
-        """(feature values as the model saw them, churn probabilities, contributions or None), one tree pass.
+        """(feature values as the model saw them, churn probabilities, contributions or None).
 
-        The explainer computes raw scores with the booster's own arithmetic, so probabilities equal
-        `self.pipeline.predict_proba` bit for bit (tested), without scoring the trees twice.
+        Probabilities equal `self.pipeline.predict_proba` bit for bit (tested): the same LightGBM raw scores
+        (what `LGBMClassifier.decision_function` returns) through the same calibrator, without sklearn's
+        per-call input checks.
         """
         trees_input, values = self._trees_input(features)
+        proba = self._calibrate(self._predict(trees_input, raw_score=True))
         if not explain:
-            return (
-                values,
-                self._calibrate(self._explainer.decision_function(trees_input, preprocessed=True)),
-                None,
-            )
-        raw_score, shap = self._explainer.explain(trees_input, preprocessed=True)
-        proba = self._calibrate(raw_score)
+            return values, proba, None
+        shap = self._predict(trees_input, pred_contrib=True)
         raw = np.zeros((trees_input.shape[0], len(self.columns)))
         raw[:, self._used_columns] = shap[:, self._encoded_position]
         if self.calibration == "sigmoid":
             return values, proba, raw * self._slope
-        total = raw.sum(axis=1)
+        total = shap[:, :-1].sum(axis=1)
         target = logit(np.clip(proba, _LOGIT_EPS, 1 - _LOGIT_EPS)) - self.base_logit
         scale = np.divide(target, total, out=np.zeros_like(total), where=np.abs(total) > 1e-12)
         return values, proba, raw * scale[:, None]

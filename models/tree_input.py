@@ -1,9 +1,8 @@
 """Feature frame -> the boosted trees' input matrix in one vectorised step.
 
-The logged pipeline gets there in two sklearn steps: the `encode` ColumnTransformer (ordinal codes for the
-categorical columns, numeric columns passed through), then the booster's own `_preprocess_X` (a second
-ColumnTransformer that re-codes categories). Both validate and index pandas frames column by column, which costs
-milliseconds per call: most of the time of scoring one customer. `TreeInput` replays the same mapping with one
+The logged pipeline gets there with the `encode` ColumnTransformer (ordinal codes for the categorical columns,
+numeric columns passed through). It validates and indexes pandas frames column by column, which costs about a
+millisecond per call: most of the time of scoring one customer. `TreeInput` replays the same mapping with one
 dictionary per categorical column and one numpy conversion for the numeric block.
 
 It is exact by construction and checked: the per-category codes are read from the sklearn steps themselves
@@ -63,30 +62,23 @@ def numeric_block(features: pd.DataFrame, columns: list[str]) -> np.ndarray:
 
 
 class TreeInput:
-    """Maps a feature frame to the trees' input columns, identically to `booster._preprocess_X(encode(...))`.
+    """Maps a feature frame to the trees' input columns, identically to the fitted `encode` step.
 
     Attributes:
         categorical: categorical feature names (in the trees' column order among themselves).
         numeric: numeric feature names the trees use.
     """
 
-    def __init__(self, schema: FeatureSchema, encode: Any, booster: Any, slow: Any) -> None:
+    def __init__(self, schema: FeatureSchema, encode: Any, slow: Any) -> None:
         """
         Args:
             schema: the model's feature schema.
             encode: the fitted pipeline steps before the classifier.
-            booster: the fitted `HistGradientBoostingClassifier`.
             slow: prepared frame -> trees' input via sklearn (the reference this class must equal).
         Raises:
             ValueError: the fast mapping does not reproduce the sklearn path on the probe.
         """
-        names = [str(n) for n in encode.get_feature_names_out()]
-        mask = getattr(booster, "is_categorical_", None)
-        if getattr(booster, "_preprocessor", None) is not None and mask is not None:
-            order = np.concatenate([np.flatnonzero(mask), np.flatnonzero(~mask)])
-        else:
-            order = np.arange(len(names))
-        self.trees_columns = [names[i] for i in order]
+        self.trees_columns = [str(n) for n in encode.get_feature_names_out()]
         categorical_set = set(schema.profile_categorical)
         self.categorical = [c for c in self.trees_columns if c in categorical_set]
         self.numeric = [c for c in self.trees_columns if c not in categorical_set]

@@ -1,6 +1,6 @@
 """CPU thread limits for the service's worker threads.
 
-On a small machine, many OpenMP threads make scikit-learn's HistGradientBoosting several times *slower* per
+On a small machine, many OpenMP threads make tree scoring (LightGBM, scikit-learn) several times *slower* per
 row, and torch's intra-op pool fights the feature code for the same cores. Two facts shape this module:
 
 - torch's thread count is process-wide: `torch.set_num_threads` once is enough.

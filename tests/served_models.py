@@ -41,7 +41,9 @@ def demo_data(session_tmp: Path) -> Path:
 def trained(demo_data: Path, session_tmp: Path) -> dict:
     """Small churn and tiny sentiment models trained, registered and promoted in the session's MLflow store."""
     from tests.sentiment_helpers import train_tiny_sentiment
-    from training.churn import promote_churn, train_churn
+    from training.churn import train_churn
+    from training.churn_config import ChurnConfig
+    from training.churn_promotion import promote_churn
     from training.sentiment import promote_sentiment
 
     train_tiny_sentiment(session_tmp / "service_sentiment")
@@ -51,7 +53,8 @@ def trained(demo_data: Path, session_tmp: Path) -> dict:
     from models.sentiment import SentimentClassifier
 
     scorer = SentimentClassifier.load("models:/churnsense-sentiment@champion")  # int8, as served
-    train_churn(demo_data, None, sentiment_scorer=scorer)
+    # A short search: what is served does not depend on how the trees were chosen.
+    train_churn(demo_data, ChurnConfig(search={"max_trials": 3}), sentiment_scorer=scorer)
     promote_churn(force=True)
     # Other test modules share the session store and register versions too: ask which ones are champion.
     from mlflow import MlflowClient

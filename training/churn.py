@@ -2,7 +2,12 @@
 baseline) -> validation metrics and plots -> MLflow run -> registered `churnsense-churn` version.
 
     load_training_data -> label_training_data -> split_train_validation
-        -> fit_churn_model, fit_baseline -> evaluate_models -> log_churn_run (register)
+        -> choose_churn_model (search, on the training part) -> fit_calibrated (training part), fit_baseline
+        -> evaluate_models (validation part) -> fit_calibrated (all labelled rows) -> log_churn_run (register)
+
+The registered model is the last fit, on every labelled row; the metrics, plots and the logged validation frame
+are the held-out model's (fitted on the training part with the same choices), so they describe rows no choice
+was made on.
 
 `train_churn(spec, config)` runs the chain and returns a `ChurnRunResult`; `churnsense train churn` and the
 demo call it. `promote_churn(force)` re-scores the newest version and the champion on the newest run's logged
@@ -29,7 +34,7 @@ from sklearn.pipeline import Pipeline
 
 from churnsense.errors import UserError
 from churnsense.files import atomic_write_text
-from features.columns import AS_OF, CHURNED, TIMESTAMP
+from features.columns import AS_OF, CHURNED, CUSTOMER_ID, TIMESTAMP
 from features.engine import FEATURE_VERSION, FeatureSchema
 from features.pipeline import SentimentScorer, SpecData
 from features.spec import DatasetSpec, load_spec
@@ -42,12 +47,21 @@ from training.churn_data import (
     load_training_data,
     split_train_validation,
 )
-from training.churn_fit import FittedChurn, clipped_log_loss, fit_baseline, fit_churn_model
+from training.churn_fit import (
+    ChurnChoice,
+    choose_churn_model,
+    clipped_log_loss,
+    fit_baseline,
+    fit_calibrated,
+)
 
 logger = logging.getLogger(__name__)
 
 
 VALIDATION_ARTIFACT = "validation/validation.parquet"
+FITTED_ROWS_ARTIFACT = (
+    "data/fitted_rows.parquet"  # (customer_id, as_of) of every row the registered model saw
+)
 TOP_SHARE = 0.10  # "top 10% riskiest" for lift and recall
 IMPORTANCE_ROWS = 20_000  # validation rows explained for the importance plot
 METRIC_NAMES = ("roc_auc", "pr_auc", "brier", "log_loss", "lift_at_10", "recall_at_10")
@@ -115,6 +129,7 @@ def evaluate_models(model: ChurnModel, baseline: Pipeline, valid: pd.DataFrame, 
 
 def pip_requirements() -> list[str]:
     """Exact versions of what loading the model needs (no inference of the environment)."""
+    import lightgbm
     import mlflow
     import scipy
     import sklearn
@@ -123,6 +138,7 @@ def pip_requirements() -> list[str]:
     return [
         f"mlflow=={mlflow.__version__}",
         f"scikit-learn=={sklearn.__version__}",
+        f"lightgbm=={lightgbm.__version__}",
         f"numpy=={np.__version__}",
         f"pandas=={pd.__version__}",
         f"scipy=={scipy.__version__}",
@@ -131,7 +147,8 @@ def pip_requirements() -> list[str]:
 
 
 def skops_trusted_types(estimator: Any) -> list[str]:
-    """The non-default types skops must be told to trust to load `estimator` (all from scikit-learn/numpy)."""
+    """The non-default types skops must be told to trust to load `estimator` (all from scikit-learn, numpy,
+    scipy, LightGBM or the standard library's `collections`)."""
     import skops.io
 
     untrusted = skops.io.get_untrusted_types(data=skops.io.dumps(estimator))
@@ -139,7 +156,8 @@ def skops_trusted_types(estimator: Any) -> list[str]:
     foreign = [
         t
         for t in untrusted
-        if not t.startswith(("sklearn.", "numpy.", "scipy.", "builtins.")) and t != "functools.partial"
+        if not t.startswith(("sklearn.", "numpy.", "scipy.", "builtins.", "lightgbm."))
+        and t not in ("functools.partial", "collections.OrderedDict")
     ]
     if foreign:
         raise RuntimeError(f"refusing to trust non-library types in the churn model: {foreign}")
@@ -147,7 +165,11 @@ def skops_trusted_types(estimator: Any) -> list[str]:
 
 
 def model_metadata(
-    schema: FeatureSchema, cutoffs: RiskCutoffs, fitted: FittedChurn, sentiment: dict[str, Any] | None = None
+    schema: FeatureSchema,
+    cutoffs: RiskCutoffs,
+    choice: ChurnChoice,
+    pipeline: Pipeline,
+    sentiment: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What `ChurnModel.load` checks and needs: feature version, schema JSON, column order, cut-offs, and the
     sentiment model that scored the event texts (`models.text_scoring.SentimentLineage`), if any."""
@@ -157,9 +179,9 @@ def model_metadata(
         "feature_schema": schema.to_json(),
         "feature_columns": schema.feature_names(),
         "risk_cutoffs": asdict(cutoffs),
-        "calibration": fitted.calibration,
+        "calibration": choice.calibration,
         "unused_columns": [
-            c for c in schema.feature_names() if c not in set(fitted.pipeline[0].get_feature_names_out())
+            c for c in schema.feature_names() if c not in set(pipeline[0].get_feature_names_out())
         ],
         "label": CHURNED,
         "positive_class": 1,
@@ -234,14 +256,15 @@ def log_churn_run(
     frame: pd.DataFrame,
     schema: FeatureSchema,
     split: TrainValidationSplit,
-    fitted: FittedChurn,
+    choice: ChurnChoice,
+    final: Pipeline,
     baseline: Pipeline,
     evaluation: Evaluation,
     workdir: Path,
     sentiment: dict[str, Any] | None = None,
 ) -> tuple[str, str, str]:
-    """Log params, metrics, plots, config, spec, fingerprints, the validation frame and both models to the
-    active run; register the calibrated model. Returns (run id, registered version, model URI)."""
+    """Log params, metrics, plots, config, spec, fingerprints, the validation frame, the rows `final` was
+    fitted on and both models to the active run; register `final`. Returns (run id, version, model URI)."""
     import mlflow
     from mlflow.models import infer_signature
 
@@ -250,24 +273,22 @@ def log_churn_run(
     run = mlflow.active_run()
     assert run is not None
     mlflow.log_params(_flat_params(config))
-    booster = fitted.pipeline[-1].calibrated_classifiers_[0].estimator
-    # The trained booster's parameters (the search may have overridden the config's `booster.*`).
-    mlflow.log_params(
-        {f"chosen.{k}": str(v) for k, v in fitted.booster_params.items()}
-        | {"chosen.calibration": fitted.calibration}
-    )
+    # The trained trees' parameters (the search may have overridden the config's `booster.*`).
+    mlflow.log_params(choice.logged_params())
     metrics = dict(evaluation.metrics)
     metrics |= {f"baseline_{k}": v for k, v in evaluation.baseline_metrics.items()}
-    metrics |= {f"calibration_cv_log_loss_{k}": v for k, v in fitted.calibration_losses.items()}
+    metrics |= {f"calibration_cv_log_loss_{k}": v for k, v in choice.calibration_losses.items()}
     metrics |= {
         "n_train": len(split.train),
         "n_valid": len(split.valid),
+        "n_fitted_final": len(frame),
         "train_churn_rate": float(split.train[CHURNED].mean()),
         "valid_churn_rate": float(split.valid[CHURNED].mean()),
-        "n_trees": float(booster.n_iter_),
+        "n_trees": float(choice.rounds),
+        "cv_roc_auc": choice.cv_roc_auc,
+        "search_trials": float(len(choice.trials)),
+        "search_seconds": choice.search_seconds,
     }
-    if not math.isnan(fitted.cv_roc_auc):
-        metrics["cv_roc_auc"] = fitted.cv_roc_auc
     mlflow.log_metrics(metrics)
     fingerprints = {
         "training_frame": data_fingerprint(frame, AS_OF),
@@ -283,7 +304,7 @@ def log_churn_run(
         {
             "code_version": code_version(),
             "feature_version": FEATURE_VERSION,
-            "calibration": fitted.calibration,
+            "calibration": choice.calibration,
             "split": split.description,
             "spec": str(spec.source or ""),
             "data_sha256": str(fingerprints["training_frame"]["sha256"]),
@@ -300,8 +321,8 @@ def log_churn_run(
     mlflow.log_dict(
         {
             "importance": evaluation.importance,
-            "search": fitted.search,
-            "calibration_cv_log_loss": fitted.calibration_losses,
+            "search": choice.trials,
+            "calibration_cv_log_loss": choice.calibration_losses,
         },
         "evaluation/details.json",
     )
@@ -310,18 +331,21 @@ def log_churn_run(
     valid_path = workdir / Path(VALIDATION_ARTIFACT).name
     evaluation.valid_frame.to_parquet(valid_path, index=False)
     mlflow.log_artifact(str(valid_path), str(Path(VALIDATION_ARTIFACT).parent))
+    fitted_path = workdir / Path(FITTED_ROWS_ARTIFACT).name
+    frame[[CUSTOMER_ID, AS_OF]].astype({CUSTOMER_ID: str}).to_parquet(fitted_path, index=False)
+    mlflow.log_artifact(str(fitted_path), str(Path(FITTED_ROWS_ARTIFACT).parent))
 
     example = prepare_features(split.valid.head(5), schema)
-    signature = infer_signature(example, fitted.pipeline.predict_proba(example))
+    signature = infer_signature(example, final.predict_proba(example))
     info = mlflow.sklearn.log_model(
-        fitted.pipeline,
+        final,
         name="model",
         signature=signature,
         input_example=example,
         pip_requirements=pip_requirements(),
         pyfunc_predict_fn="predict_proba",
-        metadata=model_metadata(schema, config.risk_bands.cutoffs(), fitted, sentiment),
-        skops_trusted_types=skops_trusted_types(fitted.pipeline),
+        metadata=model_metadata(schema, config.risk_bands.cutoffs(), choice, final, sentiment),
+        skops_trusted_types=skops_trusted_types(final),
         registered_model_name=config.registered_model_name,
     )
     mlflow.sklearn.log_model(
@@ -339,7 +363,7 @@ def log_churn_run(
     client = MlflowClient()
     for key, value in {
         "feature_version": FEATURE_VERSION,
-        "calibration": fitted.calibration,
+        "calibration": choice.calibration,
         "validation_roc_auc": f"{evaluation.metrics['roc_auc']:.4f}",
         "code_version": code_version(),
     }.items() | _lineage_tags(sentiment).items():
@@ -427,17 +451,21 @@ def train_churn(
             config.seed,
         )
     logger.info("split %s", split.description)
-    with _timed(timings, "fit_model"):
-        fitted = fit_churn_model(split.train, schema, config)
+    with _timed(timings, "search"):
+        choice = choose_churn_model(split.train, schema, config)
+    with _timed(timings, "fit_heldout"):
+        heldout = fit_calibrated(split.train, schema, choice, config)
     with _timed(timings, "fit_baseline"):
         baseline = fit_baseline(split.train, schema, config)
-    model = ChurnModel(fitted.pipeline, schema, config.risk_bands.cutoffs(), version="unregistered")
+    model = ChurnModel(heldout, schema, config.risk_bands.cutoffs(), version="held-out")
     experiment_id = configure_mlflow(config.experiment_name)
     name = run_name or f"churn {Path(str(spec.source)).name if spec.source else 'spec'}"
     with tempfile.TemporaryDirectory(prefix="churn-run-") as tmp, mlflow.start_run(run_name=name):
         workdir = Path(tmp)
         with _timed(timings, "evaluate"):
             evaluation = evaluate_models(model, baseline, split.valid, workdir / "plots")
+        with _timed(timings, "fit_final"):
+            final = fit_calibrated(frame, schema, choice, config)
         with _timed(timings, "log_and_register"):
             run_id, version, model_uri = log_churn_run(
                 config=config,
@@ -446,7 +474,8 @@ def train_churn(
                 frame=frame,
                 schema=schema,
                 split=split,
-                fitted=fitted,
+                choice=choice,
+                final=final,
                 baseline=baseline,
                 evaluation=evaluation,
                 workdir=workdir,
@@ -462,7 +491,7 @@ def train_churn(
         model_uri=model_uri,
         metrics=evaluation.metrics,
         baseline_metrics=evaluation.baseline_metrics,
-        calibration=fitted.calibration,
+        calibration=choice.calibration,
         split=split.description,
         n_train=len(split.train),
         n_valid=len(split.valid),
@@ -476,60 +505,3 @@ def train_churn(
 def write_summary(result: ChurnRunResult, path: Path) -> None:
     """The run summary as JSON (metrics, run id, version, timings)."""
     atomic_write_text(json.dumps(result.summary(), indent=2, default=str) + "\n", path)
-
-
-# --- promotion ---------------------------------------------------------------------------------------------
-
-
-def load_validation_frame(run_id: str) -> pd.DataFrame:
-    """The validation frame a churn run logged (features, `churned`, the run's own predictions)."""
-    import mlflow
-
-    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=VALIDATION_ARTIFACT)
-    return pd.read_parquet(local)
-
-
-def validation_evaluator() -> Any:
-    """evaluate(model_uri, challenger_version) -> metrics of that model on the challenger run's validation frame."""
-    frames: dict[str, pd.DataFrame] = {}
-
-    def evaluate(model_uri: str, challenger_version: Any) -> dict[str, float]:
-        run_id = challenger_version.run_id
-        if run_id not in frames:
-            frames[run_id] = load_validation_frame(run_id)
-        frame = frames[run_id]
-        model = ChurnModel.load(model_uri)
-        missing = [c for c in model.columns if c not in frame.columns]
-        if missing:
-            raise UserError(
-                f"{model_uri} cannot score the challenger's validation data: it lacks {len(missing)} of the "
-                f"model's feature columns ({', '.join(missing[:5])}); the two were trained on different features"
-            )
-        return classification_metrics(frame[CHURNED].to_numpy(), model.predict_proba(frame))
-
-    return evaluate
-
-
-def promote_churn(force: bool = False, config: ChurnConfig | str | Path | None = None) -> Any:
-    """Champion / challenger for the churn model; returns the `PromotionDecision` (caller picks the exit code)."""
-    from training.registry import promote_newest
-    from training.tracking import configure_mlflow
-
-    if not isinstance(config, ChurnConfig):
-        config = load_config(config)
-    configure_mlflow(config.experiment_name)
-    return promote_newest(
-        config.registered_model_name, validation_evaluator(), promote_policy(config), force=force
-    )
-
-
-def promote_policy(config: ChurnConfig) -> Any:
-    """The churn `PromotionPolicy` a config asks for (primary metric, calibration metric and tolerance)."""
-    from training.registry import PromotionPolicy
-
-    return PromotionPolicy(
-        primary_metric=config.promotion.primary_metric,
-        greater_is_better=True,
-        calibration_metric=config.promotion.calibration_metric,
-        calibration_tolerance=config.promotion.calibration_tolerance,
-    )

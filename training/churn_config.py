@@ -26,29 +26,64 @@ class _Frozen(BaseModel):
 
 
 class BoosterConfig(_Frozen):
-    """`HistGradientBoostingClassifier` hyper-parameters. Small, shallow, regularised trees by default: churn
-    tables are small and noisy, and early stopping picks the number of trees."""
+    """LightGBM hyper-parameters: the trained model's when search is off, the search's second candidate (after
+    LightGBM's own defaults) when it is on. Cross-validation with early stopping picks the number of trees."""
 
-    learning_rate: float = Field(0.04, gt=0, le=1)
-    max_iter: int = Field(
-        1000, ge=1, le=10_000, description="upper bound; early stopping usually stops sooner"
+    learning_rate: float = Field(0.05, gt=0, le=1)
+    max_rounds: int = Field(
+        2000, ge=1, le=20_000, description="upper bound on trees; early stopping in CV picks the number"
     )
-    max_leaf_nodes: int = Field(8, ge=2, le=63)
-    max_depth: int | None = Field(
-        6, ge=1, le=12, description="also bounds the reasons' lookup tables (2^depth entries per leaf)"
-    )
-    min_samples_leaf: int = Field(60, ge=1)
-    l2_regularization: float = Field(1.0, ge=0)
-    max_features: float = Field(1.0, gt=0, le=1, description="share of features each split considers")
-    max_bins: int = Field(255, ge=2, le=255)
-    early_stopping: bool = True
-    validation_fraction: float = Field(
-        0.15, gt=0, lt=0.5, description="of the training part, for early stopping"
-    )
-    n_iter_no_change: int = Field(30, ge=1)
+    early_stopping_rounds: int = Field(50, ge=1, description="rounds without a better CV log loss")
+    num_leaves: int = Field(15, ge=2, le=1024)
+    max_depth: int = Field(-1, ge=-1, le=32, description="-1: no limit (num_leaves bounds the trees)")
+    min_child_samples: int = Field(40, ge=1, description="rows per leaf, at least")
+    reg_lambda: float = Field(1.0, ge=0, description="L2 penalty on leaf values")
+    reg_alpha: float = Field(0.0, ge=0, description="L1 penalty on leaf values")
+    colsample_bytree: float = Field(0.8, gt=0, le=1, description="share of features each tree may use")
+    subsample: float = Field(1.0, gt=0, le=1, description="share of rows each tree is fitted on (bagging)")
+    min_split_gain: float = Field(0.0, ge=0)
+    cat_smooth: float = Field(10.0, ge=0, description="smoothing of categorical splits")
+    max_bin: int = Field(255, ge=2, le=1023)
     max_categories: int = Field(
         64, ge=2, le=254, description="categories kept per categorical column; rarer ones share one code"
     )
+    threads: int = Field(
+        2, ge=1, le=256, description="training threads; a seed and a thread count give the same model"
+    )
+
+    def lightgbm_params(self, seed: int) -> dict[str, Any]:
+        """The LightGBM parameter dict (native names) for training with this config."""
+        return {
+            "objective": "binary",
+            "learning_rate": self.learning_rate,
+            "num_leaves": self.num_leaves,
+            "max_depth": self.max_depth,
+            "min_child_samples": self.min_child_samples,
+            "reg_lambda": self.reg_lambda,
+            "reg_alpha": self.reg_alpha,
+            "colsample_bytree": self.colsample_bytree,
+            "subsample": self.subsample,
+            "subsample_freq": 1 if self.subsample < 1 else 0,
+            "min_split_gain": self.min_split_gain,
+            "cat_smooth": self.cat_smooth,
+            "max_bin": self.max_bin,
+            "random_state": seed,
+            "n_jobs": self.threads,
+            "deterministic": True,
+            "force_col_wise": True,
+            "verbose": -1,
+        }
+
+
+# LightGBM's own defaults for the keys the search varies: the search always tries them first.
+LIGHTGBM_DEFAULTS: dict[str, Any] = {
+    "learning_rate": 0.1,
+    "num_leaves": 31,
+    "min_child_samples": 20,
+    "reg_lambda": 0.0,
+    "colsample_bytree": 1.0,
+    "subsample": 1.0,
+}
 
 
 class BaselineConfig(_Frozen):
@@ -60,10 +95,10 @@ class BaselineConfig(_Frozen):
 
 
 class CalibrationConfig(_Frozen):
-    """How raw boosted scores become probabilities.
+    """How the trees' probabilities become calibrated ones.
 
     `auto` calibrates out-of-fold scores both ways and takes isotonic only when its cross-validated log loss
-    beats sigmoid's by `isotonic_margin`: sigmoid keeps the reasons exact Shapley values (see models/churn.py).
+    beats sigmoid's by `isotonic_margin` (isotonic is a step function: it ties customers' risks).
     """
 
     method: Literal["auto", "sigmoid", "isotonic"] = "auto"
@@ -85,17 +120,21 @@ class SplitConfig(_Frozen):
 
 
 class SearchConfig(_Frozen):
-    """Optional small search: each candidate overrides booster keys and is scored by grouped CV ROC AUC on
-    the training part (never on the validation set); the best one is trained."""
+    """Hyper-parameter search within a wall-time budget, on by default.
 
-    enabled: bool = False
-    folds: int = Field(3, ge=2, le=10)
-    candidates: tuple[dict[str, Any], ...] = (
-        {"learning_rate": 0.04, "max_leaf_nodes": 8, "min_samples_leaf": 60},
-        {"learning_rate": 0.05, "max_leaf_nodes": 15, "min_samples_leaf": 40},
-        {"learning_rate": 0.03, "max_leaf_nodes": 8, "min_samples_leaf": 100, "l2_regularization": 5.0},
-        {"learning_rate": 0.1, "max_leaf_nodes": 31, "min_samples_leaf": 20},
-    )
+    Candidates are tried in a fixed order: LightGBM's defaults, then `booster` as configured, then each of
+    `candidates`, then draws from a fixed space (learning rate 0.02-0.2, 4-64 leaves, 5-200 rows per leaf, L2
+    0.001-30, 40-100% of features, 50-100% of rows) by a generator seeded with `seed`. Each is scored by
+    grouped cross-validated ROC AUC on the training rows (never the validation set). The search stops at
+    `max_trials` or when the next trial would start after `budget_s`; the run logs how many ran, and the same
+    seed, thread count and number of trials give the same model.
+    """
+
+    enabled: bool = True
+    budget_s: float = Field(60.0, gt=0, description="wall-time budget of the whole search, seconds")
+    max_trials: int = Field(40, ge=1, description="at most this many candidates")
+    folds: int = Field(3, ge=2, le=10, description="grouped by customer")
+    candidates: tuple[dict[str, Any], ...] = ()
 
     @field_validator("candidates")
     @classmethod

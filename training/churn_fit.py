@@ -1,34 +1,45 @@
-"""Fitting the churn model: histogram gradient boosting (optionally searched), calibrated by sigmoid or
-isotonic on grouped out-of-fold scores, inside one scikit-learn `Pipeline` with its encoders; and the logistic
-baseline fitted beside it."""
+"""Fitting the churn model: LightGBM trees chosen by a budgeted search scored with grouped cross-validation,
+calibrated (sigmoid or isotonic) on out-of-fold scores, inside one scikit-learn `Pipeline` with its encoder;
+and the logistic baseline fitted beside it.
+
+    choice = choose_churn_model(train rows)        # every choice (trees, their number, calibration) made here
+    fit_calibrated(train rows, choice)             # the held-out model: scored on the validation rows
+    fit_calibrated(all labelled rows, choice)      # the final model, the one registered
+
+The final model is refitted on every labelled row once the held-out data has judged the choices; its reported
+metrics are the held-out model's on rows neither model chose anything with.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.base import clone
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.impute import SimpleImputer
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss, roc_auc_score
-from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_predict
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
 from features.columns import CHURNED, CUSTOMER_ID
 from features.engine import FeatureSchema
 from models.churn import prepare_features
-from training.churn_config import BoosterConfig, ChurnConfig
+from training.churn_config import LIGHTGBM_DEFAULTS, BoosterConfig, ChurnConfig
 
 logger = logging.getLogger(__name__)
+
+# A numeric column needs this many observed training values to be used (see `usable_numeric_columns`).
+MIN_OBSERVED = 20
 
 
 # --- models ------------------------------------------------------------------------------------------------
@@ -43,8 +54,8 @@ def _column_groups(schema: FeatureSchema) -> tuple[list[str], list[str]]:
 def usable_numeric_columns(X: pd.DataFrame, schema: FeatureSchema, min_observed: int) -> list[str]:
     """Numeric columns with at least `min_observed` non-missing training values.
 
-    Rarer ones cannot be split on (a split needs `min_samples_leaf` rows each side), and an all-missing
-    column (e.g. `days_since_other`: "other" event types only exist at scoring time) makes the booster's
+    Rarer ones can hardly be split on (a split needs `min_child_samples` rows each side), and an all-missing
+    column (e.g. `days_since_other`: "other" event types only exist at scoring time) makes the trees'
     binning fail. The encoder drops them; their contribution is 0.
     """
     _, numeric = _column_groups(schema)
@@ -52,41 +63,34 @@ def usable_numeric_columns(X: pd.DataFrame, schema: FeatureSchema, min_observed:
     return [c for c in numeric if observed[c] >= min_observed]
 
 
-def make_booster(
-    schema: FeatureSchema, params: BoosterConfig, seed: int, numeric: list[str] | None = None
-) -> Pipeline:
-    """Unfitted `encode` (ordinal codes for categorical columns; numeric pass through, `numeric` only when
-    given, others dropped) + boosted trees."""
-    categorical, all_numeric = _column_groups(schema)
-    numeric = all_numeric if numeric is None else numeric
+def make_encoder(schema: FeatureSchema, max_categories: int, numeric: list[str]) -> ColumnTransformer:
+    """Unfitted encoder: ordinal codes (0, 1, ...; unknown and missing as NaN) for the categorical columns, then
+    the `numeric` columns as they are; other columns dropped. The trees split the codes as categories."""
+    categorical, _ = _column_groups(schema)
     steps: list[tuple[str, Any, list[str]]] = []
     if categorical:
         encoder = OrdinalEncoder(
             handle_unknown="use_encoded_value",
             unknown_value=np.nan,
             encoded_missing_value=np.nan,
-            max_categories=params.max_categories,
+            max_categories=max_categories,
             dtype=np.float64,
         )
         steps.append(("categorical", encoder, categorical))
     steps.append(("numeric", "passthrough", numeric))
-    encode = ColumnTransformer(steps, remainder="drop", verbose_feature_names_out=False)
-    booster = HistGradientBoostingClassifier(
-        learning_rate=params.learning_rate,
-        max_iter=params.max_iter,
-        max_leaf_nodes=params.max_leaf_nodes,
-        max_depth=params.max_depth,
-        min_samples_leaf=params.min_samples_leaf,
-        l2_regularization=params.l2_regularization,
-        max_features=params.max_features,
-        max_bins=params.max_bins,
-        early_stopping=params.early_stopping,
-        validation_fraction=params.validation_fraction if params.early_stopping else None,
-        n_iter_no_change=params.n_iter_no_change,
-        categorical_features=[True] * len(categorical) + [False] * len(numeric) if categorical else None,
-        random_state=seed,
-    )
-    return Pipeline([("encode", encode), ("classifier", booster)])
+    return ColumnTransformer(steps, remainder="drop", verbose_feature_names_out=False)
+
+
+def categorical_positions(schema: FeatureSchema) -> list[int]:
+    """Positions of the categorical columns in the encoder's output (they come first)."""
+    return list(range(len(schema.profile_categorical)))
+
+
+def make_trees(params: BoosterConfig, seed: int, rounds: int) -> Any:
+    """Unfitted `lightgbm.LGBMClassifier` with `rounds` trees."""
+    from lightgbm import LGBMClassifier
+
+    return LGBMClassifier(n_estimators=rounds, **params.lightgbm_params(seed))
 
 
 def make_baseline(schema: FeatureSchema, config: ChurnConfig) -> Pipeline:
@@ -137,130 +141,199 @@ def clipped_log_loss(y: np.ndarray, p: np.ndarray) -> float:
     return float(log_loss(y, np.clip(p, 1e-6, 1 - 1e-6), labels=[0, 1]))
 
 
-def choose_calibration(raw_oof: np.ndarray, y: np.ndarray, folds: list, margin: float) -> tuple[str, dict]:
-    """Sigmoid or isotonic, by cross-validated log loss of calibrators fitted on out-of-fold raw scores.
+def choose_calibration(oof: np.ndarray, y: np.ndarray, folds: list, margin: float) -> tuple[str, dict]:
+    """Sigmoid or isotonic, by cross-validated log loss of calibrators fitted on out-of-fold scores.
 
-    Isotonic wins only when it beats sigmoid by `margin` (sigmoid keeps the reasons exact Shapley values).
+    Isotonic wins only when it beats sigmoid by `margin`.
     Returns the method and the per-method losses.
     """
     losses = {"sigmoid": [], "isotonic": []}
     for fit_rows, test_rows in folds:
-        sigmoid = LogisticRegression(C=1e6, max_iter=1000).fit(raw_oof[fit_rows, None], y[fit_rows])
+        sigmoid = LogisticRegression(C=1e6, max_iter=1000).fit(oof[fit_rows, None], y[fit_rows])
         losses["sigmoid"].append(
-            clipped_log_loss(y[test_rows], sigmoid.predict_proba(raw_oof[test_rows, None])[:, 1])
+            clipped_log_loss(y[test_rows], sigmoid.predict_proba(oof[test_rows, None])[:, 1])
         )
-        isotonic = IsotonicRegression(out_of_bounds="clip", y_min=0, y_max=1).fit(
-            raw_oof[fit_rows], y[fit_rows]
-        )
-        losses["isotonic"].append(clipped_log_loss(y[test_rows], isotonic.predict(raw_oof[test_rows])))
+        isotonic = IsotonicRegression(out_of_bounds="clip", y_min=0, y_max=1).fit(oof[fit_rows], y[fit_rows])
+        losses["isotonic"].append(clipped_log_loss(y[test_rows], isotonic.predict(oof[test_rows])))
     mean = {method: float(np.mean(values)) for method, values in losses.items()}
     method = "isotonic" if mean["isotonic"] < mean["sigmoid"] - margin else "sigmoid"
     return method, mean
 
 
-@dataclass
-class FittedChurn:
-    """The fitted model (encode + calibrated boosted trees), and how it was chosen."""
+# --- search ------------------------------------------------------------------------------------------------
 
-    pipeline: Pipeline
+
+def _draw(rng: np.random.Generator) -> dict[str, Any]:
+    """One candidate from the search space (see `SearchConfig`)."""
+
+    def log_uniform(low: float, high: float) -> float:
+        return float(np.exp(rng.uniform(np.log(low), np.log(high))))
+
+    return {
+        "learning_rate": round(log_uniform(0.02, 0.2), 4),
+        "num_leaves": int(round(log_uniform(4, 64))),
+        "min_child_samples": int(round(log_uniform(5, 200))),
+        "reg_lambda": round(log_uniform(1e-3, 30.0), 4),
+        "colsample_bytree": round(float(rng.uniform(0.4, 1.0)), 3),
+        "subsample": round(float(rng.uniform(0.5, 1.0)), 3),
+    }
+
+
+def candidates(config: ChurnConfig) -> Iterator[dict[str, Any]]:
+    """The search's candidates in order: overrides of `config.booster` (`{}` is the booster as configured)."""
+    if not config.search.enabled:
+        yield {}
+        return
+    yield dict(LIGHTGBM_DEFAULTS)
+    yield {}
+    yield from (dict(c) for c in config.search.candidates)
+    rng = np.random.default_rng(config.seed)
+    while True:
+        yield _draw(rng)
+
+
+@dataclass
+class CrossValidated:
+    """A candidate's cross-validation: pooled out-of-fold ROC AUC, the number of trees early stopping chose,
+    and the out-of-fold raw scores (log-odds, what the calibrator reads) at that number."""
+
+    roc_auc: float
+    rounds: int
+    oof: np.ndarray
+
+
+def cross_validate(
+    params: BoosterConfig, seed: int, encoded: np.ndarray, y: np.ndarray, categorical: list[int], folds: list
+) -> CrossValidated:
+    """LightGBM's own cross-validation: all folds grown together, stopped when their mean log loss has not
+    improved for `early_stopping_rounds`."""
+    import lightgbm as lgb
+
+    dataset = lgb.Dataset(
+        encoded,
+        y,
+        categorical_feature=categorical or "auto",
+        params={"max_bin": params.max_bin, "verbose": -1},
+        free_raw_data=False,
+    )
+    native = params.lightgbm_params(seed) | {"metric": "binary_logloss"}
+    result = lgb.cv(
+        native,
+        dataset,
+        num_boost_round=params.max_rounds,
+        folds=folds,
+        callbacks=[lgb.early_stopping(params.early_stopping_rounds, verbose=False)],
+        return_cvbooster=True,
+        seed=seed,
+    )
+    rounds = len(result["valid binary_logloss-mean"])
+    oof = np.empty(len(y))
+    for booster, (_, test_rows) in zip(result["cvbooster"].boosters, folds, strict=True):
+        oof[test_rows] = booster.predict(encoded[test_rows], num_iteration=rounds, raw_score=True)
+    return CrossValidated(float(roc_auc_score(y, oof)), rounds, oof)
+
+
+@dataclass
+class ChurnChoice:
+    """Everything chosen on the training part: trees' parameters and number, calibration, used columns."""
+
+    params: BoosterConfig
+    rounds: int
     calibration: str
     calibration_losses: dict[str, float]
-    booster_params: dict[str, Any]
     cv_roc_auc: float
-    search: list[dict[str, Any]] = field(default_factory=list)
+    numeric: list[str]
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    search_seconds: float = 0.0
+
+    def logged_params(self) -> dict[str, str]:
+        """What the run logs as `chosen.*`."""
+        chosen = self.params.model_dump() | {"rounds": self.rounds, "calibration": self.calibration}
+        return {f"chosen.{k}": str(v) for k, v in chosen.items()}
 
 
-def _out_of_fold(
-    schema: FeatureSchema,
-    params: BoosterConfig,
-    seed: int,
-    numeric: list[str],
-    X: pd.DataFrame,
-    y: np.ndarray,
-    folds: list,
-) -> np.ndarray:
-    """Out-of-fold raw scores of the boosted trees, as `CalibratedClassifierCV(ensemble=False)` computes them:
-    the (label-free) encoder fitted once on all training rows, the trees cross-validated on its output."""
-    model = make_booster(schema, params, seed, numeric)
-    encoded = model.named_steps["encode"].fit_transform(X)
-    return cross_val_predict(
-        model.named_steps["classifier"], encoded, y, cv=folds, method="decision_function"
-    )
-
-
-def calibrated_pipeline(
-    schema: FeatureSchema,
-    params: BoosterConfig,
-    seed: int,
-    numeric: list[str],
-    X: pd.DataFrame,
-    y: np.ndarray,
-    oof: np.ndarray,
-    method: str,
-    n_folds: int,
-) -> Pipeline:
-    """The final model: encoder and trees refitted on all training rows, calibrator fitted on `oof`.
-
-    Equal, bit for bit, to fitting `Pipeline([encode, CalibratedClassifierCV(trees, method, cv=folds,
-    ensemble=False)])` on the same rows and folds (tested), without recomputing the out-of-fold scores that
-    choosing the calibration (and the search) already needed: 4 tree fits instead of 7.
-    """
-    from sklearn.calibration import _fit_calibrator
-
-    model = make_booster(schema, params, seed, numeric)
-    encode, trees = model.named_steps["encode"], model.named_steps["classifier"]
-    fitted_trees = clone(trees).fit(encode.fit_transform(X), y)
-    calibrated = CalibratedClassifierCV(trees, method=method, cv=n_folds, ensemble=False)
-    calibrated.classes_ = np.array([0, 1])
-    calibrated.calibrated_classifiers_ = [
-        _fit_calibrator(fitted_trees, oof.reshape(-1, 1), y, calibrated.classes_, method, xp=np)
-    ]
-    calibrated.n_features_in_ = fitted_trees.n_features_in_
-    return Pipeline([("encode", encode), ("classifier", calibrated)])
-
-
-def fit_churn_model(train: pd.DataFrame, schema: FeatureSchema, config: ChurnConfig) -> FittedChurn:
-    """Fit the calibrated boosted-trees pipeline on the training rows.
-
-    Out-of-fold raw scores (folds grouped by customer) rank the search candidates (when enabled), choose the
-    calibration and train the calibrator; the trees are then refitted on all training rows.
-    """
+def choose_churn_model(train: pd.DataFrame, schema: FeatureSchema, config: ChurnConfig) -> ChurnChoice:
+    """Search (within `search.budget_s` and `search.max_trials`), then choose the calibration, all by grouped
+    cross-validation on `train`. At least one candidate is always tried."""
     X = prepare_features(train, schema)
     y = train[CHURNED].to_numpy(dtype=np.int64)
     groups = train[CUSTOMER_ID].astype(str)
-    # 20+ values: a 2/3 cross-validation share of them is then (almost surely) never empty.
-    numeric = usable_numeric_columns(X, schema, max(config.booster.min_samples_leaf, 20))
-    folds = cv_folds(groups, y, config.calibration.folds, config.seed)
-    candidates = [dict(c) for c in config.search.candidates] if config.search.enabled else [{}]
-    search_folds = (
-        cv_folds(groups, y, config.search.folds, config.seed)
-        if config.search.enabled and config.search.folds != config.calibration.folds
-        else folds
-    )
-    results: list[dict[str, Any]] = []
-    params, cv_auc, best_oof = config.booster, float("nan"), None
-    for candidate in candidates:
-        merged = BoosterConfig(**config.booster.model_copy(update=candidate).model_dump())
-        started = time.perf_counter()
-        oof = _out_of_fold(schema, merged, config.seed, numeric, X, y, search_folds)
-        auc = float(roc_auc_score(y, oof))
-        results.append(
-            {"params": candidate, "cv_roc_auc": auc, "seconds": round(time.perf_counter() - started, 2)}
+    numeric = usable_numeric_columns(X, schema, MIN_OBSERVED)
+    encoded = make_encoder(schema, config.booster.max_categories, numeric).fit_transform(X)
+    categorical = categorical_positions(schema)
+    folds = cv_folds(groups, y, config.search.folds, config.seed)
+    started = time.perf_counter()
+    trials: list[dict[str, Any]] = []
+    best: tuple[BoosterConfig, CrossValidated] | None = None
+    last_seconds = 0.0
+    for number, overrides in enumerate(candidates(config)):
+        elapsed = time.perf_counter() - started
+        if number >= config.search.max_trials or (number and elapsed + last_seconds > config.search.budget_s):
+            break
+        params = BoosterConfig(**config.booster.model_copy(update=overrides).model_dump())
+        trial_started = time.perf_counter()
+        result = cross_validate(params, config.seed, encoded, y, categorical, folds)
+        last_seconds = time.perf_counter() - trial_started
+        trials.append(
+            {
+                "params": overrides,
+                "cv_roc_auc": result.roc_auc,
+                "rounds": result.rounds,
+                "seconds": round(last_seconds, 3),
+            }
         )
-        logger.info("candidate %s: CV ROC AUC %.4f", candidate or "(config)", auc)
-        if best_oof is None or auc > cv_auc:
-            params, cv_auc, best_oof = merged, auc, oof
-    if search_folds is not folds:
-        best_oof = _out_of_fold(schema, params, config.seed, numeric, X, y, folds)
+        logger.info(
+            "trial %d %s: CV ROC AUC %.4f, %d trees (%.1f s)",
+            number,
+            overrides or "(config)",
+            result.roc_auc,
+            result.rounds,
+            last_seconds,
+        )
+        if best is None or result.roc_auc > best[1].roc_auc:
+            best = (params, result)
+    assert best is not None
+    search_seconds = time.perf_counter() - started
+    params, result = best
     if config.calibration.method == "auto":
-        method, losses = choose_calibration(best_oof, y, folds, config.calibration.isotonic_margin)
+        calibration_folds = cv_folds(groups, y, config.calibration.folds, config.seed)
+        method, losses = choose_calibration(
+            result.oof, y, calibration_folds, config.calibration.isotonic_margin
+        )
     else:
         method, losses = config.calibration.method, {}
-    logger.info("calibration: %s %s", method, {k: round(v, 5) for k, v in losses.items()})
-    pipeline = calibrated_pipeline(schema, params, config.seed, numeric, X, y, best_oof, method, len(folds))
-    return FittedChurn(
-        pipeline, method, losses, params.model_dump(), cv_auc, results if config.search.enabled else []
+    logger.info(
+        "chose %d trees of %s after %d trial(s) in %.1f s; %s calibration",
+        result.rounds,
+        params.model_dump(),
+        len(trials),
+        search_seconds,
+        method,
     )
+    return ChurnChoice(params, result.rounds, method, losses, result.roc_auc, numeric, trials, search_seconds)
+
+
+def fit_calibrated(
+    rows: pd.DataFrame, schema: FeatureSchema, choice: ChurnChoice, config: ChurnConfig
+) -> Pipeline:
+    """`encode` + `CalibratedClassifierCV(trees, cv=grouped folds, ensemble=False)` fitted on `rows`: the
+    calibrator learns from out-of-fold scores, the trees are then refitted on all of `rows`."""
+    X = prepare_features(rows, schema)
+    y = rows[CHURNED].to_numpy(dtype=np.int64)
+    folds = cv_folds(rows[CUSTOMER_ID].astype(str), y, config.calibration.folds, config.seed)
+    encode = make_encoder(schema, choice.params.max_categories, choice.numeric)
+    encoded = encode.fit_transform(X)
+    calibrated = CalibratedClassifierCV(
+        make_trees(choice.params, config.seed, choice.rounds),
+        method=choice.calibration,
+        cv=folds,
+        ensemble=False,
+    )
+    with warnings.catch_warnings():
+        # LightGBM restates that it treats the listed columns as categories.
+        warnings.filterwarnings("ignore", message=".*categorical_feature.*", category=UserWarning)
+        calibrated.fit(encoded, y, categorical_feature=categorical_positions(schema) or "auto")
+    return Pipeline([("encode", encode), ("classifier", calibrated)])
 
 
 def fit_baseline(train: pd.DataFrame, schema: FeatureSchema, config: ChurnConfig) -> Pipeline:

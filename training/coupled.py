@@ -90,8 +90,9 @@ def rescore_validation(
     from features.columns import CHURNED
     from features.spec import load_spec
     from models.text_scoring import CachedTextScorer
-    from training.churn import classification_metrics, load_validation_frame
+    from training.churn import classification_metrics
     from training.churn_data import label_training_data, load_training_data
+    from training.churn_promotion import load_validation_frame
 
     own = load_validation_frame(version.run_id)
     data = load_training_data(load_spec(spec), CachedTextScorer(lineage))
@@ -117,8 +118,9 @@ def promote_sentiment_coupled(
         model_name: the sentiment model's registered name (churn lineage is checked for `churnsense-sentiment`).
     """
     from models.text_scoring import sentiment_lineage
-    from training.churn import classification_metrics, promote_policy, train_churn
+    from training.churn import classification_metrics, train_churn
     from training.churn_config import load_config
+    from training.churn_promotion import promote_policy
     from training.registry import champion_version, decide, record_decision
     from training.sentiment import promote_sentiment
 
@@ -147,18 +149,17 @@ def promote_sentiment_coupled(
         )
         return result
     from features.columns import CHURNED
-    from models.churn import ChurnModel
     from models.text_scoring import CachedTextScorer
-    from training.churn import load_validation_frame
+    from training.churn_promotion import load_validation_frame
     from training.registry import PromotionDecision
 
     config = load_config(config_path)
     trained = train_churn(spec, config, sentiment_scorer=CachedTextScorer(new_lineage))
-    challenger = ChurnModel.load(trained.model_uri)
+    # Held-out predictions of both runs (their registered models were refitted on these rows too).
     new_frame = load_validation_frame(trained.run_id)
     old_frame = load_validation_frame(churn_version.run_id)
-    new = classification_metrics(new_frame[CHURNED].to_numpy(), challenger.predict_proba(new_frame))
-    old = classification_metrics(old_frame[CHURNED].to_numpy(), churn_model.predict_proba(old_frame))
+    new = classification_metrics(new_frame[CHURNED].to_numpy(), new_frame["churn_risk"].to_numpy())
+    old = classification_metrics(old_frame[CHURNED].to_numpy(), old_frame["churn_risk"].to_numpy())
     promoted, reason = decide(new, old, promote_policy(config))
     churn = PromotionDecision(
         CHURN_MODEL, trained.version, str(churn_version.version), promoted or force, reason, force and not promoted,

@@ -43,6 +43,7 @@ def models(sim_dir: Path, session_tmp: Path) -> dict:
     from models.text_scoring import CachedTextScorer, sentiment_lineage
     from tests.sentiment_helpers import train_tiny_sentiment
     from training.churn import train_churn
+    from training.churn_config import ChurnConfig
 
     sentiment = train_tiny_sentiment(session_tmp / "batch_sentiment")
     lineage = sentiment_lineage(sentiment.model_uri)
@@ -51,7 +52,7 @@ def models(sim_dir: Path, session_tmp: Path) -> dict:
     classifier = cached.classifier
     version = lineage.scoring_id
 
-    churn = train_churn(sim_dir / "spec.yaml", None, sentiment_scorer=cached)
+    churn = train_churn(sim_dir / "spec.yaml", ChurnConfig(search={"max_trials": 3}), sentiment_scorer=cached)
     return {
         "churn_uri": churn.model_uri,
         "sentiment_uri": sentiment.model_uri,

@@ -18,7 +18,7 @@ from features.columns import AS_OF, CHURNED, CUSTOMER_ID
 from features.spec import load_spec
 from models.churn import ChurnModel
 from tests.shared_data import shared_file
-from training.churn import load_validation_frame, promote_churn, train_churn
+from training.churn import train_churn
 from training.churn_config import ChurnConfig, ConfigError, load_config, parse_config
 from training.churn_data import (
     ChurnDataError,
@@ -26,20 +26,23 @@ from training.churn_data import (
     label_training_data,
     split_train_validation,
 )
+from training.churn_promotion import load_validation_frame, promote_churn
 
 REPO = Path(__file__).resolve().parents[2]
 NAME = "test-churn-training"
 # Small and quick: fewer, faster trees; a larger validation share so the simulated validation set has ~50
 # churners; its own registry name so other test files' models never meet these.
 SMALL = {
-    "booster": {"max_iter": 80, "learning_rate": 0.1, "n_iter_no_change": 10},
+    "booster": {"learning_rate": 0.1, "early_stopping_rounds": 10},
+    "search": {"max_trials": 2},
     "split": {"validation_fraction": 0.4},
     "registered_model_name": NAME,
     "experiment_name": NAME,
 }
 # A much worse model: one stump.
 CRIPPLED = SMALL | {
-    "booster": {"max_iter": 1, "max_leaf_nodes": 2, "early_stopping": False},
+    "booster": {"max_rounds": 1, "num_leaves": 2},
+    "search": {"enabled": False},
     "calibration": {"method": "sigmoid"},
 }
 
@@ -268,7 +271,10 @@ def test_training_logs_metrics_plots_config_and_data(first_run, demo_spec):
     assert metrics["roc_auc"] > 0.65 and metrics["lift_at_10"] > 1.5  # it learned something
     assert metrics["n_valid"] == first_run.n_valid > 500
     assert run.data.tags["feature_version"] == "1" and run.data.tags["code_version"]
-    assert run.data.params["booster.max_iter"] == "80"
+    assert run.data.params["booster.learning_rate"] == "0.1"
+    assert metrics["search_trials"] == 2 and run.data.params["chosen.rounds"] == str(int(metrics["n_trees"]))
+    # The registered model was refitted on every labelled row; the metrics are the held-out model's.
+    assert metrics["n_fitted_final"] > metrics["n_train"] + metrics["n_valid"] - 1
 
     def listed(path: str) -> list[str]:
         return [Path(f.path).name for f in client.list_artifacts(first_run.run_id, path)]
@@ -300,15 +306,50 @@ def test_model_carries_its_contract(first_run):
     assert info.signature is not None and info.saved_input_example_info is not None
 
 
-def test_first_version_becomes_champion_and_reproduces_training_predictions(first_run):
+def test_first_version_becomes_champion_and_was_refitted_on_the_validation_rows(first_run):
+    from sklearn.metrics import roc_auc_score
+
     decision = promote_churn(config=ChurnConfig(**SMALL))
     assert decision.promoted and decision.reason == "first model becomes champion"
     model = ChurnModel.load(f"models:/{NAME}@champion")
     assert model.version == first_run.version
     frame = load_validation_frame(first_run.run_id)
-    np.testing.assert_array_equal(model.predict_proba(frame), first_run.validation_predictions)
+    # The logged frame carries the held-out model's predictions (the metrics' source) ...
+    np.testing.assert_array_equal(frame["churn_risk"].to_numpy(), first_run.validation_predictions)
+    # ... and the registered model, refitted on every row, has seen these rows: it ranks them better.
+    y = frame[CHURNED].to_numpy()
+    assert roc_auc_score(y, model.predict_proba(frame)) > roc_auc_score(y, frame["churn_risk"]) + 0.01
     scored = model.score(frame.set_index(CUSTOMER_ID).iloc[:5])
     assert scored["reasons"].map(len).eq(5).all()
+
+
+def test_promotion_never_judges_a_model_on_rows_it_was_fitted_on(first_run, tmp_path):
+    """A challenger trained on a larger customer base: the champion was fitted on the customers both share,
+    so the two are compared only on the challenger's validation rows of the new customers."""
+    from features.simulate import write_demo_data
+    from training.churn_promotion import comparison_rows
+
+    write_demo_data(tmp_path / "more", n_customers=4000, seed=11)
+    challenger = train_churn(tmp_path / "more" / "spec.yaml", ChurnConfig(**SMALL))
+    frame = load_validation_frame(challenger.run_id)
+    fitted = pd.read_parquet(
+        __import__("mlflow").artifacts.download_artifacts(
+            run_id=first_run.run_id, artifact_path="data/fitted_rows.parquet"
+        )
+    )
+    assert len(fitted) == fitted.drop_duplicates().shape[0] > first_run.n_train + first_run.n_valid - 1
+    seen = frame[[CUSTOMER_ID, AS_OF]].astype({CUSTOMER_ID: str}).merge(fitted, how="left", indicator=True)
+    unseen = (seen["_merge"] == "left_only").to_numpy()
+    assert 50 < unseen.sum() < len(frame)
+    found = comparison_rows(challenger.run_id, first_run.run_id, first_run.model_uri)
+    assert len(found.y) == unseen.sum() and "not fitted on" in found.how
+    np.testing.assert_array_equal(found.challenger, frame.loc[unseen, "churn_risk"].to_numpy())
+
+    # Retrained on the very same rows: both are judged by their held-out predictions.
+    again = train_churn(tmp_path / "more" / "spec.yaml", ChurnConfig(**SMALL))
+    same = comparison_rows(again.run_id, challenger.run_id, challenger.model_uri)
+    assert len(same.y) == len(frame) and same.how.startswith("both models' held-out")
+    np.testing.assert_array_equal(same.champion, frame["churn_risk"].to_numpy())
 
 
 def test_worse_challenger_is_refused_and_force_overrides(first_run, demo_spec, tmp_path):

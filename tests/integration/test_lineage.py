@@ -74,7 +74,9 @@ def coupled_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """A store with sentiment v1 and a churn model trained on its text features, both champions."""
     from features.simulate import write_demo_data
     from models.text_scoring import CachedTextScorer, sentiment_lineage
-    from training.churn import promote_churn, train_churn
+    from training.churn import train_churn
+    from training.churn_config import ChurnConfig
+    from training.churn_promotion import promote_churn
     from training.sentiment import promote_sentiment
 
     root = tmp_path_factory.mktemp("coupled")
@@ -84,7 +86,9 @@ def coupled_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         promote_sentiment()
         lineage = sentiment_lineage("models:/churnsense-sentiment@champion")
         train_churn(
-            root / "data" / "spec.yaml", None, sentiment_scorer=CachedTextScorer(lineage, root / "cache")
+            root / "data" / "spec.yaml",
+            ChurnConfig(search={"max_trials": 3}),
+            sentiment_scorer=CachedTextScorer(lineage, root / "cache"),
         )
         promote_churn()
         yield {

@@ -1,4 +1,4 @@
-"""The churn model at inference time: exact reasons, risk bands, contract checks, batch-size independence.
+"""The churn model: exact reasons, risk bands, contract checks, batch-size independence, the search.
 
 Models here are tiny and built in the test (no registry), except the load test, which saves an MLflow model
 folder the way the trainer logs it.
@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy.special import logit
-from sklearn.ensemble import HistGradientBoostingClassifier
 
 from features.columns import CHURNED, CUSTOMER_ID
 from features.engine import FEATURE_VERSION, FeatureSchema, build_customer_features, infer_schema
@@ -25,12 +24,11 @@ from models.churn import (
     prepare_features,
     risk_band,
 )
-from models.treeshap import BoostedTreeExplainer
 from training.churn import model_metadata, pip_requirements, skops_trusted_types
-from training.churn_config import ChurnConfig
-from training.churn_fit import fit_churn_model
+from training.churn_config import LIGHTGBM_DEFAULTS, ChurnConfig
+from training.churn_fit import choose_churn_model, fit_calibrated
 
-FAST = {"booster": {"max_iter": 40, "learning_rate": 0.15, "early_stopping": False, "min_samples_leaf": 20}}
+FAST = {"booster": {"learning_rate": 0.15, "min_child_samples": 20}, "search": {"enabled": False}}
 
 
 # --- risk bands --------------------------------------------------------------------------------------------
@@ -66,112 +64,65 @@ def test_risk_band_refuses_bad_input():
         risk_band([1.2], RiskCutoffs())
 
 
-# --- TreeSHAP against brute force --------------------------------------------------------------------------
+# --- LightGBM's TreeSHAP against brute force --------------------------------------------------------------
 
 
-def _path_dependent_value(booster: HistGradientBoostingClassifier, x: np.ndarray, subset: set[int]) -> float:
-    """E[f(x) | x_S] as path-dependent TreeSHAP defines it, by recursion over every tree (test oracle)."""
-    known, f_idx_map = booster._bin_mapper.make_known_categories_bitsets()
-    total = float(booster._baseline_prediction.ravel()[0])
-    for (predictor,) in booster._predictors:
-        nodes, bitsets = predictor.nodes, predictor.raw_left_cat_bitsets
-
-        def walk(i: int, nodes=nodes, bitsets=bitsets) -> float:
-            node = nodes[i]
-            if node["is_leaf"]:
-                return float(node["value"])
-            feature = int(node["feature_idx"])
-            if feature not in subset:
-                left, right = int(node["left"]), int(node["right"])
-                return (nodes[left]["count"] * walk(left) + nodes[right]["count"] * walk(right)) / node[
-                    "count"
-                ]
-            value = x[feature]
-            missing_child = node["left"] if node["missing_go_to_left"] else node["right"]
-            if np.isnan(value):
-                return walk(int(missing_child))
-            if node["is_categorical"]:
-                code = int(value)
-                if value < 0:
-                    return walk(int(missing_child))
-                if (bitsets[node["bitset_idx"], code // 32] >> (code % 32)) & 1:
-                    return walk(int(node["left"]))
-                if (known[f_idx_map[feature], code // 32] >> (code % 32)) & 1:
-                    return walk(int(node["right"]))
-                return walk(int(missing_child))
-            return walk(int(node["left"] if value <= node["num_threshold"] else node["right"]))
-
-        total += walk(0)
-    return total
+def _count(node: dict) -> float:
+    return float(node.get("internal_count", node.get("leaf_count")))
 
 
-def _brute_force_shap(booster: HistGradientBoostingClassifier, x: np.ndarray) -> np.ndarray:
+def _goes_left(node: dict, value: float) -> bool:
+    if node["decision_type"] == "==":
+        return int(value) in {int(c) for c in str(node["threshold"]).split("||")}
+    return value <= node["threshold"]
+
+
+def _path_value(node: dict, x: np.ndarray, known: set[int]) -> float:
+    """E[tree(x) | the features in `known`], path-dependent (children weighted by training counts), read
+    from LightGBM's public `dump_model()`."""
+    if "leaf_value" in node:
+        return float(node["leaf_value"])
+    left, right = node["left_child"], node["right_child"]
+    if node["split_feature"] in known:
+        return _path_value(left if _goes_left(node, x[node["split_feature"]]) else right, x, known)
+    return (_count(left) * _path_value(left, x, known) + _count(right) * _path_value(right, x, known)) / (
+        _count(left) + _count(right)
+    )
+
+
+def _brute_force_shap(trees: list[dict], x: np.ndarray) -> np.ndarray:
     n = len(x)
-    values = {
-        s: _path_dependent_value(booster, x, set(s))
-        for k in range(n + 1)
-        for s in itertools.combinations(range(n), k)
-    }
+
+    def value(known: set[int]) -> float:
+        return sum(_path_value(t["tree_structure"], x, known) for t in trees)
+
     phi = np.zeros(n)
     for i in range(n):
         others = [j for j in range(n) if j != i]
-        for k in range(n):
-            weight = math.factorial(k) * math.factorial(n - k - 1) / math.factorial(n)
-            for s in itertools.combinations(others, k):
-                phi[i] += weight * (values[tuple(sorted((*s, i)))] - values[s])
+        for size in range(n):
+            weight = math.factorial(size) * math.factorial(n - size - 1) / math.factorial(n)
+            for subset in itertools.combinations(others, size):
+                phi[i] += weight * (value({*subset, i}) - value(set(subset)))
     return phi
 
 
-@pytest.fixture(scope="module")
-def small_booster() -> tuple[HistGradientBoostingClassifier, np.ndarray]:
-    """Five features: numeric with NaN, categorical (in the middle, so sklearn reorders it) with NaN."""
+def test_lightgbm_contributions_are_exact_shapley_values():
+    """The reasons' raw numbers are LightGBM's `pred_contrib`: checked against Shapley values computed by
+    enumerating every feature subset of a small model (numeric and categorical splits)."""
+    import lightgbm as lgb
+
     rng = np.random.default_rng(3)
-    n = 2000
-    X = np.column_stack(
-        [
-            rng.normal(size=n),
-            rng.integers(0, 6, n).astype(float),
-            rng.normal(size=n),
-            rng.integers(0, 3, n).astype(float),
-            rng.normal(size=n),
-        ]
-    )
-    X[rng.random(n) < 0.1, 0] = np.nan
-    X[rng.random(n) < 0.05, 1] = np.nan
-    score = X[:, 2] + 1.5 * (X[:, 1] == 3) - 0.8 * np.nan_to_num(X[:, 0]) + 0.7 * (X[:, 3] == 1)
-    y = (rng.random(n) < 1 / (1 + np.exp(-score))).astype(int)
-    booster = HistGradientBoostingClassifier(
-        max_iter=25, max_leaf_nodes=8, categorical_features=[False, True, False, True, False], random_state=0
-    ).fit(X, y)
-    probe = X[:12].copy()
-    probe[0, 1] = 7.0  # category never seen in training: sklearn treats it as missing
-    probe[1, 3] = -1.0  # negative code: also missing
-    probe[2, :] = np.nan
-    return booster, probe
-
-
-def test_treeshap_equals_brute_force_shapley_values(small_booster):
-    booster, probe = small_booster
-    explainer = BoostedTreeExplainer(booster)
-    phi = explainer.shap_values(probe)
-    # The trees see sklearn's remapped columns (categorical first); the oracle works there too.
-    remapped = booster._preprocess_X(probe, reset=False)
-    order = np.r_[np.flatnonzero(booster.is_categorical_), np.flatnonzero(~booster.is_categorical_)]
-    for row in range(6):
-        np.testing.assert_allclose(phi[row][order], _brute_force_shap(booster, remapped[row]), atol=1e-12)
-
-
-def test_treeshap_adds_up_to_the_raw_score(small_booster):
-    booster, probe = small_booster
-    explainer = BoostedTreeExplainer(booster)
-    raw, phi = explainer.explain(probe)
-    # The explainer's raw score is the booster's, bit for bit (it replaces a second pass over the trees).
-    np.testing.assert_array_equal(raw, booster.decision_function(probe))
-    np.testing.assert_array_equal(explainer.decision_function(probe), raw)
-    np.testing.assert_allclose(
-        explainer.expected_value + phi.sum(axis=1), booster.decision_function(probe), atol=1e-10
-    )
-    assert np.abs(phi).sum() > 1.0  # not trivially zero
+    X = np.column_stack([rng.integers(0, 5, 600), rng.normal(size=(600, 3))]).astype(float)
+    y = ((X[:, 0] == 2) + X[:, 1] - 0.5 * X[:, 2] + rng.normal(size=600) > 0.5).astype(int)
+    trees = lgb.LGBMClassifier(n_estimators=8, num_leaves=6, min_child_samples=10, verbose=-1)
+    trees.fit(X, y, categorical_feature=[0])
+    dump = trees.booster_.dump_model()["tree_info"]
+    assert any('"=="' in str(t) or "'=='" in str(t) for t in dump)  # a categorical split is exercised
+    contrib = trees.booster_.predict(X[:12], pred_contrib=True)
+    raw = trees.booster_.predict(X[:12], raw_score=True)
+    for row in range(12):
+        np.testing.assert_allclose(contrib[row, :-1], _brute_force_shap(dump, X[row]), atol=1e-9)
+    np.testing.assert_allclose(contrib.sum(axis=1), raw, atol=1e-12)
 
 
 # --- a small calibrated churn model -----------------------------------------------------------------------
@@ -208,8 +159,10 @@ def _fit(customers: pd.DataFrame, **overrides) -> tuple[ChurnModel, pd.DataFrame
     frame = features.reset_index()
     frame[CHURNED] = customers[CHURNED].to_numpy()
     config = ChurnConfig(**(FAST | overrides))
-    fitted = fit_churn_model(frame, schema, config)
-    return ChurnModel(fitted.pipeline, schema, config.risk_bands.cutoffs()), features
+    choice = choose_churn_model(frame, schema, config)
+    return ChurnModel(
+        fit_calibrated(frame, schema, choice, config), schema, config.risk_bands.cutoffs()
+    ), features
 
 
 @pytest.fixture(scope="module")
@@ -238,7 +191,7 @@ def test_contributions_add_up_to_calibrated_log_odds(which, request):
 
 @pytest.mark.parametrize("which", ["sigmoid_model", "isotonic_model"])
 def test_probabilities_equal_the_sklearn_pipeline_exactly(which, request):
-    """ChurnModel scores with the explainer's pass over the trees; the logged pipeline must agree bit for bit."""
+    """ChurnModel scores without sklearn's input checks; the logged pipeline must agree bit for bit."""
     model, features = request.getfixturevalue(which)
     odd = features.iloc[:3].copy()
     odd["plan"] = ["platinum", None, "basic"]
@@ -380,11 +333,10 @@ def test_prepare_features_names_missing_columns(sigmoid_model):
 
 
 def _metadata(model: ChurnModel) -> dict:
-    class _Fitted:  # the parts of FittedChurn that model_metadata reads
-        pipeline = model.pipeline
+    class _Choice:  # the part of ChurnChoice that model_metadata reads
         calibration = model.calibration
 
-    return model_metadata(model.schema, model.cutoffs, _Fitted)
+    return model_metadata(model.schema, model.cutoffs, _Choice, model.pipeline)
 
 
 def test_check_contract_refuses_other_feature_versions_and_columns(sigmoid_model):
@@ -433,64 +385,87 @@ def test_schema_json_round_trip_keeps_the_column_order(sigmoid_model):
     assert again.feature_names() == model.schema.feature_names()
 
 
-def test_search_picks_the_best_candidate_by_cross_validation():
-    customers = _customers(1500, seed=4)
+def _frame(n: int, seed: int) -> tuple[pd.DataFrame, FeatureSchema]:
+    customers = _customers(n, seed=seed)
     schema = infer_schema(customers, None)
     frame = build_customer_features(None, "2024-01-01", schema, customers=customers).reset_index()
     frame[CHURNED] = customers[CHURNED].to_numpy()
-    candidates = [{"max_iter": 1, "max_leaf_nodes": 2}, {"max_iter": 30, "max_leaf_nodes": 8}]
-    config = ChurnConfig(**FAST | {"search": {"enabled": True, "folds": 2, "candidates": candidates}})
-    fitted = fit_churn_model(frame, schema, config)
-    assert [r["params"] for r in fitted.search] == candidates
-    scores = [r["cv_roc_auc"] for r in fitted.search]
-    assert scores[1] > scores[0] and fitted.cv_roc_auc == max(scores)
-    assert fitted.booster_params["max_iter"] == 30
-    assert fitted.pipeline[-1].calibrated_classifiers_[0].estimator.max_iter == 30
+    return frame, schema
+
+
+def test_search_picks_the_best_candidate_by_cross_validation():
+    frame, schema = _frame(1500, seed=4)
+    candidates = [{"num_leaves": 2, "max_rounds": 1}, {"num_leaves": 8, "max_rounds": 200}]
+    search = {"enabled": True, "folds": 2, "candidates": candidates, "max_trials": 4, "budget_s": 600}
+    config = ChurnConfig(**FAST | {"search": search})
+    choice = choose_churn_model(frame, schema, config)
+    # LightGBM's defaults first, then the configured booster, then the listed candidates.
+    assert [t["params"] for t in choice.trials] == [LIGHTGBM_DEFAULTS, {}, *candidates]
+    scores = [t["cv_roc_auc"] for t in choice.trials]
+    assert choice.cv_roc_auc == max(scores) and scores[2] < max(scores)
+    best = choice.trials[scores.index(max(scores))]
+    assert choice.rounds == best["rounds"]
+    final = fit_calibrated(frame, schema, choice, config)
+    assert final[-1].calibrated_classifiers_[0].estimator.booster_.current_iteration() == choice.rounds
+
+
+def test_search_is_deterministic_for_a_seed():
+    frame, schema = _frame(1200, seed=5)
+    config = ChurnConfig(**FAST | {"search": {"enabled": True, "max_trials": 5, "budget_s": 600}})
+    first, second = (choose_churn_model(frame, schema, config) for _ in range(2))
+    assert [t["params"] for t in first.trials] == [t["params"] for t in second.trials]
+    assert [t["cv_roc_auc"] for t in first.trials] == [t["cv_roc_auc"] for t in second.trials]
+    X = prepare_features(frame, schema)
+    np.testing.assert_array_equal(
+        fit_calibrated(frame, schema, first, config).predict_proba(X),
+        fit_calibrated(frame, schema, second, config).predict_proba(X),
+    )
+
+
+def test_search_respects_its_budget():
+    frame, schema = _frame(3000, seed=7)
+    budget = 3.0
+    config = ChurnConfig(**FAST | {"search": {"enabled": True, "max_trials": 1000, "budget_s": budget}})
+    choice = choose_churn_model(frame, schema, config)
+    longest = max(t["seconds"] for t in choice.trials)
+    assert 2 <= len(choice.trials) < 1000  # stopped by time, not by the trial cap
+    # A trial starts only when the last one's duration still fits in the budget.
+    assert choice.search_seconds <= budget + longest
+
+
+def test_final_model_is_fitted_on_every_row():
+    """`fit_calibrated` refits the trees on all rows it is given: the trees saw each row (LightGBM counts the
+    rows a tree's root holds), and the calibrator learnt from out-of-fold scores of all of them."""
+    frame, schema = _frame(1000, seed=8)
+    config = ChurnConfig(**FAST)
+    choice = choose_churn_model(frame.iloc[:600], schema, config)
+    final = fit_calibrated(frame, schema, choice, config)
+    trees = final[-1].calibrated_classifiers_[0].estimator.booster_
+    root = trees.dump_model()["tree_info"][0]["tree_structure"]
+    assert root["internal_count"] == len(frame)
+    part = fit_calibrated(frame.iloc[:600], schema, choice, config)
+    root_part = part[-1].calibrated_classifiers_[0].estimator.booster_.dump_model()["tree_info"][0]
+    assert root_part["tree_structure"]["internal_count"] == 600
 
 
 @pytest.mark.parametrize("method", ["sigmoid", "isotonic"])
-def test_assembled_calibration_equals_calibrated_classifier_cv(method):
-    """The trainer reuses its out-of-fold scores for the calibrator; the result must be what sklearn's own
-    `CalibratedClassifierCV(ensemble=False)` fit gives on the same folds."""
+def test_calibrated_fit_is_calibrated_classifier_cv_on_grouped_folds(method):
+    """The calibrated pipeline is sklearn's own `CalibratedClassifierCV(ensemble=False)` on the grouped folds:
+    a rebuilt one gives the same probabilities."""
     from sklearn.calibration import CalibratedClassifierCV
-    from sklearn.pipeline import Pipeline
 
-    from training.churn_fit import _out_of_fold, calibrated_pipeline, cv_folds, make_booster
+    from training.churn_fit import categorical_positions, cv_folds, make_trees
 
-    customers = _customers(1200, seed=6)
-    schema = infer_schema(customers, None)
-    frame = build_customer_features(None, "2024-01-01", schema, customers=customers).reset_index()
+    frame, schema = _frame(1200, seed=6)
+    config = ChurnConfig(**FAST | {"calibration": {"method": method}})
+    choice = choose_churn_model(frame, schema, config)
+    ours = fit_calibrated(frame, schema, choice, config)
     X = prepare_features(frame, schema)
-    y = customers[CHURNED].to_numpy(dtype=np.int64)
-    params = ChurnConfig(**FAST).booster
-    numeric = list(schema.profile_numeric)
-    folds = cv_folds(frame[CUSTOMER_ID], y, 3, seed=0)
-    oof = _out_of_fold(schema, params, 0, numeric, X, y, folds)
-    ours = calibrated_pipeline(schema, params, 0, numeric, X, y, oof, method, len(folds))
-    reference = make_booster(schema, params, 0, numeric)
-    sklearn_way = Pipeline(
-        [
-            ("encode", reference.named_steps["encode"]),
-            (
-                "classifier",
-                CalibratedClassifierCV(
-                    reference.named_steps["classifier"], method=method, cv=folds, ensemble=False
-                ),
-            ),
-        ]
-    ).fit(X, y)
-    np.testing.assert_array_equal(ours.predict_proba(X), sklearn_way.predict_proba(X))
-
-
-def test_chunking_does_not_change_a_bit(sigmoid_model, monkeypatch):
-    import models.treeshap as treeshap
-
-    model, features = sigmoid_model
-    whole = model.contributions(features)
-    monkeypatch.setattr(treeshap, "_CHUNK_ELEMENTS", 5_000)  # a few rows per chunk
-    chunked = model.contributions(features)
-    np.testing.assert_array_equal(chunked.to_numpy(), whole.to_numpy())
-    np.testing.assert_array_equal(
-        model.predict_proba(features),
-        model.pipeline.predict_proba(prepare_features(features, model.schema))[:, 1],
-    )
+    y = frame[CHURNED].to_numpy(dtype=np.int64)
+    encoded = ours[0].transform(X)
+    folds = cv_folds(frame[CUSTOMER_ID], y, config.calibration.folds, config.seed)
+    reference = CalibratedClassifierCV(
+        make_trees(choice.params, config.seed, choice.rounds), method=method, cv=folds, ensemble=False
+    ).fit(encoded, y, categorical_feature=categorical_positions(schema))
+    np.testing.assert_array_equal(ours.predict_proba(X), reference.predict_proba(encoded))
+    assert ours[-1].calibrated_classifiers_[0].method == method
