@@ -120,7 +120,59 @@ def _load_measure():  # noqa: ANN202
     return module.measure
 
 
-def serving(spec_path: Path, backends: list[str], work: Path, seconds: float, repeat: int) -> None:
+def sample_spec(spec_path: Path, work: Path, candidates: int) -> Path:
+    """A spec over the first `candidates` customers of `spec_path` and their events, written under `work`:
+    the payloads are built from it, so a 1M-customer spec need not be loaded whole."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+    import yaml
+
+    from features.spec import load_spec
+
+    spec = load_spec(spec_path)
+    folder = work / "serving_sample"
+    folder.mkdir(parents=True, exist_ok=True)
+    customers = pd.read_csv(spec.base_dir / spec.customers.path, nrows=candidates, dtype=str)
+    customers.to_csv(folder / "customers.csv", index=False)
+    ids = customers[spec.customers.id].tolist()
+    events = pq.read_table(spec.base_dir / spec.events.path, filters=[(spec.events.id, "in", ids)])
+    pq.write_table(events, folder / "events.parquet")
+    raw = yaml.safe_load(Path(spec_path).read_text())
+    raw["customers"]["path"], raw["events"]["path"] = "customers.csv", "events.parquet"
+    raw.pop("reviews", None)
+    (folder / "spec.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    return folder / "spec.yaml"
+
+
+@contextlib.contextmanager
+def serving_store(kind: str, spec_path: Path, work: Path, keep: bool) -> Iterator[str]:
+    """A store holding all of `spec_path`. With `keep` (SQLite only), the store is kept in `work` beside a
+    marker naming the spec, and reused by the next run over the same spec (1M customers take ~11 min)."""
+    from store.ingest import ingest_spec
+
+    if keep and kind == "sqlite":
+        path, marker = work / "serving-kept.db", work / "serving-kept.spec"
+        url = f"sqlite:///{path}"
+        if not (path.exists() and marker.exists() and marker.read_text() == str(spec_path.resolve())):
+            marker.unlink(missing_ok=True)
+            for suffix in ("", "-wal", "-shm"):
+                Path(str(path) + suffix).unlink(missing_ok=True)
+            print(
+                ingest_spec(
+                    spec_path, url, rejects_path=work / "serving.rejects.parquet", progress=True
+                ).render()
+            )
+            marker.write_text(str(spec_path.resolve()))
+        yield url
+        return
+    with backend(kind, work) as (store_url, _):
+        print(ingest_spec(spec_path, store_url, rejects_path=work / "serving.rejects.parquet").render())
+        yield store_url
+
+
+def serving(
+    spec_path: Path, backends: list[str], work: Path, seconds: float, repeat: int, keep: bool
+) -> None:
     import json
     from statistics import median
 
@@ -131,11 +183,10 @@ def serving(spec_path: Path, backends: list[str], work: Path, seconds: float, re
     from features.spec import load_spec
     from serving.server import ServerProcess, latest_bento_tag
     from serving.smoke import churn_request_from_tables
-    from store.ingest import ingest_spec
 
     measure = _load_measure()
     spec = load_spec(spec_path)
-    data = load_data(spec, with_text=True)
+    data = load_data(load_spec(sample_spec(spec_path, work, 2_000)), with_text=True)
     as_of = pd.Timestamp(spec.labels.as_of_dates()[-1])
     before = data.events[data.events[TIMESTAMP] < as_of]
     counts = before.groupby(CUSTOMER_ID, observed=True).size()
@@ -150,8 +201,8 @@ def serving(spec_path: Path, backends: list[str], work: Path, seconds: float, re
     print(f"\nserving: Bento {tag}, {len(eligible)} customers with 10-60 events before {as_of.date()}")
     rows = []
     for kind in backends:
-        with backend(kind, work) as (store_url, _):
-            ingest_spec(spec_path, store_url, rejects_path=work / "serving.rejects.parquet")
+        with serving_store(kind, spec_path, work, keep) as store_url:
+            print(f"{kind} store: {size_of(store_url)}", flush=True)
             with ServerProcess(tag, env={"CHURNSENSE_STORE_URL": store_url}) as server:
                 for clients in (1, 32):
                     runs: dict[str, list] = {"payload": [], "by id": []}
@@ -189,11 +240,16 @@ def main() -> None:
     )
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per serving measurement")
     parser.add_argument("--repeat", type=int, default=3, help="rounds per serving measurement")
+    parser.add_argument(
+        "--keep-store",
+        action="store_true",
+        help="serving: keep the SQLite store under --bench-dir and reuse it for the same spec",
+    )
     args = parser.parse_args()
     if args.serving:
         work = args.bench_dir / "store"
         work.mkdir(parents=True, exist_ok=True)
-        serving(args.serving, args.backends.split(","), work, args.duration, args.repeat)
+        serving(args.serving, args.backends.split(","), work, args.duration, args.repeat, args.keep_store)
         return
 
     from store.ingest import ingest_spec
