@@ -122,7 +122,8 @@ def infer_schema(
     """Learn the schema from training data: event types seen often enough, and profile column kinds.
 
     A profile column is numeric when every non-blank value parses as a number (so "29.85" strings and blanks
-    in the telco `TotalCharges` column still make a numeric feature); otherwise categorical.
+    in the telco `TotalCharges` column still make a numeric feature); otherwise categorical. True/false columns
+    are categorical ("True", "False"): read the same from a CSV, Parquet booleans and a JSON request.
     `exclude_event_types` (e.g. the churn event) are not counted, so the label cannot leak into features.
     """
     numeric, categorical = [], []
@@ -131,7 +132,10 @@ def infer_schema(
             if column in NON_FEATURE_CUSTOMER_COLUMNS:
                 continue
             values = customers[column]
-            if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
+            if pd.api.types.is_bool_dtype(values):  # yes/no: two categories, "True" and "False"
+                categorical.append(column)
+                continue
+            if pd.api.types.is_numeric_dtype(values):
                 numeric.append(column)
                 continue
             text = values.astype("string").str.strip()

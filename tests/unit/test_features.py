@@ -275,6 +275,39 @@ def test_infer_schema_reads_blank_padded_numbers_as_numeric():
     assert row["total"].tolist()[0] == 29.85 and np.isnan(row.loc["b", "total"])
 
 
+def test_true_false_columns_are_two_categories_read_the_same_from_every_source(tmp_path):
+    """A yes/no column (RavenStack's `is_trial`) was classed numeric and turned into all-missing values in
+    training, and `score` rejected every row of it. It is a two-value category, whatever the source: a CSV
+    pandas parses as booleans, one with a blank (text), Parquet booleans, or a JSON request's true/false."""
+    from features.io import load_customers
+    from features.spec import DatasetSpec
+
+    (tmp_path / "c.csv").write_text("id,is_trial,seats\na,True,3\nb,False,5\nc,,7\n")
+    spec = DatasetSpec.model_validate({"customers": {"path": "c.csv", "id": "id"}, "base_dir": str(tmp_path)})
+    loaded, rejects = load_customers(spec)
+    schema = infer_schema(loaded, None)
+    assert schema.profile_categorical == ("is_trial",) and schema.profile_numeric == ("seats",)
+    _, rejects = load_customers(spec, numeric_columns=schema.profile_numeric)
+    assert len(rejects) == 0
+    expected = ["True", "False", None]
+    sources = {
+        "csv": loaded,
+        "booleans": loaded.assign(is_trial=pd.Series([True, False, None], dtype="boolean")),
+        "python objects (a request)": loaded.assign(is_trial=pd.Series([True, False, None], dtype=object)),
+        "parquet": pd.read_parquet(_parquet(loaded.assign(is_trial=[True, False, None]), tmp_path)),
+    }
+    for source, customers in sources.items():
+        row = build_customer_features(None, AS_OF, schema, customers=customers)
+        assert row["is_trial"].iloc[:2].tolist() == expected[:2] and pd.isna(row["is_trial"].iloc[2]), source
+        assert row["seats"].tolist() == [3.0, 5.0, 7.0], source
+
+
+def _parquet(frame: pd.DataFrame, folder: Path) -> Path:
+    path = folder / "c.parquet"
+    frame.to_parquet(path, index=False)
+    return path
+
+
 def test_telco_feature_table_has_numeric_total_charges_and_categorical_contract(tmp_path):
     csv = shared_file("telco_churn", "WA_Fn-UseC_-Telco-Customer-Churn.csv")
     spec_file = tmp_path / "spec.yaml"
