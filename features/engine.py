@@ -44,6 +44,8 @@ class FeatureSchema:
         windows: look-back windows in days, ascending; the trend compares the middle window with the one before.
         use_events: False for one-table data sets (profile columns only).
         use_sentiment: add text-sentiment aggregates from the `sentiment` event column.
+        lifetime: add features of the whole history before as_of (see `lifetime_feature_names`), for sparse
+            histories that windows alone describe poorly. Off in schemas stored before they existed.
     """
 
     event_types: tuple[str, ...] = ()
@@ -55,6 +57,7 @@ class FeatureSchema:
     use_sentiment: bool = False
     version: str = FEATURE_VERSION
     excluded_event_types: tuple[str, ...] = field(default=())
+    lifetime: bool = False
 
     def __post_init__(self) -> None:
         if self.use_events and (len(self.windows) < 2 or list(self.windows) != sorted(set(self.windows))):
@@ -87,6 +90,7 @@ class FeatureSchema:
                 f"max_{value}_{longest}d",
                 f"trend_{value}_{self.trend_window}d",
             ]
+        names += self.lifetime_feature_names()
         if self.use_sentiment:
             names += [
                 f"n_texts_{longest}d",
@@ -96,6 +100,15 @@ class FeatureSchema:
                 "sentiment_last",
             ]
         return names
+
+    def lifetime_feature_names(self) -> list[str]:
+        """Whole-history features: all-time counts (all events, each type) and value sums; events per 30 days
+        since the first one; mean and standard deviation of the days between consecutive events."""
+        if not (self.use_events and self.lifetime):
+            return []
+        names = ["n_events_all", *(f"n_{kind}_all" for kind in self.counted_types)]
+        names += [f"sum_{value}_all" for value in self.value_columns]
+        return [*names, "events_per_30d", "gap_mean_days", "gap_sd_days"]
 
     def feature_names(self) -> list[str]:
         """All feature columns in order: profile numeric, profile categorical, tenure, event features."""
@@ -118,6 +131,7 @@ def infer_schema(
     windows: tuple[int, ...] = (7, 30, 90),
     exclude_event_types: tuple[str, ...] = (),
     min_type_share: float = 0.0005,
+    lifetime: bool = True,
 ) -> FeatureSchema:
     """Learn the schema from training data: event types seen often enough, and profile column kinds.
 
@@ -164,6 +178,7 @@ def infer_schema(
         use_events=True,
         use_sentiment=SENTIMENT in events.columns,
         excluded_event_types=tuple(sorted(exclude_event_types)),
+        lifetime=lifetime,
     )
 
 
@@ -383,6 +398,7 @@ def _event_block(
 
     longest = schema.windows[-1]
     in_longest = age <= longest * DAY_NS
+    all_time_sums: dict[str, np.ndarray] = {}
     for value in schema.value_columns:
         raw = events[value].to_numpy(dtype="float64")[keep]
         present = ~np.isnan(raw)
@@ -390,6 +406,7 @@ def _event_block(
         sums = windowed(customer_cell, n_customers, np.where(present, raw, 0.0)).astype("float64", copy=False)
         for w in schema.windows:
             out[f"sum_{value}_{w}d"] = sums[:, window_at[w]]
+        all_time_sums[value] = sums[:, -1]
         mask = in_longest & present
         n_longest = np.bincount(customer[mask], minlength=n_customers)
         out[f"mean_{value}_{longest}d"] = np.divide(
@@ -398,6 +415,16 @@ def _event_block(
         peak = _group_max(customer[mask], raw[mask], n_customers, -np.inf)
         out[f"max_{value}_{longest}d"] = np.where(np.isneginf(peak), np.nan, peak)
         out[f"trend_{value}_{trend}d"] = _trend(sums[:, recent], sums[:, doubled] - sums[:, recent])
+
+    if schema.lifetime:
+        out["n_events_all"] = totals[:, -1]
+        for t, kind in enumerate(schema.counted_types):
+            out[f"n_{kind}_all"] = by_type[:, t, -1]
+        for value in schema.value_columns:
+            out[f"sum_{value}_all"] = all_time_sums[value]
+        first = out["days_since_first_event"]
+        out["events_per_30d"] = totals[:, -1] / np.maximum(first, 1.0) * 30.0  # NaN without events
+        out.update(_gap_block(customer, times[keep], n_customers))
 
     if schema.use_sentiment:
         out.update(_sentiment_block(events, keep, customer, age, longest, n_customers))
@@ -409,6 +436,32 @@ def _event_block(
     else:
         out["tenure_days"] = out["days_since_first_event"]
     return out
+
+
+def _gap_block(customer: np.ndarray, times_ns: np.ndarray, n_customers: int) -> dict[str, np.ndarray]:
+    """Mean and standard deviation of the days between a customer's consecutive events.
+
+    Computed from whole minutes (each time floored to its minute) in exact integer arithmetic, then one
+    float formula: so the result does not depend on the order events arrive in, nor on any batch. Minutes keep
+    the integers small: pandas times span at most 585 years (3.1e8 minutes), whose square fits in int64.
+    """
+    minutes = times_ns // 60_000_000_000
+    order = np.lexsort((minutes, customer))
+    by_customer, by_time = customer[order], minutes[order]
+    same = by_customer[1:] == by_customer[:-1]
+    gaps = (by_time[1:] - by_time[:-1])[same]  # >= 0
+    owner = by_customer[1:][same]
+    n_gaps = np.bincount(owner, minlength=n_customers)
+    span = np.zeros(n_customers, dtype=np.int64)
+    np.add.at(span, owner, gaps)
+    squares = np.zeros(n_customers, dtype=np.int64)
+    np.add.at(squares, owner, gaps * gaps)  # the sum of squares is at most span^2: no overflow either
+    mean = np.divide(span, n_gaps, out=np.full(n_customers, np.nan), where=n_gaps > 0)
+    variance = np.divide(squares, n_gaps, out=np.full(n_customers, np.nan), where=n_gaps > 1) - mean * mean
+    return {
+        "gap_mean_days": mean / 1_440.0,
+        "gap_sd_days": np.sqrt(np.maximum(variance, 0.0)) / 1_440.0,
+    }
 
 
 def _sentiment_block(

@@ -6,6 +6,7 @@ A support tool knows the customer's id, not their profile and two years of inter
 `{"customer_id": ..., "as_of"?: ...}` into the same `ChurnRiskRequest` a caller could have sent in full, so it
 is scored by the very same code. Only the feature lookback window is read, plus the few older events whose
 times the features need (`store.read.history`): the features equal those of the whole history, bit for bit.
+A model with lifetime features (all-time counts and sums, gaps between events) reads the whole history.
 
 Times come back as Python datetimes (microseconds), as in a request sent in full.
 """
@@ -107,8 +108,11 @@ def _listed(ids: Sequence[str], shown: int = 5) -> str:
     return ", ".join(parts) + (f" and {len(ids) - shown} more" if len(ids) > shown else "")
 
 
-def lookback_days(schema: FeatureSchema) -> int:
-    """Days of history the features read in full: the longest window, or the two trend windows."""
+def lookback_days(schema: FeatureSchema) -> int | None:
+    """Days of history the features read in full: the longest window, or the two trend windows; None (all of
+    it) when the schema has lifetime features."""
+    if schema.lifetime:
+        return None
     return max(schema.windows[-1], 2 * schema.trend_window)
 
 

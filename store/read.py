@@ -1,7 +1,7 @@
 """Read customers and their events back from the store as the loaders return them (`features.io`).
 
 `history(engine, ids, as_of, lookback_days)` is what a by-id request needs: only the events of the feature
-lookback window, plus a few "anchor" rows that carry the facts older events contribute (the oldest event, the
+lookback window (all events when `lookback_days` is None: lifetime features), plus a few "anchor" rows that carry the facts older events contribute (the oldest event, the
 newest event of each type, the newest text): their times and types are exact, and they fall outside every
 window, so the feature engine computes exactly what it would from the whole history. `extract` writes the whole
 store as Parquet files and a spec, which both batch engines read like any other data set.
@@ -109,13 +109,14 @@ class HistoryRows(NamedTuple):
 
 
 def history_rows(
-    connection: Connection, layout: Layout, ids: Sequence[str], as_of_ns: int, lookback_days: int
+    connection: Connection, layout: Layout, ids: Sequence[str], as_of_ns: int, lookback_days: int | None
 ) -> HistoryRows:
     """What `history` reads, as plain rows (no frames: the service builds its requests from these directly).
 
     Two round trips per 500 ids: the customers, then one UNION ALL of the window's events and the anchors.
     """
-    start = as_of_ns - lookback_days * DAY_NS
+    # No lookback: the window is the whole history (and no older event is left to anchor).
+    start = int(np.iinfo(np.int64).min) if lookback_days is None else as_of_ns - lookback_days * DAY_NS
     found, rows = [], []
     for chunk in _chunks(ids):
         found += connection.execute(sa.select(customers).where(customers.c.customer_id.in_(chunk))).all()
@@ -177,7 +178,7 @@ def _events_query(layout: Layout, ids: list[str], start: int, as_of_ns: int) -> 
 
 
 def history(
-    connection: Connection, layout: Layout, ids: Sequence[str], as_of_ns: int, lookback_days: int
+    connection: Connection, layout: Layout, ids: Sequence[str], as_of_ns: int, lookback_days: int | None
 ) -> History:
     """Customers `ids` and their events before `as_of_ns`: the lookback window in full, older ones as anchors."""
     rows = history_rows(connection, layout, ids, as_of_ns, lookback_days)

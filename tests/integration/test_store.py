@@ -67,14 +67,21 @@ def test_ingest_is_idempotent_incremental_and_counts_every_row(
     assert "rows/s" in both.render()
 
 
+@pytest.mark.parametrize("lifetime", [False, True], ids=["windows", "lifetime"])
 def test_by_id_history_gives_the_features_of_the_whole_history(
-    data_dir: Path, store_url: str, tmp_path: Path
+    data_dir: Path, store_url: str, tmp_path: Path, lifetime: bool
 ):
-    """Only the lookback window plus anchors are read, yet every feature equals the whole history's, bit for bit."""
+    """Window features: only the lookback window plus anchors are read, yet every feature equals the whole
+    history's, bit for bit. Lifetime features (all-time counts and sums, gaps): the service's lookback reads
+    the whole history, and they equal it too."""
+    from serving.event_store import lookback_days
+
     ingest_spec(data_dir / "all.yaml", store_url, rejects_path=tmp_path / "r.parquet")
     spec = load_spec(data_dir / "all.yaml")
     data = load_data(spec, sentiment_scorer=polarity)
-    schema = infer_schema(data.customers, data.events, value_columns=tuple(spec.events.values))
+    schema = infer_schema(
+        data.customers, data.events, value_columns=tuple(spec.events.values), lifetime=lifetime
+    )
     assert (
         schema.use_sentiment
         and schema.value_columns
@@ -84,15 +91,15 @@ def test_by_id_history_gives_the_features_of_the_whole_history(
     engine = open_store(store_url)
     layout = store_layout(engine)
     ids = sorted(data.customers["customer_id"].astype(str))
-    lookback = max(schema.windows[-1], 2 * schema.trend_window)
+    lookback = lookback_days(schema)
+    assert (lookback is None) == lifetime
     for as_of in (dt.date(2024, 6, 15), dt.date(2024, 10, 1), dt.date(2025, 1, 1)):
         whole = build_customer_features(data.events, as_of, schema, customers=data.customers).loc[ids]
         with engine.connect() as connection:
             found = history(connection, layout, ids, to_timestamp_ns(as_of), lookback)
         assert found.missing == []
-        assert (
-            len(found.events) < (data.events["timestamp"] < pd.Timestamp(as_of)).sum()
-        )  # not the whole history
+        before = (data.events["timestamp"] < pd.Timestamp(as_of)).sum()
+        assert len(found.events) == before if lifetime else len(found.events) < before
         events = add_sentiment(found.events, polarity)
         mine = build_customer_features(events, as_of, schema, customers=found.customers).loc[ids]
         pd.testing.assert_frame_equal(mine, whole, check_exact=True)

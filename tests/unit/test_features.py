@@ -21,7 +21,9 @@ from tests.shared_data import shared_file
 AS_OF = pd.Timestamp("2024-03-01")
 NS = pd.Timedelta(1, "ns")
 DAY = pd.Timedelta(days=1)
-SCHEMA = FeatureSchema(event_types=("login", "ticket", "view"), value_columns=("amount",), use_sentiment=True)
+SCHEMA = FeatureSchema(
+    event_types=("login", "ticket", "view"), value_columns=("amount",), use_sentiment=True, lifetime=True
+)
 
 
 def _events(rows: list[tuple[str, pd.Timestamp, str, float, float]]) -> pd.DataFrame:
@@ -133,6 +135,32 @@ def test_excluded_event_types_are_not_counted():
     events = _events([("A", AS_OF - DAY, "cancel", 0, 0), ("A", AS_OF - 2 * DAY, "login", 0, 0)])
     row = build_customer_features(events, AS_OF, schema).loc["A"]
     assert row["n_events_7d"] == 1 and row["n_other_7d"] == 0 and row["days_since_last_event"] == 2
+
+
+def test_lifetime_features_describe_the_whole_history(hand):
+    a, b, d = hand.loc["A"], hand.loc["B"], hand.loc["D"]
+    assert (a["n_events_all"], a["n_login_all"], a["n_view_all"], a["n_ticket_all"], a["n_other_all"]) == (
+        6, 3, 1, 1, 1,
+    )  # fmt: skip
+    assert a["sum_amount_all"] == 10 + 5 + 2.5 + 100 + 1000  # the missing amount counts as nothing
+    assert a["events_per_30d"] == pytest.approx(6 / 100 * 30)
+    # Gaps in whole minutes: the event 1 ns before as_of falls in the minute before it.
+    minutes = np.array([-144_000, -64_800, -14_400, -10_081, -10_080, -1])
+    gaps = np.diff(minutes)
+    assert a["gap_mean_days"] == pytest.approx(gaps.mean() / 1440, rel=1e-12)
+    assert a["gap_sd_days"] == pytest.approx(gaps.std() / 1440, rel=1e-9)
+    assert d["n_events_all"] == 1 and d["events_per_30d"] == pytest.approx(30 / 200)
+    assert np.isnan(d["gap_mean_days"]) and np.isnan(d["gap_sd_days"])  # one event: no gap
+    assert b["n_events_all"] == 0 and np.isnan(b["events_per_30d"]) and np.isnan(b["gap_mean_days"])
+
+
+def test_lifetime_counts_and_gaps_ignore_the_order_events_arrive_in(hand):
+    """Integer arithmetic: no order to depend on (float sums follow the loaders' canonical event order)."""
+    shuffled = HAND_EVENTS.sample(frac=1.0, random_state=3).reset_index(drop=True)
+    lifetime = [c for c in SCHEMA.lifetime_feature_names() if not c.startswith("sum_")]
+    pd.testing.assert_frame_equal(
+        build_customer_features(shuffled, AS_OF, SCHEMA, customers=HAND_CUSTOMERS)[lifetime], hand[lifetime]
+    )
 
 
 def test_future_events_change_no_feature(hand):
