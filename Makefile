@@ -45,6 +45,7 @@ test-fast: setup ## skip the slow tests
 bench: setup ## run every benchmark (each prints ratios against yardsticks measured in the same run)
 	$(PY) benchmarks/features.py
 	$(PY) benchmarks/train_churn.py
+	$(PY) benchmarks/quality.py
 	$(PY) benchmarks/sentiment.py
 	$(PY) benchmarks/batch.py
 	$(MAKE) postgres

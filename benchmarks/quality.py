@@ -1,0 +1,188 @@
+"""Churn model quality: churnsense's default model against untuned anchors, 5-fold grouped CV, every data set.
+
+    .venv/bin/python benchmarks/quality.py [--datasets telco,bank,ecommerce,ravenstack,demo] [--folds 5]
+
+Each data set is the labelled frame churnsense trains on (its loaders, feature engine and labels): the shared
+ones through `configs/<name>.spec.yaml` (skipped when ../shared/data is absent), the demo simulated here
+(10,000 customers, four monthly snapshots, no text scorer). Its rows are split into folds grouped by customer
+and stratified by label; in each fold, fitted on the same training rows and scored on the same held-out rows:
+
+- churnsense: the default config (`ChurnConfig()`): budgeted search, calibration, refit
+  (`training.churn_fit.choose_churn_model` + `fit_calibrated`), scored by `models.churn.ChurnModel`;
+- `HistGradientBoostingClassifier()` and `lightgbm.LGBMClassifier()` with their defaults, categorical columns
+  as pandas categories (both split them natively);
+- logistic regression: the trainer's baseline (median impute + scale, one-hot categories).
+
+Anchors get the same columns churnsense uses (all-missing numeric columns dropped for all). Printed per data
+set: pooled out-of-fold ROC AUC and PR AUC, the spread of the per-fold ROC AUC, mean fit seconds per fold, and
+churnsense's search seconds against its budget. Target: churnsense >= the best anchor's ROC AUC on every one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+SHARED = {
+    "telco": ("telco_churn", "telco.spec.yaml"),
+    "bank": ("bank_churn", "bank.spec.yaml"),
+    "ecommerce": ("ecommerce_churn", "ecommerce.spec.yaml"),
+    "ravenstack": ("ravenstack_saas", "ravenstack.spec.yaml"),
+}
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@dataclass
+class Scores:
+    """One model's out-of-fold predictions and fit times over the folds."""
+
+    oof: object = None
+    fold_auc: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+
+
+def spec_of(name: str, work: Path) -> Path | None:
+    if name == "demo":
+        folder = work / "quality_demo"
+        if not (folder / "spec.yaml").exists():
+            from features.simulate import write_demo_data
+
+            write_demo_data(folder, n_customers=10_000, seed=11)
+        return folder / "spec.yaml"
+    folder, spec = SHARED[name]
+    if not (SHARED_DATA / folder).is_dir():
+        print(f"{name}: skipped ({SHARED_DATA / folder} is absent)")
+        return None
+    return ROOT / "configs" / spec
+
+
+def anchors(schema, config):  # noqa: ANN001, ANN201
+    """name -> (unfitted model, whether it takes pandas categories)."""
+    from lightgbm import LGBMClassifier
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from training.churn_fit import make_baseline
+
+    return {
+        "HistGradientBoosting()": (lambda: HistGradientBoostingClassifier(), True),
+        "LGBMClassifier()": (lambda: LGBMClassifier(verbose=-1), True),
+        "logistic regression": (
+            lambda: make_baseline(schema, config),
+            False,
+        ),  # imputes all-missing columns itself
+    }
+
+
+def evaluate(name: str, spec_path: Path, folds: int) -> dict[str, Scores]:
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from features.columns import CHURNED, CUSTOMER_ID
+    from features.spec import load_spec
+    from models.churn import ChurnModel, prepare_features
+    from training.churn_config import ChurnConfig
+    from training.churn_data import label_training_data, load_training_data
+    from training.churn_fit import MIN_OBSERVED, choose_churn_model, cv_folds, fit_calibrated
+
+    config = ChurnConfig()
+    data = load_training_data(load_spec(spec_path), None)
+    frame, schema = label_training_data(data, config.min_positives)
+    frame = frame.reset_index(drop=True)
+    y = frame[CHURNED].to_numpy(dtype=np.int64)
+    X = prepare_features(frame, schema)
+    categorical = list(schema.profile_categorical)
+    as_categories = X.copy()
+    for column in categorical:
+        as_categories[column] = as_categories[column].astype("category")
+    print(
+        f"\n{name}: {len(frame):,} rows, {frame[CUSTOMER_ID].nunique():,} customers, "
+        f"{len(schema.feature_names())} features, churn rate {y.mean():.3f}",
+        flush=True,
+    )
+    split = cv_folds(frame[CUSTOMER_ID].astype(str), y, folds, seed=2024)
+    results: dict[str, Scores] = {"churnsense": Scores(np.zeros(len(y)))}
+    models = anchors(schema, config)
+    results |= {model: Scores(np.zeros(len(y))) for model in models}
+    search_seconds = []
+    for number, (train_rows, test_rows) in enumerate(split):
+        train, test = frame.iloc[train_rows], frame.iloc[test_rows]
+        started = time.perf_counter()
+        choice = choose_churn_model(train, schema, config)
+        model = ChurnModel(fit_calibrated(train, schema, choice, config), schema, config.risk_bands.cutoffs())
+        results["churnsense"].seconds.append(time.perf_counter() - started)
+        search_seconds.append(choice.search_seconds)
+        results["churnsense"].oof[test_rows] = model.predict_proba(test)
+        numeric_used = X.iloc[train_rows].notna().sum() >= MIN_OBSERVED
+        columns = [c for c in X.columns if c in categorical or numeric_used[c]]
+        for model_name, (make, takes_categories) in models.items():
+            source = as_categories if takes_categories else X
+            started = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                anchor = make().fit(source.iloc[train_rows][columns], y[train_rows])
+                results[model_name].oof[test_rows] = anchor.predict_proba(source.iloc[test_rows][columns])[
+                    :, 1
+                ]
+            results[model_name].seconds.append(time.perf_counter() - started)
+        for scores in results.values():
+            scores.fold_auc.append(float(roc_auc_score(y[test_rows], scores.oof[test_rows])))
+        print(
+            f"  fold {number + 1}/{folds}: churnsense {results['churnsense'].fold_auc[-1]:.4f} "
+            f"({len(choice.trials)} trials, {choice.search_seconds:.0f} s search), best anchor "
+            f"{max(s.fold_auc[-1] for k, s in results.items() if k != 'churnsense'):.4f}",
+            flush=True,
+        )
+    report(name, y, results, search_seconds, config.search.budget_s)
+    return results
+
+
+def report(name: str, y, results: dict[str, Scores], search_seconds: list[float], budget: float) -> None:  # noqa: ANN001
+    import numpy as np
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    print(f"  {'model':<26}{'ROC AUC':>9}{'(folds sd)':>11}{'PR AUC':>9}{'fit s/fold':>12}")
+    rows = {}
+    for model, scores in results.items():
+        auc = float(roc_auc_score(y, scores.oof))
+        rows[model] = auc
+        print(
+            f"  {model:<26}{auc:>9.4f}{np.std(scores.fold_auc):>11.4f}"
+            f"{average_precision_score(y, scores.oof):>9.4f}{np.mean(scores.seconds):>12.1f}"
+        )
+    best_anchor = max((auc, model) for model, auc in rows.items() if model != "churnsense")
+    verdict = "met" if rows["churnsense"] >= best_anchor[0] else "MISSED"
+    print(
+        f"  target: churnsense {rows['churnsense']:.4f} >= best anchor {best_anchor[1]} {best_anchor[0]:.4f}: "
+        f"{verdict}; search at most {max(search_seconds):.1f} s of its {budget:.0f} s budget"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--datasets", default="telco,bank,ecommerce,ravenstack,demo")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--bench-dir", type=Path, default=ROOT / "bench_out")
+    args = parser.parse_args()
+    from churnsense.environment import QUIET, set_defaults
+
+    set_defaults(QUIET)
+    print(f"load average {os.getloadavg()[0]:.1f}; {args.folds}-fold grouped CV")
+    for name in args.datasets.split(","):
+        spec = spec_of(name, args.bench_dir)
+        if spec is not None:
+            evaluate(name, spec, args.folds)
+
+
+if __name__ == "__main__":
+    main()
