@@ -126,8 +126,8 @@ class SearchConfig(_Frozen):
     `candidates`, then draws from a fixed space (learning rate 0.02-0.2, 4-64 leaves, 5-200 rows per leaf, L2
     0.001-30, 40-100% of features, 50-100% of rows) by a generator seeded with `seed`. Each is scored by
     grouped cross-validated ROC AUC on the training rows (never the validation set). The search stops at
-    `max_trials` or when the next trial would start after `budget_s`; the run logs how many ran, and the same
-    seed, thread count and number of trials give the same model.
+    `max_trials`, or before a trial that would end after `budget_s` if it took as long as the longest so far; the
+    run logs every trial, and the same seed, thread count and number of trials give the same model.
     """
 
     enabled: bool = True

@@ -265,15 +265,16 @@ def choose_churn_model(train: pd.DataFrame, schema: FeatureSchema, config: Churn
     started = time.perf_counter()
     trials: list[dict[str, Any]] = []
     best: tuple[BoosterConfig, CrossValidated] | None = None
-    last_seconds = 0.0
+    longest = 0.0  # the longest trial so far: the next one is expected to take as long
     for number, overrides in enumerate(candidates(config)):
         elapsed = time.perf_counter() - started
-        if number >= config.search.max_trials or (number and elapsed + last_seconds > config.search.budget_s):
+        if number >= config.search.max_trials or (number and elapsed + longest > config.search.budget_s):
             break
         params = BoosterConfig(**config.booster.model_copy(update=overrides).model_dump())
         trial_started = time.perf_counter()
         result = cross_validate(params, config.seed, encoded, y, categorical, folds)
         last_seconds = time.perf_counter() - trial_started
+        longest = max(longest, last_seconds)
         trials.append(
             {
                 "params": overrides,

@@ -429,7 +429,7 @@ def test_search_respects_its_budget():
     choice = choose_churn_model(frame, schema, config)
     longest = max(t["seconds"] for t in choice.trials)
     assert 2 <= len(choice.trials) < 1000  # stopped by time, not by the trial cap
-    # A trial starts only when the last one's duration still fits in the budget.
+    # A trial starts only when the longest one so far would still fit in the budget.
     assert choice.search_seconds <= budget + longest
 
 
