@@ -21,6 +21,7 @@ churnsense's search seconds against its budget. Target: churnsense >= the best a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -82,7 +83,7 @@ def anchors(schema, config):  # noqa: ANN001, ANN201
     }
 
 
-def evaluate(name: str, spec_path: Path, folds: int) -> dict[str, Scores]:
+def evaluate(name: str, spec_path: Path, folds: int, lifetime: bool = True) -> dict[str, Scores]:
     import numpy as np
     from sklearn.metrics import roc_auc_score
 
@@ -96,6 +97,8 @@ def evaluate(name: str, spec_path: Path, folds: int) -> dict[str, Scores]:
     config = ChurnConfig()
     data = load_training_data(load_spec(spec_path), None)
     frame, schema = label_training_data(data, config.min_positives)
+    if not lifetime:  # the same rows without the lifetime features (what do they add?)
+        schema = dataclasses.replace(schema, lifetime=False)
     frame = frame.reset_index(drop=True)
     y = frame[CHURNED].to_numpy(dtype=np.int64)
     X = prepare_features(frame, schema)
@@ -128,10 +131,11 @@ def evaluate(name: str, spec_path: Path, folds: int) -> dict[str, Scores]:
             started = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                anchor = make().fit(source.iloc[train_rows][columns], y[train_rows])
-                results[model_name].oof[test_rows] = anchor.predict_proba(source.iloc[test_rows][columns])[
-                    :, 1
-                ]
+                # The trees get the columns churnsense's trees use; the baseline imputes empty ones itself.
+                used = columns if takes_categories else list(X.columns)
+                anchor = make().fit(source.iloc[train_rows][used], y[train_rows])
+                proba = anchor.predict_proba(source.iloc[test_rows][used])
+                results[model_name].oof[test_rows] = proba[:, 1]
             results[model_name].seconds.append(time.perf_counter() - started)
         for scores in results.values():
             scores.fold_auc.append(float(roc_auc_score(y[test_rows], scores.oof[test_rows])))
@@ -173,6 +177,9 @@ def main() -> None:
     parser.add_argument("--datasets", default="telco,bank,ecommerce,ravenstack,demo")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--bench-dir", type=Path, default=ROOT / "bench_out")
+    parser.add_argument(
+        "--no-lifetime", action="store_true", help="leave out the lifetime features (to see what they add)"
+    )
     args = parser.parse_args()
     from churnsense.environment import QUIET, set_defaults
 
@@ -181,7 +188,7 @@ def main() -> None:
     for name in args.datasets.split(","):
         spec = spec_of(name, args.bench_dir)
         if spec is not None:
-            evaluate(name, spec, args.folds)
+            evaluate(name, spec, args.folds, lifetime=not args.no_lifetime)
 
 
 if __name__ == "__main__":
