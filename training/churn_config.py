@@ -34,9 +34,9 @@ class BoosterConfig(_Frozen):
         2000, ge=1, le=20_000, description="upper bound on trees; early stopping in CV picks the number"
     )
     early_stopping_rounds: int = Field(50, ge=1, description="rounds without a better CV log loss")
-    num_leaves: int = Field(15, ge=2, le=1024)
+    num_leaves: int = Field(4, ge=2, le=1024, description="small: near-additive trees suit noisy churn data")
     max_depth: int = Field(-1, ge=-1, le=32, description="-1: no limit (num_leaves bounds the trees)")
-    min_child_samples: int = Field(40, ge=1, description="rows per leaf, at least")
+    min_child_samples: int = Field(50, ge=1, description="rows per leaf, at least")
     reg_lambda: float = Field(1.0, ge=0, description="L2 penalty on leaf values")
     reg_alpha: float = Field(0.0, ge=0, description="L1 penalty on leaf values")
     colsample_bytree: float = Field(0.8, gt=0, le=1, description="share of features each tree may use")
@@ -123,7 +123,7 @@ class SearchConfig(_Frozen):
     """Hyper-parameter search within a wall-time budget, on by default.
 
     Candidates are tried in a fixed order: LightGBM's defaults, then `booster` as configured, then each of
-    `candidates`, then draws from a fixed space (learning rate 0.02-0.2, 4-64 leaves, 5-200 rows per leaf, L2
+    `candidates`, then draws from a fixed space (learning rate 0.02-0.2, 2-64 leaves, 5-200 rows per leaf, L2
     0.001-30, 40-100% of features, 50-100% of rows) by a generator seeded with `seed`. Each is scored by
     grouped cross-validated ROC AUC on the training rows (never the validation set). The search stops at
     `max_trials`, or before a trial that would end after `budget_s` if it took as long as the longest so far; the

@@ -171,7 +171,7 @@ def _draw(rng: np.random.Generator) -> dict[str, Any]:
 
     return {
         "learning_rate": round(log_uniform(0.02, 0.2), 4),
-        "num_leaves": int(round(log_uniform(4, 64))),
+        "num_leaves": int(round(log_uniform(2, 64))),
         "min_child_samples": int(round(log_uniform(5, 200))),
         "reg_lambda": round(log_uniform(1e-3, 30.0), 4),
         "colsample_bytree": round(float(rng.uniform(0.4, 1.0)), 3),

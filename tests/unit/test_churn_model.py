@@ -469,3 +469,23 @@ def test_calibrated_fit_is_calibrated_classifier_cv_on_grouped_folds(method):
     ).fit(encoded, y, categorical_feature=categorical_positions(schema))
     np.testing.assert_array_equal(ours.predict_proba(X), reference.predict_proba(encoded))
     assert ours[-1].calibrated_classifiers_[0].method == method
+
+
+def test_a_model_from_before_lightgbm_is_refused_with_what_to_do(sigmoid_model):
+    """A champion registered by an earlier churnsense (HistGradientBoosting trees) must not crash the batch
+    job or the service with an AttributeError: it is refused, and the message says to retrain."""
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.pipeline import Pipeline
+
+    model, features = sigmoid_model
+    X = prepare_features(features, model.schema)
+    encoded = model.pipeline[0].transform(X)
+    y = (encoded[:, -1] > np.nanmedian(encoded[:, -1])).astype(int)
+    old = CalibratedClassifierCV(HistGradientBoostingClassifier(max_iter=5), cv=2, ensemble=False).fit(
+        encoded, y
+    )
+    with pytest.raises(ModelContractError, match="HistGradientBoostingClassifier.*retrain"):
+        ChurnModel(
+            Pipeline([("encode", model.pipeline[0]), ("classifier", old)]), model.schema, model.cutoffs
+        )
