@@ -137,12 +137,36 @@ def promote_churn(force: bool = False, config: ChurnConfig | str | Path | None =
     if not isinstance(config, ChurnConfig):
         config = load_config(config)
     configure_mlflow(config.experiment_name)
-    return promote_newest(
-        config.registered_model_name,
-        validation_evaluator(config.registered_model_name),
-        promote_policy(config),
-        force=force,
-    )
+    name = config.registered_model_name
+    unusable = _unusable_champion(name)
+    if unusable is not None:
+        return unusable
+    return promote_newest(name, validation_evaluator(name), promote_policy(config), force=force)
+
+
+def _unusable_champion(name: str) -> Any:
+    """A decision to replace a champion this code cannot load (another feature version, trees from before
+    LightGBM): the batch job and the service would refuse it anyway. None when the champion loads."""
+    from models.churn import ModelContractError
+    from training.registry import PromotionDecision, champion_version, newest_version, record_decision
+
+    champion, challenger = champion_version(name), newest_version(name)
+    if champion is None or champion.version == challenger.version:
+        return None
+    try:
+        ChurnModel.load(f"models:/{name}/{champion.version}")
+    except ModelContractError as error:
+        decision = PromotionDecision(
+            name,
+            challenger.version,
+            champion.version,
+            True,
+            f"the champion v{champion.version} cannot be used by this code, so the challenger replaces it "
+            f"without a comparison: {error}",
+        )
+        record_decision(decision)
+        return decision
+    return None
 
 
 def promote_policy(config: ChurnConfig) -> Any:

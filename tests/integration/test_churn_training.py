@@ -389,6 +389,33 @@ def test_worse_challenger_is_refused_and_force_overrides(first_run, demo_spec, t
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == written["version"]
 
 
+def test_a_champion_this_code_cannot_load_is_replaced(demo_spec):
+    """A champion from an older churnsense (another feature version) would be refused by the batch job and the
+    service: the next challenger replaces it, and the decision says why."""
+    import mlflow
+    from mlflow import MlflowClient
+    from sklearn.linear_model import LogisticRegression
+
+    name = "test-churn-stale"
+    with mlflow.start_run(run_name="stale"):
+        mlflow.sklearn.log_model(
+            LogisticRegression().fit([[0.0], [1.0]], [0, 1]),
+            name="model",
+            metadata={"feature_version": "0"},
+            registered_model_name=name,
+            serialization_format="skops",
+            skops_trusted_types=[],
+        )
+    client = MlflowClient()
+    client.set_registered_model_alias(name, "champion", "1")
+    config = ChurnConfig(**SMALL | {"registered_model_name": name, "experiment_name": name})
+    challenger = train_churn(demo_spec, config)
+    decision = promote_churn(config=config)
+    assert decision.promoted and not decision.forced
+    assert "cannot be used by this code" in decision.reason and "feature version 0" in decision.reason
+    assert str(client.get_model_version_by_alias(name, "champion").version) == challenger.version
+
+
 # --- real data (skips without ../shared/data) --------------------------------------------------------------
 
 
