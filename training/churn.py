@@ -305,6 +305,7 @@ def log_churn_run(
             "code_version": code_version(),
             "feature_version": FEATURE_VERSION,
             "calibration": choice.calibration,
+            "chosen_by": choice.rule[:250],
             "split": split.description,
             "spec": str(spec.source or ""),
             "data_sha256": str(fingerprints["training_frame"]["sha256"]),
@@ -322,6 +323,7 @@ def log_churn_run(
         {
             "importance": evaluation.importance,
             "search": choice.trials,
+            "chosen_by": choice.rule,
             "calibration_cv_log_loss": choice.calibration_losses,
         },
         "evaluation/details.json",

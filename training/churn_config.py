@@ -122,12 +122,14 @@ class SplitConfig(_Frozen):
 class SearchConfig(_Frozen):
     """Hyper-parameter search within a wall-time budget, on by default.
 
-    Candidates are tried in a fixed order: LightGBM's defaults, then `booster` as configured, then each of
-    `candidates`, then draws from a fixed space (learning rate 0.02-0.2, 2-64 leaves, 5-200 rows per leaf, L2
-    0.001-30, 40-100% of features, 50-100% of rows) by a generator seeded with `seed`. Each is scored by
-    grouped cross-validated ROC AUC on the training rows (never the validation set). The search stops at
-    `max_trials`, or before a trial that would end after `budget_s` if it took as long as the longest so far; the
-    run logs every trial, and the same seed, thread count and number of trials give the same model.
+    Candidates are tried in a fixed order: `booster` as configured, LightGBM's defaults, each of `candidates`,
+    then draws from a fixed space (learning rate 0.02-0.2, 2-64 leaves, 5-200 rows per leaf, L2 0.001-30,
+    40-100% of features, 50-100% of rows) by a generator seeded with `seed`. Each is scored by grouped
+    cross-validated ROC AUC on the training rows (never the validation set). The configured booster stays
+    unless the best candidate beats it by more than one standard error. The search stops at `max_trials`,
+    before a trial that would end after `budget_s` if it took as long as the longest so far, or when the
+    deadline cuts a trial short (it keeps the trees it has): the budget is a hard limit. The run logs every
+    trial, and the same seed, thread count and number of trials give the same model.
     """
 
     enabled: bool = True

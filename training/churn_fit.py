@@ -181,11 +181,10 @@ def _draw(rng: np.random.Generator) -> dict[str, Any]:
 
 def candidates(config: ChurnConfig) -> Iterator[dict[str, Any]]:
     """The search's candidates in order: overrides of `config.booster` (`{}` is the booster as configured)."""
+    yield {}
     if not config.search.enabled:
-        yield {}
         return
     yield dict(LIGHTGBM_DEFAULTS)
-    yield {}
     yield from (dict(c) for c in config.search.candidates)
     rng = np.random.default_rng(config.seed)
     while True:
@@ -194,19 +193,43 @@ def candidates(config: ChurnConfig) -> Iterator[dict[str, Any]]:
 
 @dataclass
 class CrossValidated:
-    """A candidate's cross-validation: pooled out-of-fold ROC AUC, the number of trees early stopping chose,
-    and the out-of-fold raw scores (log-odds, what the calibrator reads) at that number."""
+    """A candidate's cross-validation: pooled out-of-fold ROC AUC and its standard error (Hanley & McNeil),
+    the number of trees early stopping chose, the out-of-fold raw scores (log-odds, what the
+    calibrator reads) at that number, and whether the search's deadline cut it short."""
 
     roc_auc: float
+    standard_error: float
     rounds: int
     oof: np.ndarray
+    cut_short: bool = False
+
+
+def _deadline(at: float) -> Any:
+    """A LightGBM callback that ends training at `at` (`time.perf_counter()`), keeping the trees grown so far.
+    It runs after early stopping (order 40 > 30), so a trial that has converged ends the usual way."""
+    import lightgbm as lgb
+
+    def callback(env: Any) -> None:
+        if time.perf_counter() > at:
+            callback.cut_short = True  # type: ignore[attr-defined]
+            raise lgb.callback.EarlyStopException(env.iteration, env.evaluation_result_list)
+
+    callback.order = 40  # type: ignore[attr-defined]
+    callback.cut_short = False  # type: ignore[attr-defined]
+    return callback
 
 
 def cross_validate(
-    params: BoosterConfig, seed: int, encoded: np.ndarray, y: np.ndarray, categorical: list[int], folds: list
+    params: BoosterConfig,
+    seed: int,
+    encoded: np.ndarray,
+    y: np.ndarray,
+    categorical: list[int],
+    folds: list,
+    deadline: float = float("inf"),
 ) -> CrossValidated:
     """LightGBM's own cross-validation: all folds grown together, stopped when their mean log loss has not
-    improved for `early_stopping_rounds`."""
+    improved for `early_stopping_rounds`, or at `deadline` (`time.perf_counter()`)."""
     import lightgbm as lgb
 
     dataset = lgb.Dataset(
@@ -222,7 +245,10 @@ def cross_validate(
         dataset,
         num_boost_round=params.max_rounds,
         folds=folds,
-        callbacks=[lgb.early_stopping(params.early_stopping_rounds, verbose=False)],
+        callbacks=[
+            lgb.early_stopping(params.early_stopping_rounds, verbose=False),
+            stop := _deadline(deadline),
+        ],
         return_cvbooster=True,
         seed=seed,
     )
@@ -230,7 +256,19 @@ def cross_validate(
     oof = np.empty(len(y))
     for booster, (_, test_rows) in zip(result["cvbooster"].boosters, folds, strict=True):
         oof[test_rows] = booster.predict(encoded[test_rows], num_iteration=rounds, raw_score=True)
-    return CrossValidated(float(roc_auc_score(y, oof)), rounds, oof)
+    auc = float(roc_auc_score(y, oof))
+    return CrossValidated(
+        auc, auc_standard_error(auc, int(y.sum()), int(len(y) - y.sum())), rounds, oof, stop.cut_short
+    )
+
+
+def auc_standard_error(auc: float, positives: int, negatives: int) -> float:
+    """Standard error of a ROC AUC estimated from `positives` and `negatives` (Hanley & McNeil, 1982)."""
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    variance = (
+        auc * (1 - auc) + (positives - 1) * (q1 - auc * auc) + (negatives - 1) * (q2 - auc * auc)
+    ) / max(positives * negatives, 1)
+    return float(np.sqrt(max(variance, 0.0)))
 
 
 @dataclass
@@ -245,6 +283,7 @@ class ChurnChoice:
     numeric: list[str]
     trials: list[dict[str, Any]] = field(default_factory=list)
     search_seconds: float = 0.0
+    rule: str = "the only candidate"
 
     def logged_params(self) -> dict[str, str]:
         """What the run logs as `chosen.*`."""
@@ -254,7 +293,13 @@ class ChurnChoice:
 
 def choose_churn_model(train: pd.DataFrame, schema: FeatureSchema, config: ChurnConfig) -> ChurnChoice:
     """Search (within `search.budget_s` and `search.max_trials`), then choose the calibration, all by grouped
-    cross-validation on `train`. At least one candidate is always tried."""
+    cross-validation on `train`.
+
+    The configured booster is tried first and kept unless another candidate beats its ROC AUC by more than one
+    standard error (the one-standard-error rule): with few rows, the best of many noisy estimates is mostly
+    luck, and the regularised default generalises better than the luckiest draw. The budget is a hard limit:
+    a trial still running at the deadline stops there with the trees it has, and is the last one.
+    """
     X = prepare_features(train, schema)
     y = train[CHURNED].to_numpy(dtype=np.int64)
     groups = train[CUSTOMER_ID].astype(str)
@@ -263,8 +308,9 @@ def choose_churn_model(train: pd.DataFrame, schema: FeatureSchema, config: Churn
     categorical = categorical_positions(schema)
     folds = cv_folds(groups, y, config.search.folds, config.seed)
     started = time.perf_counter()
+    deadline = started + config.search.budget_s if config.search.enabled else float("inf")
     trials: list[dict[str, Any]] = []
-    best: tuple[BoosterConfig, CrossValidated] | None = None
+    tried: list[tuple[BoosterConfig, CrossValidated]] = []
     longest = 0.0  # the longest trial so far: the next one is expected to take as long
     for number, overrides in enumerate(candidates(config)):
         elapsed = time.perf_counter() - started
@@ -272,15 +318,18 @@ def choose_churn_model(train: pd.DataFrame, schema: FeatureSchema, config: Churn
             break
         params = BoosterConfig(**config.booster.model_copy(update=overrides).model_dump())
         trial_started = time.perf_counter()
-        result = cross_validate(params, config.seed, encoded, y, categorical, folds)
+        result = cross_validate(params, config.seed, encoded, y, categorical, folds, deadline)
         last_seconds = time.perf_counter() - trial_started
         longest = max(longest, last_seconds)
+        tried.append((params, result))
         trials.append(
             {
                 "params": overrides,
                 "cv_roc_auc": result.roc_auc,
+                "standard_error": result.standard_error,
                 "rounds": result.rounds,
                 "seconds": round(last_seconds, 3),
+                "cut_short": result.cut_short,
             }
         )
         logger.info(
@@ -291,11 +340,10 @@ def choose_churn_model(train: pd.DataFrame, schema: FeatureSchema, config: Churn
             result.rounds,
             last_seconds,
         )
-        if best is None or result.roc_auc > best[1].roc_auc:
-            best = (params, result)
-    assert best is not None
+        if result.cut_short:
+            break
     search_seconds = time.perf_counter() - started
-    params, result = best
+    params, result, rule = _one_standard_error(tried)
     if config.calibration.method == "auto":
         calibration_folds = cv_folds(groups, y, config.calibration.folds, config.seed)
         method, losses = choose_calibration(
@@ -311,7 +359,30 @@ def choose_churn_model(train: pd.DataFrame, schema: FeatureSchema, config: Churn
         search_seconds,
         method,
     )
-    return ChurnChoice(params, result.rounds, method, losses, result.roc_auc, numeric, trials, search_seconds)
+    logger.info("rule: %s", rule)
+    return ChurnChoice(
+        params, result.rounds, method, losses, result.roc_auc, numeric, trials, search_seconds, rule
+    )
+
+
+def _one_standard_error(
+    tried: list[tuple[BoosterConfig, CrossValidated]],
+) -> tuple[BoosterConfig, CrossValidated, str]:
+    """The configured booster (the first trial) unless the best trial beats it by more than one standard
+    error of the best; then the best."""
+    configured = tried[0]
+    best = max(tried, key=lambda pair: pair[1].roc_auc)
+    if best is configured:
+        return (*configured, "the configured booster scored best" if len(tried) > 1 else "the only candidate")
+    margin = best[1].roc_auc - configured[1].roc_auc
+    if margin <= best[1].standard_error:
+        return (
+            *configured,
+            f"the configured booster: the best trial beat it by {margin:.4f}, within one standard error "
+            f"({best[1].standard_error:.4f})",
+        )
+    return (*best, f"the best trial: {margin:.4f} above the configured booster (one standard error: "
+            f"{best[1].standard_error:.4f})")  # fmt: skip
 
 
 def fit_calibrated(
