@@ -35,6 +35,7 @@ from batch.texts import text_sentiment
 from batch.workers import churn_model
 from churnsense.files import atomic_path
 from features.engine import build_customer_features
+from features.evidence import EvidenceFinder
 from features.labels import ineligible_reasons
 from features.pipeline import load_data
 from features.raw import ROW_PROBLEM, is_parquet, parquet_file
@@ -67,7 +68,7 @@ def iter_raw_batches(
     schema = raw_schema(plan, kind)
     added = (SOURCE_FILE, SOURCE_ROW, ROW_ID, SENTIMENT, ROW_PROBLEM)
     read_names = [f.name for f in schema if f.name not in added]
-    if kind == EVENTS and plan.text_column:
+    if kind == EVENTS and plan.text_column and plan.text_column not in read_names:
         read_names.append(plan.text_column)
     row = row_offset
     for batch in read_file_batches(name, table_spec.read_options, read_names, row_groups, batch_rows):
@@ -219,7 +220,9 @@ def bucket_spec(plan: BatchPlan, customers_file: Path | None, events_file: Path 
         if events_file is None:
             update["events"] = None
         else:
-            changes: dict[str, Any] = {"path": str(events_file), "read_options": {}, "text": None}
+            # Texts stay only when the evidence quotes them; the features read their scores.
+            text = es.text if plan.evidence and es.text in plan.events_columns else None
+            changes: dict[str, Any] = {"path": str(events_file), "read_options": {}, "text": text}
             if plan.text_column:
                 changes["sentiment"] = SENTIMENT
             update["events"] = es.model_copy(update=changes)
@@ -254,7 +257,7 @@ def score_bucket(plan: BatchPlan, customers_file: Path | None, events_file: Path
     model = churn_model(plan.model_uri, plan.tracking_uri, plan.model_digest)
     # Profile values the model reads as numbers must be numbers: a customer with "$30" is rejected (as the
     # service answers 400), not scored as if the value were missing.
-    data = load_data(spec, with_text=False, numeric_columns=model.schema.profile_numeric)
+    data = load_data(spec, with_text=plan.evidence, numeric_columns=model.schema.profile_numeric)
     rejects = _source_rejects(plan, data.rejects, customers_file, events_file)
     if data.customers is not None and len(data.customers) == 0:
         return BucketResult(RESULT_SCHEMA.empty_table(), rejects, rows_in)
@@ -266,6 +269,12 @@ def score_bucket(plan: BatchPlan, customers_file: Path | None, events_file: Path
     why_not = why_not.reindex(pd.Index(features.index).astype(str)).to_numpy(dtype=object)
     eligible = np.array([reason is None for reason in why_not], dtype=bool)
     scored = model.score(features, top_k=plan.top_k)
+    if plan.evidence:
+        reasons = dict(zip(pd.Index(scored.index).astype(str), scored["reasons"], strict=True))
+        found = EvidenceFinder(model.schema).find(data.events, plan.as_of, reasons)
+        for key, rows in reasons.items():
+            for reason, item in zip(rows, found[key], strict=True):
+                reason["evidence"] = item
     return BucketResult(result_table(scored, plan, eligible, why_not), rejects, rows_in)
 
 

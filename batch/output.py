@@ -22,7 +22,15 @@ from features.io import REJECT_COLUMNS
 logger = logging.getLogger(__name__)
 
 
-REASON_TYPE = pa.struct([("feature", pa.string()), ("value", pa.string()), ("contribution", pa.float64())])
+# `evidence`: JSON of `features.evidence` ({"total", "events": [...]}), only with --evidence; else null.
+REASON_TYPE = pa.struct(
+    [
+        ("feature", pa.string()),
+        ("value", pa.string()),
+        ("contribution", pa.float64()),
+        ("evidence", pa.string()),
+    ]
+)
 RESULT_SCHEMA = pa.schema(
     [
         ("customer_id", pa.string()),
@@ -91,9 +99,14 @@ def result_table(
     )
 
 
+def evidence_text(evidence: dict[str, Any] | None) -> str | None:
+    """A reason's evidence as the JSON the output holds (keys sorted: the same bytes from either engine)."""
+    return None if evidence is None else json.dumps(evidence, sort_keys=True, ensure_ascii=False)
+
+
 def reasons_array(reasons: Sequence[Any]) -> pa.Array:
-    """Each customer's reasons as list<struct<feature, value, contribution>>; values as text so that numeric
-    and categorical features share one column."""
+    """Each customer's reasons as list<struct<feature, value, contribution, evidence>>; values as text so that
+    numeric and categorical features share one column."""
     rows = [_reason_items(row) for row in reasons]
     flat = [item for row in rows for item in row]
     offsets = np.zeros(len(rows) + 1, dtype=np.int32)
@@ -104,6 +117,7 @@ def reasons_array(reasons: Sequence[Any]) -> pa.Array:
             pa.array([str(item["feature"]) for item in flat], pa.string()),
             pa.array([None if _missing(v) else reason_value_text(v) for v in values], pa.string()),
             pa.array(np.fromiter((item.get("contribution", np.nan) for item in flat), float, len(flat))),
+            pa.array([evidence_text(item.get("evidence")) for item in flat], pa.string()),
         ],
         fields=list(REASON_TYPE),
     )

@@ -31,7 +31,7 @@ DEFAULT_CHURN_MODEL = champion_uri(CHURN_MODEL)
 DEFAULT_CHUNK_CUSTOMERS = 50_000
 READ_BATCH_ROWS = 1_000_000
 # Bumped when the work-dir layout or the bucket format changes, so a resume never mixes formats.
-BATCH_FORMAT = "1"
+BATCH_FORMAT = "2"  # 2: reasons carry `evidence`
 # Test hook: seconds a worker sleeps after each bucket it completes (lets a test kill a run between buckets).
 SLEEP_HOOK_ENV = "CHURNSENSE_BATCH_SLEEP_AFTER_BUCKET"
 
@@ -80,12 +80,14 @@ class BatchPlan:
             folder must not resume the old one's buckets); registry versions and run ids are immutable.
         tracking_uri: the MLflow tracking URI, absolute, so workers with another working directory find it.
         customers_files / events_files: the input files, in the order the loaders read them.
-        events_columns: raw event columns to read; the text column (if any) becomes `SENTIMENT`.
+        events_columns: raw event columns to read; the text column (if any) becomes `SENTIMENT` (and stays
+            beside it with `evidence`).
         text_column: the raw event text column to score, or None when sentiment is not needed or precomputed.
         sentiment: the sentiment model (the one the churn model was trained with) and cache, when
             `text_column` is set.
         n_buckets: customer buckets (local engine: files on disk; Spark: groups).
         top_k: reasons per customer.
+        evidence: list the events behind each reason (`features.evidence`); event texts are then read too.
         ineligible: "exclude" (default: customers who had not signed up or had already churned at `as_of` are
             left out and counted in the summary) or "flag" (kept with `eligible=false` and no risk).
     """
@@ -104,6 +106,7 @@ class BatchPlan:
     top_k: int = 5
     model_digest: str = ""
     ineligible: str = "exclude"
+    evidence: bool = False
 
     def fingerprint(self) -> str:
         """A key for the work dir: input files (path, size, mtime), spec, model, date, bucketing, formats."""
@@ -124,6 +127,7 @@ class BatchPlan:
             "n_buckets": self.n_buckets,
             "top_k": self.top_k,
             "ineligible": self.ineligible,
+            "evidence": self.evidence,
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -208,6 +212,7 @@ def make_plan(
     sentiment_model: str | None = None,
     cache_dir: str | Path | None = None,
     ineligible: str = "exclude",
+    evidence: bool = False,
 ) -> BatchPlan:
     """Resolve the input files, decide whether texts must be scored, and size the buckets.
 
@@ -242,6 +247,8 @@ def make_plan(
             text_column = es.text
             columns.append(es.text)
             sentiment = text_sentiment_source(model, sentiment_model, cache_dir)
+        if evidence and es.text:
+            columns.append(es.text)  # kept beside its scores: the evidence quotes the texts
         events_columns = tuple(dict.fromkeys(columns))
         missing = [v for v in schema.value_columns if v not in es.values]
         if missing:
@@ -264,5 +271,6 @@ def make_plan(
         n_buckets=n_buckets,
         top_k=top_k,
         ineligible=ineligible,
+        evidence=evidence,
         model_digest=folder_digest(Path(model_uri)) if Path(model_uri).exists() else "",
     )

@@ -56,9 +56,9 @@ def raw_schema(plan: BatchPlan, kind: str) -> pa.Schema:
     if kind == CUSTOMERS and table.id is None:
         schema = schema.append(pa.field(ROW_ID, pa.string()))
     if kind == EVENTS and plan.text_column:
-        schema = schema.remove(schema.get_field_index(plan.text_column)).append(
-            pa.field(SENTIMENT, pa.float64())
-        )
+        if not plan.evidence:  # the text is read only to be scored; the evidence quotes it
+            schema = schema.remove(schema.get_field_index(plan.text_column))
+        schema = schema.append(pa.field(SENTIMENT, pa.float64()))
     if any(not is_parquet(file) for file in files):
         schema = schema.append(pa.field(ROW_PROBLEM, pa.string()))
     return schema.append(pa.field(SOURCE_FILE, pa.int32())).append(pa.field(SOURCE_ROW, pa.int64()))

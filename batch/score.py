@@ -49,6 +49,7 @@ def score_customers(
     keep_work: bool = False,
     text_scorer: Callable[[Sequence[str]], Any] | None = None,
     ineligible: str = "exclude",
+    evidence: bool = False,
 ) -> BatchSummary:
     """Score every customer of a spec as of a date and write one Parquet row per customer.
 
@@ -75,6 +76,8 @@ def score_customers(
         ineligible: customers who were not customers at `as_of` (signed up later, churned before): "exclude"
             (left out, counted in the summary) or "flag" (kept with `eligible=false`, `ineligible_reason` and
             no risk).
+        evidence: each reason also lists the events behind it (`features.evidence`, as JSON in the reason's
+            `evidence` field): the events' texts are read too, so it costs time and space; off by default.
     Returns:
         A `BatchSummary`; `.render()` prints it, `.top_risk(10)` lists the riskiest customers with reasons.
     """
@@ -98,6 +101,7 @@ def score_customers(
         sentiment_model=sentiment_model,
         cache_dir=cache_dir,
         ineligible=ineligible,
+        evidence=evidence,
     )
     injected = text_scorer is not None and plan.sentiment is not None
     if injected:

@@ -58,7 +58,7 @@ SPLIT_DDL = "kind string, file_index int, first_group int, last_group int, row_o
 RECORD = "record"
 OUTPUT_DDL = (
     "record string, customer_id string, churn_risk double, risk_band string, "
-    "reasons array<struct<feature:string,value:string,contribution:double>>, base_value double, "
+    "reasons array<struct<feature:string,value:string,contribution:double,evidence:string>>, base_value double, "
     "other_contribution double, eligible boolean, ineligible_reason string, as_of date, model_version string, "
     "sentiment_model_version string, sentiment_scoring_id string, "
     "table string, file string, row long, column string, reason string"

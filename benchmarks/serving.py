@@ -9,7 +9,8 @@ Starts (unless --url names a running server) a real `bentoml serve` of the newes
 and with a bounded request count: requests/s, p50 and p99 latency and non-200 answers of
 
   - POST /churn_risk with 50 events and no text;
-  - POST /churn_risk with 50 events of which 5 carry text (scored by the sentiment model);
+  - POST /churn_risk with 50 events of which 5 carry text (scored by the sentiment model), with the events
+    behind each reason (`evidence`, the default) and without (`"evidence": false`);
   - POST /sentiment with one text per request (texts batched in the worker, the default), and the same with
     CHURNSENSE_SENTIMENT_BATCHING=bentoml (texts batched by BentoML behind /classify_texts, a second request).
 
@@ -19,7 +20,7 @@ Yardsticks measured in the same run on the same machine, in every round right be
   - the compute ceiling: the served sentiment model's own batch-32 throughput in this process (texts/s).
 
 Targets: /churn_risk without text >= 50% of the floor's requests/s; /sentiment at 32 clients >= 80% of the
-ceiling. Single runs on a shared 2-core machine vary by +-20%, so every scenario runs `--repeat` rounds: the
+ceiling; /churn_risk with evidence at 1 client: p50 at most 2x that without evidence. Single runs on a shared 2-core machine vary by +-20%, so every scenario runs `--repeat` rounds: the
 table shows each one's median round, and the targets use the median of the ratios paired within a round. The
 load generator (aiohttp) shares the machine's cores with the server, as a co-located client would.
 """
@@ -286,6 +287,7 @@ def main() -> None:
     churn, sentiment = args.only in ("all", "churn"), args.only in ("all", "sentiment")
     no_text = churn_payloads(schema, 50, 0, N_PAYLOADS, seed=1)
     five_texts = churn_payloads(schema, 50, 5, N_PAYLOADS, seed=2)
+    five_texts_plain = [json.dumps(json.loads(b) | {"evidence": False}).encode() for b in five_texts]
     texts = sentiment_texts(512, seed=3)
     one_text = [json.dumps({"texts": [t]}).encode() for t in texts]
     runs: dict[tuple[str, int], list[LoadResult]] = {}
@@ -321,6 +323,7 @@ def main() -> None:
                 for scenario, bodies in (
                     ("churn_risk 50 ev", no_text),
                     ("churn_risk 50 ev+5 txt", five_texts),
+                    ("churn_risk 50 ev+5 txt, no evidence", five_texts_plain),
                 ):
                     result = record(measure(url, scenario, "/churn_risk", bodies, clients, args.duration))
                     ratios.setdefault((scenario, clients), []).append(result.rps / floor.rps)
@@ -371,6 +374,17 @@ def main() -> None:
                 f"{min(paired):.0%}-{max(paired):.0%}): {'met' if ratio >= target else 'MISSED'}"
             )
     print(f"\ntargets at {top} clients: " + "; ".join(verdicts))
+    with_evidence, without = (
+        runs.get(("churn_risk 50 ev+5 txt", 1)),
+        runs.get(("churn_risk 50 ev+5 txt, no evidence", 1)),
+    )
+    if with_evidence and without:
+        ratio = median(r.p50_ms for r in with_evidence) / median(r.p50_ms for r in without)
+        print(
+            f"evidence at 1 client: p50 {median(r.p50_ms for r in with_evidence):.1f} ms with, "
+            f"{median(r.p50_ms for r in without):.1f} ms without: {ratio:.2f}x (target <= 2x): "
+            f"{'met' if ratio <= 2 else 'MISSED'}"
+        )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(

@@ -224,6 +224,14 @@ def score(
             "summary) or flag (kept with eligible=false and no risk)",
         ),
     ] = "exclude",
+    evidence: Annotated[
+        bool,
+        typer.Option(
+            "--evidence/--no-evidence",
+            help="each reason also lists the events behind it (JSON in reasons.evidence); reads the event texts "
+            "too, so it costs time and space",
+        ),
+    ] = False,
     store: StoreOption = None,
 ) -> None:
     """Score every customer as of a date (churn_risk, risk_band, reasons); rejected input rows go beside --out.
@@ -248,6 +256,7 @@ def score(
         cache_dir=cache_dir,
         progress=progress,
         ineligible=ineligible,
+        evidence=evidence,
     )
     typer.echo(summary.render())
 

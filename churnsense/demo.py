@@ -123,7 +123,8 @@ def run_demo(out: Path, customers: int, seed: int, sentiment_steps: int) -> None
 
     tag = build_bento()
     print(f"built {tag}")
-    demo_requests(tag, spec_path, store_url=store_url)
+    riskiest = str(top_risk(scores_path, 1)["customer_id"].iloc[0])
+    demo_requests(tag, spec_path, store_url=store_url, riskiest=riskiest)
     print(f"({time.perf_counter() - started:.1f}s)")
     print(
         f"\ndone: everything is under {out}/ (MLflow: mlflow ui --backend-store-uri sqlite:///{out}/mlflow.db)"

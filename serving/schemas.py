@@ -275,6 +275,7 @@ class ChurnRiskRequest(_Strict):
         json_schema_extra=_published(maxItems="max_events"),
     )
     as_of: Timestamp | None = Field(None, description="the time the risk describes (default: now, UTC)")
+    evidence: bool = Field(True, description="list the events behind each reason (false: a smaller answer)")
 
     @field_validator("events")
     @classmethod
@@ -381,10 +382,31 @@ class EventsResponse(BaseModel):
     duplicates: int = Field(description="events the store already held (same event_id, or same content)")
 
 
+class EvidenceEvent(BaseModel):
+    """One event behind a reason: when, what type; its text (as the sentiment model read it) and sentiment
+    when the events have texts; the value a value feature aggregates."""
+
+    model_config = ConfigDict(extra="allow")
+
+    timestamp: str = Field(description="ISO 8601, UTC")
+    type: str
+
+
+class Evidence(BaseModel):
+    """The events that made a reason's feature value: the first few (newest first; for a minimum or maximum,
+    the one that gave it first) and how many there are (a count feature's `total` is its value)."""
+
+    total: int
+    events: list[EvidenceEvent]
+
+
 class Reason(BaseModel):
     feature: str
     value: float | str | None = Field(description="the customer's value of the feature (null: missing)")
     contribution: float = Field(description="push towards churn (+) or away from it (-)")
+    evidence: Evidence | None = Field(
+        None, description="the events behind the value (null: a profile feature, or evidence not asked for)"
+    )
 
 
 class SentimentSummary(BaseModel):

@@ -21,6 +21,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
 from features.columns import CUSTOMER_ID, EVENT_TYPE, SIGNUP_DATE, TEXT, TIMESTAMP
 from features.engine import FeatureSchema, build_customer_features
+from features.evidence import EvidenceFinder
 from features.io import not_a_number_text
 from features.pipeline import add_sentiment
 from features.text import normalise_texts
@@ -169,6 +170,7 @@ def score_requests(
     versions: ModelVersions,
     now: dt.datetime | None = None,
     check: bool = True,
+    evidence: EvidenceFinder | None = None,
 ) -> list[ChurnRiskResponse]:
     """Churn risk for validated requests, in request order; requests without `as_of` are scored as of `now`.
 
@@ -180,9 +182,12 @@ def score_requests(
         now: the as_of of requests without one (default: the current time). Requests sharing an as_of are
             scored in one call of the feature engine and the model.
         check: run `check_against_schema` first (the service has already run it, before scoring texts).
+        evidence: finds the events behind each reason of the requests that ask for it (built from `schema`
+            when not given: the service keeps one).
     """
     if check:
         check_against_schema(requests, schema)
+    evidence = evidence or EvidenceFinder(schema)
 
     def polarity(texts: Sequence[str]) -> np.ndarray:
         return np.array([scored_texts[text].polarity for text in texts], dtype="float64")
@@ -205,6 +210,11 @@ def score_requests(
         risks = scored["churn_risk"].to_numpy(dtype="float64")
         bands = scored["risk_band"].astype(str).tolist()
         reasons = scored["reasons"].tolist()
+        wanted = {key: reasons[row] for row, key in enumerate(keys) if group[row].evidence}
+        found = evidence.find(events, as_of, wanted) if wanted else {}
+        for row, key in enumerate(keys):
+            for reason, item in zip(reasons[row], found.get(key, ()), strict=True):
+                reason["evidence"] = item
         base = scored["base_value"].to_numpy(dtype="float64")
         other = scored["other_contribution"].to_numpy(dtype="float64")
         for row, (i, request) in enumerate(zip(positions, group, strict=True)):

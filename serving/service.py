@@ -86,6 +86,7 @@ class ChurnSense:
     sentiment_ref = bentoml.models.BentoModel(f"{SENTIMENT_MODEL}:latest")
 
     def __init__(self) -> None:
+        from features.evidence import EvidenceFinder
         from models.churn import ChurnModel
         from models.sentiment import SentimentClassifier
         from serving.threads import limit_this_thread, limit_torch_threads
@@ -105,6 +106,7 @@ class ChurnSense:
         # On an instance, a `BentoModel` attribute is the resolved store entry (`bentoml.Model`).
         churn_stored, sentiment_stored = self.churn_ref, self.sentiment_ref
         self.churn_model = ChurnModel.load(churn_stored.path_of(MLFLOW_MODEL_FOLDER))
+        self.evidence = EvidenceFinder(self.churn_model.schema)
         lineage = self.churn_model.sentiment_lineage
         self.sentiment_model = SentimentClassifier.load(
             sentiment_stored.path_of(MLFLOW_MODEL_FOLDER),
@@ -184,11 +186,12 @@ class ChurnSense:
         customer_id: str | None,
         events: list[Event],
         as_of: dt.datetime | None,
+        evidence: bool = True,
     ) -> ChurnRiskResponse:
-        """Calibrated churn risk of one customer as of `as_of` (default now), with reasons and text sentiment:
-        sent in full, or by `customer_id` alone from the event store."""
+        """Calibrated churn risk of one customer as of `as_of` (default now), with reasons (and the events
+        behind each) and text sentiment: sent in full, or by `customer_id` alone from the event store."""
         request = ChurnRiskRequest.model_construct(
-            customer=customer, customer_id=customer_id, events=events, as_of=as_of
+            customer=customer, customer_id=customer_id, events=events, as_of=as_of, evidence=evidence
         )
         (answer,) = await self._score([request])
         return answer
@@ -228,7 +231,9 @@ class ChurnSense:
         out = []
         for request in requests:
             if request.customer is None:
-                request = found[(request.customer_id, request.as_of or now)]
+                full = found[(request.customer_id, request.as_of or now)]
+                # One stored request may serve several asking for the same customer: each keeps its own options.
+                request = full if request.evidence else full.model_copy(update={"evidence": False})
             out.append(request)
         return out
 
@@ -301,6 +306,7 @@ class ChurnSense:
             scored,
             self.versions,
             check=False,  # `_score` checked these requests before their texts were scored
+            evidence=self.evidence,
         )
 
     def _warm_up(self) -> None:

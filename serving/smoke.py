@@ -112,6 +112,7 @@ def demo_requests(
     spec_path: Path | str | None = None,
     port: int | None = None,
     store_url: str | None = None,
+    riskiest: str | None = None,
 ) -> dict[str, Any]:
     """Serve the Bento on 127.0.0.1 briefly, send one /churn_risk and one /sentiment request, print both
     answers, stop the server, and return them ({"churn_risk": ..., "sentiment": ...}).
@@ -121,6 +122,7 @@ def demo_requests(
         spec_path: a dataset spec whose data gives the /churn_risk customer (default: a made-up one).
         port: the port (default: a free one).
         store_url: an event store holding the spec's data: the same customer is then also asked for by id.
+        riskiest: a customer of that store to show as a support agent would read it (`agent_view`).
     """
     import bentoml
     import httpx
@@ -151,13 +153,21 @@ def demo_requests(
         if store_url:
             ask = {"customer_id": churn_body["customer"]["customer_id"], "as_of": churn_body.get("as_of")}
             by_id = client.post("/churn_risk", json=ask)
+        agent = None
+        if store_url and riskiest:
+            agent = client.post(
+                "/churn_risk", json={"customer_id": riskiest, "as_of": churn_body.get("as_of")}
+            )
         health = client.get("/healthz").status_code
     n_texts = sum("text" in e for e in churn_body["events"])
     print(
         f"\nPOST /churn_risk  customer {churn_body['customer']['customer_id']} with "
         f"{len(churn_body['events'])} events ({n_texts} with text), as_of {churn_body.get('as_of', 'now')}"
     )
-    print(f"-> {churn.status_code} {json.dumps(churn.json(), indent=2)}")
+    print(f"-> {churn.status_code} {json.dumps(_without_evidence(churn.json()), indent=2)}")
+    print(
+        "   (each reason also carries `evidence`: the events behind it; shown below for the riskiest customer)"
+    )
     print(f"\nPOST /sentiment  {json.dumps(sentiment_body)}")
     print(f"-> {sentiment.status_code} {json.dumps(sentiment.json(), indent=2)}")
     if by_id is not None:
@@ -165,6 +175,11 @@ def demo_requests(
         print(f"\nPOST /churn_risk  {json.dumps(ask)}  (history from the event store)")
         print(f"-> {by_id.status_code} churn_risk {by_id.json().get('churn_risk')}: "
               f"{'the same' if same else 'NOT the same'} as with the full history")  # fmt: skip
+    if agent is not None and agent.status_code == 200:
+        print(
+            f"\nPOST /churn_risk  {{'customer_id': {riskiest!r}}}: the riskiest customer, as an agent reads it"
+        )
+        print(agent_view(agent.json()))
     print(f"\n/healthz {health}; server stopped")
     answers = [("/churn_risk", churn), ("/sentiment", sentiment)]
     for name, response in answers + ([("/churn_risk by id", by_id)] if by_id is not None else []):
@@ -173,3 +188,45 @@ def demo_requests(
 
             raise UserError(f"{name} answered {response.status_code}: {response.text[:500]}")
     return {"churn_risk": churn.json(), "sentiment": sentiment.json()}
+
+
+def _without_evidence(answer: dict[str, Any]) -> dict[str, Any]:
+    return answer | {"reasons": [{k: v for k, v in r.items() if k != "evidence"} for r in answer["reasons"]]}
+
+
+def _quoted(text: str | None, width: int = 90) -> str:
+    if not text:
+        return ""
+    return f' "{text if len(text) <= width else text[: width - 3] + "..."}"'
+
+
+def agent_view(answer: dict[str, Any], shown: int = 3) -> str:
+    """A /churn_risk answer as a support agent reads it: risk and band, then each reason with the events
+    behind it (newest first, texts quoted)."""
+    lines = [
+        f"customer {answer['customer_id']} as of {str(answer['as_of'])[:10]}: churn risk "
+        f"{answer['churn_risk']:.0%} ({answer['risk_band']})"
+    ]
+    for rank, reason in enumerate(answer["reasons"], 1):
+        value = reason["value"]
+        shown_value = f"{value:.3g}" if isinstance(value, float) else str(value)
+        lines.append(
+            f"  {rank}. {reason['feature']} = {shown_value} ({reason['contribution']:+.2f} log-odds towards churn)"
+        )
+        evidence = reason.get("evidence")
+        if not evidence:
+            lines.append("       (a profile value: no events behind it)")
+            continue
+        if not evidence["events"]:
+            lines.append("       no such events")
+            continue
+        more = evidence["total"] - len(evidence["events"][:shown])
+        for event in evidence["events"][:shown]:
+            sentiment = event.get("sentiment")
+            mood = f" (sentiment {sentiment:+.2f})" if sentiment is not None else ""
+            lines.append(
+                f"       {event['timestamp'][:16].replace('T', ' ')}  {event['type']}{mood}{_quoted(event.get('text'))}"
+            )
+        if more > 0:
+            lines.append(f"       ... and {more} more")
+    return "\n".join(lines)

@@ -74,6 +74,7 @@ def test_by_id_history_gives_the_features_of_the_whole_history(
     """Window features: only the lookback window plus anchors are read, yet every feature equals the whole
     history's, bit for bit. Lifetime features (all-time counts and sums, gaps): the service's lookback reads
     the whole history, and they equal it too."""
+    from features.evidence import EvidenceFinder
     from serving.event_store import lookback_days
 
     ingest_spec(data_dir / "all.yaml", store_url, rejects_path=tmp_path / "r.parquet")
@@ -103,6 +104,12 @@ def test_by_id_history_gives_the_features_of_the_whole_history(
         events = add_sentiment(found.events, polarity)
         mine = build_customer_features(events, as_of, schema, customers=found.customers).loc[ids]
         pd.testing.assert_frame_equal(mine, whole, check_exact=True)
+        # The events behind every feature too (anchors stand in for older events: recencies name time and type).
+        finder = EvidenceFinder(schema)
+        reasons = {c: [{"feature": n} for n in schema.event_feature_names()] for c in ids[:60]}
+        from_store = finder.find(events, as_of, reasons)
+        assert from_store == finder.find(add_sentiment(data.events, polarity), as_of, reasons)
+        assert sum(item["total"] for rows in from_store.values() for item in rows if item) > 0
 
 
 def test_unknown_and_hostile_ids_are_just_unknown(data_dir: Path, store_url: str, tmp_path: Path):

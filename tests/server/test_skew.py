@@ -44,12 +44,23 @@ def truth(trained, models, tmp_path_factory) -> dict:
     data = load_training_data(spec, scorer)
     frame, schema = label_training_data(data, ChurnConfig().min_positives)
     assert schema == churn.schema  # the frame is built exactly as the model's was
-    scores = {}
+    from features.evidence import EvidenceFinder
+
+    scores, evidence = {}, {}
+    finder = EvidenceFinder(churn.schema)
     for as_of, block in frame.groupby("as_of", sort=True):
         features = block.set_index("customer_id")[churn.columns]
-        scores[pd.Timestamp(as_of).date()] = churn.score(features, top_k=5)
+        date = pd.Timestamp(as_of).date()
+        scores[date] = churn.score(features, top_k=5)
+        # The events behind each reason, from the whole history the training frame was built from.
+        evidence[date] = finder.find(data.events, date, dict(scores[date]["reasons"].items()))
     assert len(scores) >= 3, "the simulator spec has several snapshot dates"
-    return {"spec": trained["spec"], "scores": scores, "data": data}
+    with_text = [
+        e for found in evidence.values() for rows in found.values() for item in rows if item
+        for e in item["events"] if e.get("text")
+    ]  # fmt: skip
+    assert len(with_text) > 100, "the evidence compared below quotes texts"
+    return {"spec": trained["spec"], "scores": scores, "data": data, "evidence": evidence}
 
 
 def _reason_tuples(reasons, as_text: bool = False) -> list[tuple]:
@@ -64,8 +75,20 @@ def _reason_tuples(reasons, as_text: bool = False) -> list[tuple]:
     return out
 
 
-def _assert_answer_equals(answer: dict, expected: pd.Series, churn) -> None:
+def _assert_evidence_equals(got: list, truth: dict, as_of: dt.date, customer_id: str) -> None:
+    """Each reason's evidence (events, texts, scores, totals) equals what the whole history gives."""
+    want = truth["evidence"][as_of][customer_id]
+    assert got == want, f"evidence of {customer_id} as of {as_of}"
+
+
+def _assert_answer_equals(
+    answer: dict, expected: pd.Series, churn, truth: dict | None = None, as_of: dt.date | None = None
+) -> None:
     where = f"{answer['customer_id']} as of {answer['as_of']}"
+    if truth is not None:
+        _assert_evidence_equals(
+            [r["evidence"] for r in answer["reasons"]], truth, as_of, answer["customer_id"]
+        )
     assert answer["churn_risk"] == expected["churn_risk"], where
     assert answer["risk_band"] == expected["risk_band"], where
     assert _reason_tuples(answer["reasons"]) == _reason_tuples(expected["reasons"]), where
@@ -103,13 +126,17 @@ def test_service_alone_batched_and_under_load_equals_the_training_frame(
         alone = [http.post("/churn_risk", json=body) for body in bodies]
         for response, body in zip(alone, bodies, strict=True):
             assert response.status_code == 200, response.text
-            _assert_answer_equals(response.json(), expected.loc[body["customer"]["customer_id"]], churn)
+            _assert_answer_equals(
+                response.json(), expected.loc[body["customer"]["customer_id"]], churn, truth, as_of
+            )
         for start in range(0, len(bodies), 6):  # the test server takes at most 6 customers per batch
             chunk = bodies[start : start + 6]
             response = http.post("/churn_risk_batch", json={"customers": chunk})
             assert response.status_code == 200, response.text
             for answer, body in zip(response.json()["results"], chunk, strict=True):
-                _assert_answer_equals(answer, expected.loc[body["customer"]["customer_id"]], churn)
+                _assert_answer_equals(
+                    answer, expected.loc[body["customer"]["customer_id"]], churn, truth, as_of
+                )
 
         # Under load: two clients flood /sentiment while the same requests go again.
         stop = threading.Event()
@@ -168,10 +195,17 @@ def _batch_rows(path: Path) -> pd.DataFrame:
     return read_scores(path).set_index("customer_id")
 
 
-def _assert_batch_equals(got: pd.DataFrame, expected: pd.DataFrame, churn) -> None:
+def _assert_batch_equals(
+    got: pd.DataFrame, expected: pd.DataFrame, churn, truth: dict | None = None, as_of: dt.date | None = None
+) -> None:
+    import json
+
     assert sorted(got.index) == sorted(expected.index)  # the same eligible customers
     for customer_id, row in got.iterrows():
         want = expected.loc[customer_id]
+        if truth is not None:
+            evidence = [None if r["evidence"] is None else json.loads(r["evidence"]) for r in row["reasons"]]
+            _assert_evidence_equals(evidence, truth, as_of, customer_id)
         assert row["churn_risk"] == want["churn_risk"], customer_id
         assert row["risk_band"] == want["risk_band"], customer_id
         assert _reason_tuples(row["reasons"]) == _reason_tuples(want["reasons"], as_text=True), customer_id
@@ -199,9 +233,10 @@ def test_batch_engines_equal_the_training_frame(engine, truth, models, tmp_path:
             cache_dir=tmp_path / f"cache-{engine}",  # fresh: this engine scores every text itself
             chunk_customers=150,
             master="local[2]",
+            evidence=True,
         )
         assert summary.n_buckets > 2
-        _assert_batch_equals(_batch_rows(out), truth["scores"][as_of], churn)
+        _assert_batch_equals(_batch_rows(out), truth["scores"][as_of], churn, truth, as_of)
 
 
 def _by_id(truth: dict, canonical, as_of: dt.date) -> list[dict]:
@@ -227,7 +262,9 @@ def test_by_id_from_the_event_store_equals_the_training_frame(
                 for body in bodies:
                     response = client.post("/churn_risk", json=body)
                     assert response.status_code == 200, response.text
-                    _assert_answer_equals(response.json(), expected.loc[body["customer_id"]], churn)
+                    _assert_answer_equals(
+                        response.json(), expected.loc[body["customer_id"]], churn, truth, as_of
+                    )
                 response = client.post("/churn_risk_batch", json={"customers": bodies[:6]})
                 assert response.status_code == 200, response.text
                 for answer, body in zip(response.json()["results"], bodies[:6], strict=True):

@@ -1,0 +1,182 @@
+"""The evidence behind a feature's value: the events that made it, for a reason a support agent can check.
+
+`EvidenceFinder(schema).find(events, as_of, features)` answers, for a customer and one of its features, with
+the events the feature engine counted (or the one whose time or value it took), newest first, a few of them and
+their total: `n_ticket_30d = 4` comes with those 4 tickets; `days_since_login` with the login it measures from;
+`sentiment_min_90d` with the text that scored lowest. It reads the same canonical events as
+`features.engine.build_customer_features` and applies the same rules (strictly before `as_of`; a window of `w`
+days holds events at most `w` days old; excluded types never count; unseen types count as "other"), so a count's
+`total` equals the feature's value (tested). Texts are shown as the sentiment model read them
+(`features.text.normalise_text`). Profile features and `tenure_days` from a signup date have no
+events behind them: their evidence is None.
+
+Every path (the service, both batch engines) calls this on the events it scored from, so evidence is identical
+wherever a score is made. Times are ISO 8601 in UTC (`2024-10-03T12:00:00Z`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features.columns import CUSTOMER_ID, EVENT_TYPE, SENTIMENT, TEXT, TIMESTAMP
+from features.engine import DAY_NS, NEGATIVE_SENTIMENT, FeatureSchema, to_timestamp_ns
+from features.text import normalise_text
+
+SHOWN_EVENTS = 3  # events listed per reason (the newest; `total` says how many there are)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Which events make a feature: a window (days; None = the whole history), a type (None = every counted
+    type), a required column (a value or a sentiment score present), and which event leads the list."""
+
+    window: int | None = None
+    kind: str | None = None
+    needs: str | None = None  # a value column, or SENTIMENT
+    negative_only: bool = False
+    lead: str = "newest"  # newest | oldest | highest (value of `needs`) | lowest (sentiment)
+    single: bool = False  # the feature is one event's time or value: list that event alone
+
+
+def rules_for(schema: FeatureSchema) -> dict[str, Rule]:
+    """The rule behind each event feature of `schema`, by feature name (the names the engine builds)."""
+    if not schema.use_events:
+        return {}
+    trend, longest = schema.trend_window, schema.windows[-1]
+    rules: dict[str, Rule] = {}
+    for w in schema.windows:
+        rules[f"n_events_{w}d"] = Rule(window=w)
+    rules["days_since_last_event"] = Rule(single=True)
+    rules["days_since_first_event"] = Rule(lead="oldest", single=True)
+    rules[f"trend_events_{trend}d"] = Rule(window=2 * trend)
+    for kind in schema.counted_types:
+        for w in schema.windows:
+            rules[f"n_{kind}_{w}d"] = Rule(window=w, kind=kind)
+        rules[f"days_since_{kind}"] = Rule(kind=kind, single=True)
+        rules[f"trend_{kind}_{trend}d"] = Rule(window=2 * trend, kind=kind)
+    for value in schema.value_columns:
+        for w in schema.windows:
+            rules[f"sum_{value}_{w}d"] = Rule(window=w, needs=value)
+        rules[f"mean_{value}_{longest}d"] = Rule(window=longest, needs=value)
+        rules[f"max_{value}_{longest}d"] = Rule(window=longest, needs=value, lead="highest")
+        rules[f"trend_{value}_{trend}d"] = Rule(window=2 * trend, needs=value)
+    if schema.lifetime:
+        rules["n_events_all"] = Rule()
+        for kind in schema.counted_types:
+            rules[f"n_{kind}_all"] = Rule(kind=kind)
+        for value in schema.value_columns:
+            rules[f"sum_{value}_all"] = Rule(needs=value)
+        for name in ("events_per_30d", "gap_mean_days", "gap_sd_days"):
+            rules[name] = Rule()
+    if schema.use_sentiment:
+        for name in (f"n_texts_{longest}d", f"sentiment_mean_{longest}d"):
+            rules[name] = Rule(window=longest, needs=SENTIMENT)
+        rules[f"sentiment_min_{longest}d"] = Rule(window=longest, needs=SENTIMENT, lead="lowest")
+        rules[f"sentiment_share_negative_{longest}d"] = Rule(
+            window=longest, needs=SENTIMENT, negative_only=True
+        )
+        rules["sentiment_last"] = Rule(needs=SENTIMENT, single=True)
+    return rules
+
+
+def _iso(ns: int) -> str:
+    return pd.Timestamp(ns, unit="ns").isoformat() + "Z"
+
+
+def _number(value: Any) -> float | None:
+    return None if value is None or (isinstance(value, float) and np.isnan(value)) else float(value)
+
+
+class EvidenceFinder:
+    """Finds the events behind reasons, for one schema. Build once per model; `find` per batch of customers."""
+
+    def __init__(self, schema: FeatureSchema, shown: int = SHOWN_EVENTS) -> None:
+        self.schema = schema
+        self.rules = rules_for(schema)
+        self.shown = shown
+
+    def find(
+        self, events: pd.DataFrame | None, as_of: Any, reasons: dict[str, list[dict[str, Any]]]
+    ) -> dict[str, list[dict[str, Any] | None]]:
+        """Evidence for each reason of each customer: {customer key: [evidence or None per reason, in order]}.
+
+        Args:
+            events: canonical events (`customer_id`, `timestamp`, `event_type`, value columns, optional `text`
+                and `sentiment`), as the features were built from.
+            as_of: the features' as_of.
+            reasons: {customer key: that customer's reasons (dicts with a `feature`)}.
+        """
+        out: dict[str, list[dict[str, Any] | None]] = {}
+        if events is None or len(events) == 0 or not self.rules:
+            return {key: [self._empty(r["feature"]) for r in rows] for key, rows in reasons.items()}
+        as_of_ns = to_timestamp_ns(as_of)
+        times = events[TIMESTAMP].to_numpy("datetime64[ns]").view("int64")
+        before = times < as_of_ns
+        wanted = events[CUSTOMER_ID].astype(str).isin(list(reasons)).to_numpy() & before
+        mine = events.loc[wanted]
+        groups = mine.groupby(mine[CUSTOMER_ID].astype(str), sort=False, observed=True).indices
+        for key, rows in reasons.items():
+            positions = groups.get(key)
+            customer = mine.iloc[positions] if positions is not None else mine.iloc[:0]
+            out[key] = [self._one(customer, as_of_ns, r["feature"]) for r in rows]
+        return out
+
+    def _empty(self, feature: str) -> dict[str, Any] | None:
+        return {"total": 0, "events": []} if feature in self.rules else None
+
+    def _one(self, events: pd.DataFrame, as_of_ns: int, feature: str) -> dict[str, Any] | None:
+        rule = self.rules.get(feature)
+        if rule is None:
+            return None
+        schema = self.schema
+        times = events[TIMESTAMP].to_numpy("datetime64[ns]").view("int64")
+        types = events[EVENT_TYPE].astype(str).to_numpy(dtype=object)
+        keep = ~np.isin(types, list(schema.excluded_event_types))
+        if rule.window is not None:
+            keep &= (as_of_ns - times) <= rule.window * DAY_NS
+        if rule.kind is not None:
+            if rule.kind in schema.event_types:
+                keep &= types == rule.kind
+            else:  # "other": every type the schema does not count on its own
+                keep &= ~np.isin(types, list(schema.event_types))
+        scores = events[SENTIMENT].to_numpy(dtype="float64") if SENTIMENT in events.columns else None
+        values = None
+        if rule.needs == SENTIMENT:
+            values = scores if scores is not None else np.full(len(events), np.nan)
+            keep &= ~np.isnan(values)
+            if rule.negative_only:
+                keep &= values < NEGATIVE_SENTIMENT
+        elif rule.needs is not None:
+            values = events[rule.needs].to_numpy(dtype="float64")
+            keep &= ~np.isnan(values)
+        index = np.flatnonzero(keep)
+        total = int(index.size)
+        # Newest first; ties in time keep the events' order (the engine's canonical order).
+        order = index[np.argsort(-times[index], kind="stable")]
+        if rule.lead == "oldest":
+            order = index[np.argsort(times[index], kind="stable")]
+        elif rule.lead == "highest" and values is not None:
+            order = order[np.argsort(-values[order], kind="stable")]
+        elif rule.lead == "lowest" and values is not None:
+            order = order[np.argsort(values[order], kind="stable")]
+        listed = order[: 1 if rule.single else self.shown]
+        # A recency's event is named by its time and type only: by-id scoring reads events older than the
+        # lookback window as bare times (`store.read`), and evidence must be the same on every path.
+        described = not rule.single or rule.needs == SENTIMENT
+        texts = events[TEXT] if TEXT in events.columns and described else None
+        shown = []
+        for i in listed:
+            item: dict[str, Any] = {"timestamp": _iso(int(times[i])), "type": str(types[i])}
+            if texts is not None:  # as the sentiment model read it
+                text = texts.iloc[i]
+                item["text"] = None if pd.isna(text) else normalise_text(text)
+            if scores is not None and described:
+                item["sentiment"] = _number(scores[i])
+            if rule.needs is not None and rule.needs != SENTIMENT:
+                item[rule.needs] = _number(values[i])
+            shown.append(item)
+        return {"total": 1 if rule.single and total else total, "events": shown}
