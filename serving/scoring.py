@@ -212,8 +212,8 @@ def score_requests(
         reasons = scored["reasons"].tolist()
         wanted = {key: reasons[row] for row, key in enumerate(keys) if group[row].evidence}
         found = evidence.find(events, as_of, wanted) if wanted else {}
-        for row, key in enumerate(keys):
-            for reason, item in zip(reasons[row], found.get(key, ()), strict=True):
+        for key, rows in wanted.items():
+            for reason, item in zip(rows, found[key], strict=True):
                 reason["evidence"] = item
         base = scored["base_value"].to_numpy(dtype="float64")
         other = scored["other_contribution"].to_numpy(dtype="float64")

@@ -200,6 +200,9 @@ def _quoted(text: str | None, width: int = 90) -> str:
     return f' "{text if len(text) <= width else text[: width - 3] + "..."}"'
 
 
+_EVENT_KEYS = ("timestamp", "type", "text", "sentiment")
+
+
 def agent_view(answer: dict[str, Any], shown: int = 3) -> str:
     """A /churn_risk answer as a support agent reads it: risk and band, then each reason with the events
     behind it (newest first, texts quoted)."""
@@ -224,6 +227,8 @@ def agent_view(answer: dict[str, Any], shown: int = 3) -> str:
         for event in evidence["events"][:shown]:
             sentiment = event.get("sentiment")
             mood = f" (sentiment {sentiment:+.2f})" if sentiment is not None else ""
+            values = [f"{k} {v:g}" for k, v in event.items() if k not in _EVENT_KEYS and v is not None]
+            mood += f" [{', '.join(values)}]" if values else ""
             lines.append(
                 f"       {event['timestamp'][:16].replace('T', ' ')}  {event['type']}{mood}{_quoted(event.get('text'))}"
             )

@@ -403,6 +403,26 @@ def test_sentiment_endpoint(http, models, trained):
 
 
 @pytest.mark.slow
+def test_evidence_can_be_left_out_and_changes_nothing_else(http, canonical):
+    """`"evidence": false` (a smaller answer), alone and in a batch beside a request that wants it."""
+    customers, events, as_of = canonical
+    customer_id, other_id = pick_customers(events, as_of, 2)
+    body = request_for(customers, events, customer_id, as_of)
+    other = request_for(customers, events, other_id, as_of)
+    full = http.post("/churn_risk", json=body)
+    lean = http.post("/churn_risk", json=body | {"evidence": False})
+    assert full.status_code == 200 and lean.status_code == 200, lean.text
+    assert any(r["evidence"] for r in full.json()["reasons"])
+    assert all(r["evidence"] is None for r in lean.json()["reasons"])
+    strip = lambda answer: answer | {"reasons": [r | {"evidence": None} for r in answer["reasons"]]}  # noqa: E731
+    assert strip(full.json()) == lean.json()
+    both = http.post("/churn_risk_batch", json={"customers": [body | {"evidence": False}, other]})
+    assert both.status_code == 200, both.text
+    lean_again, other_full = both.json()["results"]
+    assert lean_again == lean.json() and other_full == http.post("/churn_risk", json=other).json()
+    assert any(r["evidence"] for r in other_full["reasons"])
+
+
 def test_churn_risk_over_http_equals_offline_score(http, models, canonical, trained):
     customers, events, as_of = canonical
     (customer_id,) = pick_customers(events, as_of, 1)

@@ -148,7 +148,8 @@ def test_the_agent_view_quotes_the_evidence():
                     "events": [
                         {"timestamp": "2024-09-28T10:00:00Z", "type": "complaint", "text": "still broken",
                          "sentiment": -0.92},
-                        {"timestamp": "2024-09-20T09:30:00Z", "type": "complaint", "text": None, "sentiment": None},
+                        {"timestamp": "2024-09-20T09:30:00Z", "type": "complaint", "text": None, "sentiment": None,
+                         "duration_s": 570.0},
                     ],
                 },
             },
@@ -159,3 +160,4 @@ def test_the_agent_view_quotes_the_evidence():
     assert "churn risk 83% (critical)" in view
     assert '2024-09-28 10:00  complaint (sentiment -0.92) "still broken"' in view
     assert "... and 3 more" in view and "a profile value" in view
+    assert "2024-09-20 09:30  complaint [duration_s 570]" in view
