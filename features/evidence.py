@@ -17,7 +17,7 @@ wherever a score is made. Times are ISO 8601 in UTC (`2024-10-03T12:00:00Z`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -91,6 +91,18 @@ def _number(value: Any) -> float | None:
     return None if value is None or (isinstance(value, float) and np.isnan(value)) else float(value)
 
 
+class _Events(NamedTuple):
+    """The columns evidence reads, as numpy arrays (one conversion per call, then cheap slices per customer)."""
+
+    times: np.ndarray  # int64 ns
+    types: np.ndarray  # object (str)
+    counted: np.ndarray  # bool: not an excluded type
+    own_type: np.ndarray  # bool: one of the schema's own event types (else "other")
+    scores: np.ndarray | None  # float64 sentiment, when the events have it
+    texts: np.ndarray | None  # object (str or None), when the events have texts
+    values: dict[str, np.ndarray]  # float64 value columns
+
+
 class EvidenceFinder:
     """Finds the events behind reasons, for one schema. Build once per model; `find` per batch of customers."""
 
@@ -110,48 +122,72 @@ class EvidenceFinder:
             as_of: the features' as_of.
             reasons: {customer key: that customer's reasons (dicts with a `feature`)}.
         """
-        out: dict[str, list[dict[str, Any] | None]] = {}
         if events is None or len(events) == 0 or not self.rules:
             return {key: [self._empty(r["feature"]) for r in rows] for key, rows in reasons.items()}
         as_of_ns = to_timestamp_ns(as_of)
         times = events[TIMESTAMP].to_numpy("datetime64[ns]").view("int64")
-        before = times < as_of_ns
-        wanted = events[CUSTOMER_ID].astype(str).isin(list(reasons)).to_numpy() & before
-        mine = events.loc[wanted]
-        groups = mine.groupby(mine[CUSTOMER_ID].astype(str), sort=False, observed=True).indices
+        customers = events[CUSTOMER_ID].astype(str).to_numpy(dtype=object)
+        rows_of: dict[str, list[int]] = {key: [] for key in reasons}
+        for i in np.flatnonzero(times < as_of_ns):
+            found = rows_of.get(customers[i])
+            if found is not None:
+                found.append(int(i))
+        picked = np.fromiter((i for rows in rows_of.values() for i in rows), dtype=np.int64)
+        mine = self._arrays(events.iloc[picked], times[picked])
+        out: dict[str, list[dict[str, Any] | None]] = {}
+        start = 0
         for key, rows in reasons.items():
-            positions = groups.get(key)
-            customer = mine.iloc[positions] if positions is not None else mine.iloc[:0]
-            out[key] = [self._one(customer, as_of_ns, r["feature"]) for r in rows]
+            n = len(rows_of[key])
+            positions = np.arange(start, start + n)
+            start += n
+            out[key] = [self._one(mine, positions, as_of_ns, r["feature"]) for r in rows]
         return out
+
+    def _arrays(self, events: pd.DataFrame, times: np.ndarray) -> _Events:
+        schema = self.schema
+        types = events[EVENT_TYPE].astype(str).to_numpy(dtype=object)
+        texts = None
+        if TEXT in events.columns:
+            texts = events[TEXT].astype(object).to_numpy()
+        return _Events(
+            times=times,
+            types=types,
+            counted=~np.isin(types, list(schema.excluded_event_types)),
+            own_type=np.isin(types, list(schema.event_types)),
+            scores=events[SENTIMENT].to_numpy(dtype="float64") if SENTIMENT in events.columns else None,
+            texts=texts,
+            values={
+                v: events[v].to_numpy(dtype="float64") for v in schema.value_columns if v in events.columns
+            },
+        )
 
     def _empty(self, feature: str) -> dict[str, Any] | None:
         return {"total": 0, "events": []} if feature in self.rules else None
 
-    def _one(self, events: pd.DataFrame, as_of_ns: int, feature: str) -> dict[str, Any] | None:
+    def _one(
+        self, events: _Events, positions: np.ndarray, as_of_ns: int, feature: str
+    ) -> dict[str, Any] | None:
         rule = self.rules.get(feature)
         if rule is None:
             return None
-        schema = self.schema
-        times = events[TIMESTAMP].to_numpy("datetime64[ns]").view("int64")
-        types = events[EVENT_TYPE].astype(str).to_numpy(dtype=object)
-        keep = ~np.isin(types, list(schema.excluded_event_types))
+        times, types = events.times[positions], events.types[positions]
+        keep = events.counted[positions].copy()
         if rule.window is not None:
             keep &= (as_of_ns - times) <= rule.window * DAY_NS
         if rule.kind is not None:
-            if rule.kind in schema.event_types:
+            if rule.kind in self.schema.event_types:
                 keep &= types == rule.kind
             else:  # "other": every type the schema does not count on its own
-                keep &= ~np.isin(types, list(schema.event_types))
-        scores = events[SENTIMENT].to_numpy(dtype="float64") if SENTIMENT in events.columns else None
+                keep &= ~events.own_type[positions]
+        scores = events.scores[positions] if events.scores is not None else None
         values = None
         if rule.needs == SENTIMENT:
-            values = scores if scores is not None else np.full(len(events), np.nan)
+            values = scores if scores is not None else np.full(len(positions), np.nan)
             keep &= ~np.isnan(values)
             if rule.negative_only:
                 keep &= values < NEGATIVE_SENTIMENT
         elif rule.needs is not None:
-            values = events[rule.needs].to_numpy(dtype="float64")
+            values = events.values[rule.needs][positions]
             keep &= ~np.isnan(values)
         index = np.flatnonzero(keep)
         total = int(index.size)
@@ -167,13 +203,13 @@ class EvidenceFinder:
         # A recency's event is named by its time and type only: by-id scoring reads events older than the
         # lookback window as bare times (`store.read`), and evidence must be the same on every path.
         described = not rule.single or rule.needs == SENTIMENT
-        texts = events[TEXT] if TEXT in events.columns and described else None
+        texts = events.texts[positions] if events.texts is not None and described else None
         shown = []
         for i in listed:
             item: dict[str, Any] = {"timestamp": _iso(int(times[i])), "type": str(types[i])}
             if texts is not None:  # as the sentiment model read it
-                text = texts.iloc[i]
-                item["text"] = None if pd.isna(text) else normalise_text(text)
+                text = texts[i]
+                item["text"] = None if text is None or pd.isna(text) else normalise_text(text)
             if scores is not None and described:
                 item["sentiment"] = _number(scores[i])
             if rule.needs is not None and rule.needs != SENTIMENT:
