@@ -271,10 +271,7 @@ def score_bucket(plan: BatchPlan, customers_file: Path | None, events_file: Path
     scored = model.score(features, top_k=plan.top_k)
     if plan.evidence:
         reasons = dict(zip(pd.Index(scored.index).astype(str), scored["reasons"], strict=True))
-        found = EvidenceFinder(model.schema).find(data.events, plan.as_of, reasons)
-        for key, rows in reasons.items():
-            for reason, item in zip(rows, found[key], strict=True):
-                reason["evidence"] = item
+        EvidenceFinder(model.schema).attach(data.events, plan.as_of, reasons)
     return BucketResult(result_table(scored, plan, eligible, why_not), rejects, rows_in)
 
 

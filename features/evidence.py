@@ -143,6 +143,15 @@ class EvidenceFinder:
             out[key] = [self._one(mine, positions, as_of_ns, r["feature"]) for r in rows]
         return out
 
+    def attach(
+        self, events: pd.DataFrame | None, as_of: Any, reasons: dict[str, list[dict[str, Any]]]
+    ) -> None:
+        """`find`, then each reason dict gets its `evidence` in place (what the service and batch answer)."""
+        found = self.find(events, as_of, reasons)
+        for key, rows in reasons.items():
+            for reason, item in zip(rows, found[key], strict=True):
+                reason["evidence"] = item
+
     def _arrays(self, events: pd.DataFrame, times: np.ndarray) -> _Events:
         schema = self.schema
         types = events[EVENT_TYPE].astype(str).to_numpy(dtype=object)

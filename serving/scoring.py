@@ -211,10 +211,8 @@ def score_requests(
         bands = scored["risk_band"].astype(str).tolist()
         reasons = scored["reasons"].tolist()
         wanted = {key: reasons[row] for row, key in enumerate(keys) if group[row].evidence}
-        found = evidence.find(events, as_of, wanted) if wanted else {}
-        for key, rows in wanted.items():
-            for reason, item in zip(rows, found[key], strict=True):
-                reason["evidence"] = item
+        if wanted:
+            evidence.attach(events, as_of, wanted)
         base = scored["base_value"].to_numpy(dtype="float64")
         other = scored["other_contribution"].to_numpy(dtype="float64")
         for row, (i, request) in enumerate(zip(positions, group, strict=True)):
