@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 _churn_models: dict[tuple[str, str, str], Any] = {}
 _sentiment_models: dict[str, Any] = {}
+_phrase_finders: dict[str, Any] = {}
 _state = {"in_worker": False}
 
 
@@ -98,6 +99,17 @@ def sentiment_scorer(source: SentimentSource, tracking_uri: str | None = None) -
             source.lineage, num_threads=threads, batch_size=64
         )
     return scorer
+
+
+def phrase_finder(source: SentimentSource, labels: Any) -> Any:
+    """The `models.phrases.PhraseFinder` of `source`'s sentiment model, one per process (its cache outlives a
+    bucket: the same texts come back in the next one)."""
+    from models.phrases import PhraseFinder
+
+    finder = _phrase_finders.get(source.lineage.scoring_id)
+    if finder is None:
+        finder = _phrase_finders[source.lineage.scoring_id] = PhraseFinder(labels)
+    return finder
 
 
 @contextlib.contextmanager

@@ -172,7 +172,9 @@ class ChurnModel:
         pair = calibrated.calibrated_classifiers_[0]
         self._classifier = calibrated
         self.booster = pair.estimator
-        if not hasattr(self.booster, "booster_"):  # e.g. HistGradientBoosting, before churnsense used LightGBM
+        if not hasattr(
+            self.booster, "booster_"
+        ):  # e.g. HistGradientBoosting, before churnsense used LightGBM
             raise ModelContractError(
                 f"churn model {uri or version}: its trees are a {type(self.booster).__name__}, from an earlier "
                 "churnsense; reasons now come from LightGBM trees: retrain it (churnsense train churn)"

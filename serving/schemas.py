@@ -384,7 +384,9 @@ class EventsResponse(BaseModel):
 
 class EvidenceEvent(BaseModel):
     """One event behind a reason: when, what type; its text (as the sentiment model read it) and sentiment
-    when the events have texts; the value a value feature aggregates."""
+    when the events have texts, and then `phrase`: the words that drove that sentiment, `{start, end, phrase,
+    effect}` (character offsets into `text`; `effect` = P(negative) without the phrase minus with it, see
+    `models.phrases`); the value a value feature aggregates."""
 
     model_config = ConfigDict(extra="allow")
 

@@ -88,6 +88,7 @@ class ChurnSense:
     def __init__(self) -> None:
         from features.evidence import EvidenceFinder
         from models.churn import ChurnModel
+        from models.phrases import PhraseFinder
         from models.sentiment import SentimentClassifier
         from serving.threads import limit_this_thread, limit_torch_threads
 
@@ -114,6 +115,9 @@ class ChurnSense:
             quantize=lineage.quantized if lineage is not None else None,
         )
         _check_coupled(self.churn_model, self.sentiment_model)
+        self.phrases = (
+            PhraseFinder(self.sentiment_model.labels) if self.churn_model.schema.use_sentiment else None
+        )
         publish_model_fields(self.churn_model.schema)  # /docs.json lists the fields the model reads
         self.store = EventStore.from_environment()
         self.versions = ModelVersions(
@@ -286,7 +290,37 @@ class ChurnSense:
         check_against_schema(requests, self.churn_model.schema)
         distinct = list(dict.fromkeys(text for request in requests for text in request_texts(request)))
         scored = dict(zip(distinct, await self._classify_batched(distinct), strict=True))
-        return list(await asyncio.gather(*(self._churn_batcher.submit((r, scored)) for r in requests)))
+        answers = list(await asyncio.gather(*(self._churn_batcher.submit((r, scored)) for r in requests)))
+        await self._add_phrases(answers)
+        return answers
+
+    async def _add_phrases(self, answers: list[ChurnRiskResponse]) -> None:
+        """Each evidence event quoting a scored text gets the phrase that drove its sentiment (`models.phrases`):
+        the texts without each phrase are scored through the same batched forward passes as every other text,
+        once per distinct text (cached)."""
+        if self.phrases is None:
+            return
+        quoting = [
+            event
+            for answer in answers
+            for reason in answer.reasons
+            if reason.evidence is not None
+            for event in reason.evidence.events
+            if (event.model_extra or {}).get("text")
+            and (event.model_extra or {}).get("sentiment") is not None
+        ]
+        if not quoting:
+            return
+        import numpy as np
+
+        texts = [event.model_extra["text"] for event in quoting]  # type: ignore[index]
+        needed = self.phrases.to_score(texts)
+        if needed:
+            labels = self.phrases.labels
+            proba = [[s.scores[label] for label in labels] for s in await self._classify_batched(needed)]
+            self.phrases.learn(needed, np.asarray(proba, dtype=np.float64))
+        for event, phrase in zip(quoting, self.phrases.find(texts), strict=True):
+            event.phrase = phrase  # an extra field, as `text` and `sentiment` are
 
     def _score_batch(
         self, items: list[tuple[ChurnRiskRequest, dict[str, TextSentiment]]]

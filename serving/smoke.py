@@ -194,18 +194,31 @@ def _without_evidence(answer: dict[str, Any]) -> dict[str, Any]:
     return answer | {"reasons": [{k: v for k, v in r.items() if k != "evidence"} for r in answer["reasons"]]}
 
 
-def _quoted(text: str | None, width: int = 90) -> str:
+def _quoted(text: str | None, phrase: dict[str, Any] | None = None, width: int = 90) -> str:
+    """The text in quotes, the phrase that drove its sentiment between ** marks, cut to about `width`
+    characters around that phrase."""
     if not text:
         return ""
-    return f' "{text if len(text) <= width else text[: width - 3] + "..."}"'
+    start, end = (phrase["start"], phrase["end"]) if phrase else (0, 0)
+    if phrase:
+        text = f"{text[:start]}**{text[start:end]}**{text[end:]}"
+        end += 4
+    if len(text) > width:
+        first = max(0, min(start - (width - (end - start)) // 2, len(text) - width))
+        text = (
+            ("..." if first else "")
+            + text[first : first + width]
+            + ("..." if first + width < len(text) else "")
+        )
+    return f' "{text}"'
 
 
-_EVENT_KEYS = ("timestamp", "type", "text", "sentiment")
+_EVENT_KEYS = ("timestamp", "type", "text", "sentiment", "phrase")
 
 
 def agent_view(answer: dict[str, Any], shown: int = 3) -> str:
     """A /churn_risk answer as a support agent reads it: risk and band, then each reason with the events
-    behind it (newest first, texts quoted)."""
+    behind it (newest first, texts quoted, the phrase that drove a text's sentiment between ** marks)."""
     lines = [
         f"customer {answer['customer_id']} as of {str(answer['as_of'])[:10]}: churn risk "
         f"{answer['churn_risk']:.0%} ({answer['risk_band']})"
@@ -230,7 +243,7 @@ def agent_view(answer: dict[str, Any], shown: int = 3) -> str:
             values = [f"{k} {v:g}" for k, v in event.items() if k not in _EVENT_KEYS and v is not None]
             mood += f" [{', '.join(values)}]" if values else ""
             lines.append(
-                f"       {event['timestamp'][:16].replace('T', ' ')}  {event['type']}{mood}{_quoted(event.get('text'))}"
+                f"       {event['timestamp'][:16].replace('T', ' ')}  {event['type']}{mood}{_quoted(event.get('text'), event.get('phrase'))}"
             )
         if more > 0:
             lines.append(f"       ... and {more} more")

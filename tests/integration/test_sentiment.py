@@ -20,8 +20,11 @@ from churnsense.errors import UserError
 from features.spec import load_spec
 from models.sentiment import SentimentClassifier, length_sorted_batches, pad_batch
 from tests.sentiment_helpers import (
+    FILLERS,
     NEGATIVE_WORDS,
+    NEUTRAL_WORDS,
     POSITIVE_WORDS,
+    SUBJECTS,
     build_tiny_backbone,
     review_texts,
     write_reviews,
@@ -343,6 +346,64 @@ def test_sentiment_score_is_polarity_and_directional(trained) -> None:
     assert np.allclose(classifier(positive), scores[: len(positive)])  # usable as a SentimentScorer
     first = classifier.predict(["the crew was friendly"])[0]
     assert first.label == "positive" and first.score == max(first.probabilities.values())
+
+
+def _phrase_texts() -> list[str]:
+    """Fixed texts of 10-12 words (two clauses like the training texts'), each with one sentiment word and one
+    neutral word."""
+    import random
+
+    rng = random.Random(12)
+    out = []
+    for i in range(24):
+        word = rng.choice(NEGATIVE_WORDS if i % 3 else POSITIVE_WORDS)
+        subject, other = rng.sample(SUBJECTS, 2)
+        first, second = rng.sample(FILLERS, 2)
+        neutral = rng.choice(NEUTRAL_WORDS)
+        clauses = [f"the {subject} was {word} {first}", f"the {other} was {neutral} {second}"]
+        out.append(" ".join(clauses if i % 2 else clauses[::-1]))
+    return out
+
+
+def test_phrase_is_the_span_whose_deletion_moves_the_negative_probability_most(trained) -> None:
+    """Faithfulness: deleting the returned phrase moves P(negative) at least as much as deleting any other run of
+    as many words, in >= 80% of a fixed set of texts. Every deletion is re-scored here on its own (batch of one)
+    with a deletion written independently of `models.phrases`."""
+    from models.phrases import PhraseFinder
+
+    classifier = trained.classifier
+    negative = classifier.labels.index("negative")
+    texts = _phrase_texts()
+    phrases = PhraseFinder(classifier.labels).find(texts, classifier.predict_proba)
+    faithful = 0
+    for text, phrase in zip(texts, phrases, strict=True):
+        assert text[phrase["start"] : phrase["end"]] == phrase["phrase"], text
+        tokens = text.split(" ")
+        whole = classifier.predict_proba([text])[0, negative]
+        moves = {}
+        for i in range(len(tokens) - 2):
+            deleted = " ".join(tokens[:i] + tokens[i + 3 :])
+            moves[" ".join(tokens[i : i + 3])] = abs(classifier.predict_proba([deleted])[0, negative] - whole)
+        assert abs(phrase["effect"]) == pytest.approx(moves[phrase["phrase"]], abs=1e-6)
+        faithful += all(moves[phrase["phrase"]] >= m for m in moves.values())
+    assert faithful >= 0.8 * len(texts), f"{faithful}/{len(texts)} faithful"
+
+
+def test_phrases_do_not_depend_on_the_call_or_the_cache(trained) -> None:
+    from models.phrases import PhraseFinder
+
+    classifier = trained.classifier
+    texts = _phrase_texts()[:8]
+    together = PhraseFinder(classifier.labels).find([*texts, None, "  ", texts[0]], classifier.predict_proba)
+    assert together[8] is None and together[9] is None and together[10] == together[0]
+    small_cache = PhraseFinder(classifier.labels, cache_size=2)
+    alone = [small_cache.find([t], classifier.predict_proba)[0] for t in texts]
+    assert alone == together[:8]
+    assert small_cache.find(texts[-2:]) == together[6:8]  # cached: no model needed
+    with pytest.raises(ValueError, match="not cached"):
+        small_cache.find(texts[:1])
+    with pytest.raises(ValueError, match="'negative' label"):
+        PhraseFinder(["good", "bad"])
 
 
 def test_int8_variant_agrees_with_fp32(trained) -> None:

@@ -60,6 +60,14 @@ def truth(trained, models, tmp_path_factory) -> dict:
         for e in item["events"] if e.get("text")
     ]  # fmt: skip
     assert len(with_text) > 100, "the evidence compared below quotes texts"
+    # Each quoted text with the phrase that drove its sentiment, by the sentiment model directly.
+    from models.phrases import PhraseFinder, annotate
+
+    classifier = scorer.classifier
+    finder = PhraseFinder(classifier.labels)
+    for found in evidence.values():
+        annotate((item for rows in found.values() for item in rows), finder, classifier.predict_proba)
+    assert sum("phrase" in e for e in with_text) > 50, "the evidence compared below quotes phrases"
     return {"spec": trained["spec"], "scores": scores, "data": data, "evidence": evidence}
 
 
@@ -76,7 +84,7 @@ def _reason_tuples(reasons, as_text: bool = False) -> list[tuple]:
 
 
 def _assert_evidence_equals(got: list, truth: dict, as_of: dt.date, customer_id: str) -> None:
-    """Each reason's evidence (events, texts, scores, totals) equals what the whole history gives."""
+    """Each reason's evidence (events, texts, scores, phrases, totals) equals what the whole history gives."""
     want = truth["evidence"][as_of][customer_id]
     assert got == want, f"evidence of {customer_id} as of {as_of}"
 
