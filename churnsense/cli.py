@@ -292,6 +292,77 @@ def train_sentiment_command(
     typer.echo(result.headline())
 
 
+@train_app.command("aspects")
+def train_aspects_command(
+    spec: Annotated[
+        Path | None,
+        typer.Option(
+            "--spec",
+            help="dataset spec whose `reviews` label what each text is about: evaluates the zero-shot model on it, "
+            "or with --fine-tune trains on it",
+        ),
+    ] = None,
+    taxonomy: Annotated[
+        Path | None,
+        typer.Option("--taxonomy", help="aspect names and descriptions (default configs/aspects.yaml)"),
+    ] = None,
+    fine_tune: Annotated[
+        bool,
+        typer.Option(
+            "--fine-tune",
+            help="fine-tune a classifier on the spec's labels (the sentiment trainer) instead of zero-shot",
+        ),
+    ] = False,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="with --fine-tune: keys to change from configs/sentiment.yaml"),
+    ] = None,
+) -> None:
+    """Build (zero-shot) or train (--fine-tune) the aspect model; log and register it as churnsense-aspects.
+
+    Zero-shot embeds each aspect's description with the packaged sentence encoder and names the most similar
+    aspect, or the taxonomy's none label below the threshold; with --spec it is scored on the labelled test
+    split (its threshold chosen on validation). --fine-tune trains a classifier on the labels instead."""
+    _passive_omp_threads()
+    from training.aspects import load_aspect_config, train_fine_tuned, train_zero_shot
+
+    if fine_tune:
+        if spec is None:
+            raise UserError(
+                "--fine-tune needs --spec: a dataset spec whose `reviews` label each text's aspect"
+            )
+        if taxonomy is not None:
+            raise UserError(
+                "--taxonomy is for the zero-shot model; a fine-tuned one learns the spec's labels"
+            )
+        typer.echo(train_fine_tuned(spec, config).headline())
+        return
+    if config is not None:
+        raise UserError("--config is for --fine-tune; the zero-shot model is configured by --taxonomy")
+    from features.spec import load_spec
+
+    result = train_zero_shot(load_aspect_config(taxonomy), load_spec(spec) if spec is not None else None)
+    typer.echo(result.headline())
+
+
+@promote_app.command("aspects")
+def promote_aspects_command(
+    force: Annotated[
+        bool, typer.Option("--force", help="promote even if the challenger is not better")
+    ] = False,
+    name: Annotated[str, typer.Option("--name", help="registered model name")] = "churnsense-aspects",
+) -> None:
+    """Make the newest aspect model the champion if it is the first, or beats the champion's macro-F1 on its own
+    labelled validation split (a zero-shot model built without --spec has none: only --force promotes it).
+    The next `churnsense build` serves the champion's aspects in /sentiment. Exit 0 when the champion moved."""
+    _passive_omp_threads()
+    from training.aspects import promote_aspects
+
+    result = promote_aspects(force=force, model_name=name)
+    typer.echo(result.render())
+    raise typer.Exit(code=0 if result.promoted else 1)
+
+
 @promote_app.command("sentiment")
 def promote_sentiment_command(
     force: Annotated[
@@ -333,12 +404,30 @@ def predict_sentiment_command(
     quantize: Annotated[
         bool | None, typer.Option("--int8/--fp32", help="override the model's logged int8 setting")
     ] = None,
+    aspect_model: Annotated[
+        str | None,
+        typer.Option(
+            "--aspect-model",
+            help="also say what each text is about, with this aspect model (e.g. models:/churnsense-aspects@champion)",
+        ),
+    ] = None,
 ) -> None:
-    """Score a text column in batches and write the rows with sentiment label, score and probabilities."""
+    """Score a text column in batches and write the rows with sentiment label, score and probabilities (and,
+    with --aspect-model, each text's aspect and its score)."""
     _passive_omp_threads()
     from models.sentiment import score_text_file
 
-    typer.echo(score_text_file(input, text_column, out, model, batch_size=batch_size, quantize=quantize))
+    typer.echo(
+        score_text_file(
+            input,
+            text_column,
+            out,
+            model,
+            batch_size=batch_size,
+            quantize=quantize,
+            aspect_model=aspect_model,
+        )
+    )
 
 
 # --- serving -----------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from churnsense.errors import UserError
 
 CHURN_MODEL = "churnsense-churn"
 SENTIMENT_MODEL = "churnsense-sentiment"
+ASPECT_MODEL = "churnsense-aspects"
 CHAMPION = "champion"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 

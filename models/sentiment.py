@@ -407,8 +407,10 @@ def score_text_file(
     quantize: bool | None = None,
     num_threads: int | None = None,
     progress: bool = True,
+    aspect_model: str | Path | None = None,
 ) -> str:
-    """Score one text column of a CSV/Parquet file and write the input plus `sentiment_*` columns.
+    """Score one text column of a CSV/Parquet file and write the input plus `sentiment_*` columns (and `aspect`,
+    `aspect_score`, `aspect_model` with an aspect model, `models.aspects`).
 
     Missing texts get empty predictions (NA). Returns a one-line summary for the terminal.
     Raises:
@@ -432,6 +434,18 @@ def score_text_file(
         out[column if column == "sentiment" else f"sentiment_{column}"] = aligned[column].to_numpy()
     out["sentiment_model"] = str(classifier.source or model)
     out["sentiment_scoring_id"] = classifier.scoring_id
+    if aspect_model is not None:
+        from models.aspects import load_aspect_model
+
+        aspects = load_aspect_model(aspect_model)
+        predicted = aspects.predict([t for t in texts if t is not None])
+        rows = np.flatnonzero(present)
+        out["aspect"] = pd.Series(pd.NA, index=out.index, dtype="string")
+        out.loc[out.index[rows], "aspect"] = predicted.aspects
+        score = np.full(len(frame), np.nan)
+        score[rows] = predicted.best
+        out["aspect_score"] = score
+        out["aspect_model"] = str(aspects.source or aspect_model)
     atomic_write_table(out, Path(out_path))
     seconds = time.perf_counter() - started
     return (

@@ -107,32 +107,46 @@ class Fp32Linear:
 
 def supports_packed(model: Any) -> bool:
     """Whether `BatchInvariantBert` can run this model: a BERT sequence classifier with absolute positions."""
-    config = getattr(model, "config", None)
     return (
-        config is not None
-        and getattr(config, "model_type", None) == "bert"
-        and getattr(config, "position_embedding_type", "absolute") == "absolute"
+        _absolute_bert(model)
         and hasattr(model, "bert")
         and getattr(model.bert, "pooler", None) is not None
         and hasattr(model, "classifier")
     )
 
 
+def supports_packed_encoder(model: Any) -> bool:
+    """Whether `BatchInvariantBert` can mean-pool this model: a BERT encoder (`BertModel`, no head needed)."""
+    return _absolute_bert(model) and hasattr(model, "encoder") and hasattr(model, "embeddings")
+
+
+def _absolute_bert(model: Any) -> bool:
+    config = getattr(model, "config", None)
+    return (
+        config is not None
+        and getattr(config, "model_type", None) == "bert"
+        and getattr(config, "position_embedding_type", "absolute") == "absolute"
+    )
+
+
 class BatchInvariantBert:
-    """Logits of a `BertForSequenceClassification` from token ids, each text independent of the others.
+    """Logits of a `BertForSequenceClassification`, or mean-pooled token states of a `BertModel` (a sentence
+    encoder), from token ids, each text independent of the others.
 
     Args:
-        model: the fine-tuned fp32 model (left unchanged; its weights are copied or quantised).
+        model: the fp32 model (left unchanged; its weights are copied or quantised).
         int8: int8 linears with per-token scales (fast, packed batches) or fp32 (one text per pass).
     """
 
     def __init__(self, model: Any, int8: bool) -> None:
-        if not supports_packed(model):
-            raise ValueError("BatchInvariantBert needs a BERT sequence classifier")
+        classifier = supports_packed(model)
+        if not classifier and not supports_packed_encoder(model):
+            raise ValueError("BatchInvariantBert needs a BERT sequence classifier or a BERT encoder")
         self.int8 = bool(int8)
         linear = Int8TokenLinear if self.int8 else Fp32Linear
         config = model.config
-        embeddings = model.bert.embeddings
+        bert = model.bert if classifier else model
+        embeddings = bert.embeddings
         self.word = embeddings.word_embeddings.weight.detach()
         self.position = embeddings.position_embeddings.weight.detach()
         self.token_type0 = embeddings.token_type_embeddings.weight.detach()[0]
@@ -142,7 +156,7 @@ class BatchInvariantBert:
         self.hidden = int(config.hidden_size)
         self.max_positions = int(config.max_position_embeddings)
         self.layers = []
-        for layer in model.bert.encoder.layer:
+        for layer in bert.encoder.layer:
             attention = layer.attention
             self.layers.append(
                 {
@@ -157,17 +171,43 @@ class BatchInvariantBert:
                     "out_norm": layer.output.LayerNorm,
                 }
             )
-        self.pooler = linear(model.bert.pooler.dense)
-        self.classifier = linear(model.classifier)
+        self.pooler = linear(model.bert.pooler.dense) if classifier else None
+        self.classifier = linear(model.classifier) if classifier else None
         self.texts_per_pass = None if self.int8 else 1
 
     @torch.inference_mode()
     def logits(self, token_ids: Sequence[TokenIds]) -> torch.Tensor:
         """Logits (len(token_ids), num_labels) in input order; each row depends only on its own ids."""
+        if self.classifier is None or self.pooler is None:
+            raise ValueError("this model has no classification head")
         if not token_ids:
             return torch.zeros(0, 0)
         if self.texts_per_pass == 1 and len(token_ids) > 1:
             return torch.cat([self.logits([ids]) for ids in token_ids])
+        x, order, starts, _ = self._states(token_ids)
+        pooled = torch.tanh(self.pooler(x[torch.from_numpy(starts)]))
+        logits = self.classifier(pooled)
+        return logits[torch.from_numpy(np.argsort(order, kind="stable"))]
+
+    @torch.inference_mode()
+    def mean_pooled(self, token_ids: Sequence[TokenIds]) -> np.ndarray:
+        """The mean of each text's last token states (what sentence-transformers' mean pooling gives), float64
+        (len(token_ids), hidden) in input order; each row depends only on its own ids (the mean of a text's own
+        rows, summed in float64 in token order)."""
+        if not token_ids:
+            return np.zeros((0, self.hidden))
+        if self.texts_per_pass == 1 and len(token_ids) > 1:
+            return np.concatenate([self.mean_pooled([ids]) for ids in token_ids])
+        x, order, starts, lengths = self._states(token_ids)
+        states = x.numpy().astype(np.float64)
+        pooled = np.stack([states[s : s + n].sum(axis=0) / n for s, n in zip(starts, lengths, strict=True)])
+        return pooled[np.argsort(order, kind="stable")]
+
+    def _states(
+        self, token_ids: Sequence[TokenIds]
+    ) -> tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray]:
+        """Packed last-layer token states, shortest text first: (states, the packing order, each packed text's
+        first row, its length)."""
         lengths = np.array([len(ids) for ids in token_ids], dtype=np.int64)
         if lengths.min() < 1 or lengths.max() > self.max_positions:
             raise ValueError(f"token sequences must hold 1 to {self.max_positions} ids")
@@ -184,9 +224,7 @@ class BatchInvariantBert:
             context = self._attention(layer["qkv"](x), blocks)
             x = layer["attn_norm"](layer["attn_out"](context) + x)
             x = layer["out_norm"](layer["down"](layer["act"](layer["up"](x))) + x)
-        pooled = torch.tanh(self.pooler(x[torch.from_numpy(starts)]))
-        logits = self.classifier(pooled)
-        return logits[torch.from_numpy(np.argsort(order, kind="stable"))]
+        return x, order, starts, lengths
 
     def _attention(self, qkv: torch.Tensor, blocks: list[tuple[int, int, int]]) -> torch.Tensor:
         """Self-attention of each text over its own tokens. Texts of one length share one call: the same
@@ -252,6 +290,33 @@ class PerTextForward:
             for ids in token_ids
         ]
         return torch.cat(rows) if rows else torch.zeros(0, 0)
+
+
+class PerTextEncoder:
+    """Any Hugging Face encoder, one text per forward pass (int8 dynamic or fp32), mean-pooled in float64."""
+
+    def __init__(self, model: Any, int8: bool) -> None:
+        self.int8 = bool(int8)
+        self.model = (quantize_dynamic_int8(model) if self.int8 else model).eval()
+
+    @torch.inference_mode()
+    def mean_pooled(self, token_ids: Sequence[TokenIds]) -> np.ndarray:
+        rows = [
+            self.model(input_ids=torch.tensor([list(ids)], dtype=torch.long))
+            .last_hidden_state[0]
+            .numpy()
+            .astype(np.float64)
+            .mean(axis=0)
+            for ids in token_ids
+        ]
+        return np.stack(rows) if rows else np.zeros((0, int(self.model.config.hidden_size)))
+
+
+def invariant_encoder(model: Any, int8: bool) -> BatchInvariantBert | PerTextEncoder:
+    """The fastest batch-invariant mean-pooling forward of a sentence encoder this model and machine support."""
+    if supports_packed_encoder(model) and (int8_matmul_available() or not int8):
+        return BatchInvariantBert(model, int8)
+    return PerTextEncoder(model, int8)
 
 
 def invariant_forward(model: Any, int8: bool) -> BatchInvariantBert | PerTextForward:

@@ -27,7 +27,7 @@ from typing import Any
 
 from churnsense.environment import SERVER
 from churnsense.errors import UserError
-from models.catalog import CHAMPION, CHURN_MODEL, SENTIMENT_MODEL, tracking_uri
+from models.catalog import ASPECT_MODEL, CHAMPION, CHURN_MODEL, SENTIMENT_MODEL, tracking_uri
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +78,14 @@ def _champion(name: str) -> Any:
         raise UserError(
             f"model registry ({tracking_uri()}): {name!r} has no {CHAMPION!r} version; train and promote it first"
         ) from None
+
+
+def champion_version(name: str) -> Any:
+    """The `champion` version of `name`, or None when it has none (or is not registered)."""
+    try:
+        return _champion(name)
+    except UserError:
+        return None
 
 
 def coupled_sentiment_version(churn_version: Any) -> Any:
@@ -202,6 +210,9 @@ def build_bento(bentofile: Path = BENTOFILE, version: str | None = None) -> str:
     churn = _champion(CHURN_MODEL)
     sentiment = coupled_sentiment_version(churn)  # refuses a pair that was not trained together
     models = [import_champion(CHURN_MODEL, churn), import_champion(SENTIMENT_MODEL, sentiment)]
+    aspects = champion_version(ASPECT_MODEL)
+    if aspects is not None:  # optional: /sentiment then says what each text is about
+        models.append(import_champion(ASPECT_MODEL, aspects))
     with tempfile.TemporaryDirectory(prefix="churnsense-build-") as folder:
         pinned_file = Path(folder) / "bentofile.yaml"
         pinned_file.write_text(pinned_bentofile(Path(bentofile)), encoding="utf-8")

@@ -171,15 +171,29 @@ class TextSentiment(BaseModel):
     polarity: float = Field(description="P(positive) - P(negative) in [-1, 1]: the churn features' input")
 
 
+class AspectResult(BaseModel):
+    """What a text is about (`models.aspects`): the best-scoring aspect, or the taxonomy's none label."""
+
+    aspect: str
+    score: float = Field(
+        description="the aspect's score: cosine similarity (zero-shot) or probability (trained)"
+    )
+    scores: dict[str, float] = Field(description="every aspect's score")
+
+
 class SentimentResult(BaseModel):
     label: str = Field(description="the most probable class")
     score: float = Field(description="probability of `label`")
     scores: dict[str, float] = Field(description="probability of every class")
+    aspect: AspectResult | None = Field(
+        None, description="what the text is about (when the Bento has an aspect model)"
+    )
 
 
 class SentimentResponse(BaseModel):
     results: list[SentimentResult]
     model_version: str = Field(description="MLflow registry version of the sentiment model")
+    aspect_model_version: str | None = Field(None, description="MLflow registry version of the aspect model")
     scoring_id: str = Field(
         description="artifact digest, arithmetic (int8/fp32) and inference version of the model: equal ids give "
         "bit-identical scores for the same text"

@@ -39,6 +39,7 @@ from serving.connections import BalanceConnections
 from serving.event_store import EventStore
 from serving.guard import RequestGuard
 from serving.schemas import (
+    AspectResult,
     ChurnRiskBatchRequest,
     ChurnRiskBatchResponse,
     ChurnRiskRequest,
@@ -63,10 +64,22 @@ logger = logging.getLogger(__name__)
 
 CHURN_MODEL = "churnsense-churn"
 SENTIMENT_MODEL = "churnsense-sentiment"
+ASPECT_MODEL = "churnsense-aspects"
 MLFLOW_MODEL_FOLDER = "mlflow_model"  # where `bentoml.mlflow.import_model` puts the MLflow model
 
 # Decorator arguments are fixed when the class is defined, so these few settings are read then.
 _SETTINGS = current_settings()
+
+
+def _in_store(name: str) -> bool:
+    """Whether the BentoML model store holds `name` (`churnsense build` imports the aspect champion, if any)."""
+    from bentoml.exceptions import NotFound
+
+    try:
+        bentoml.models.get(f"{name}:latest")
+    except NotFound:
+        return False
+    return True
 
 
 @bentoml.service(
@@ -84,6 +97,8 @@ class ChurnSense:
 
     churn_ref = bentoml.models.BentoModel(f"{CHURN_MODEL}:latest")
     sentiment_ref = bentoml.models.BentoModel(f"{SENTIMENT_MODEL}:latest")
+    # Optional: /sentiment adds each text's aspect when the store (and so the Bento) has an aspect model.
+    aspects_ref = bentoml.models.BentoModel(f"{ASPECT_MODEL}:latest") if _in_store(ASPECT_MODEL) else None
 
     def __init__(self) -> None:
         from features.evidence import EvidenceFinder
@@ -118,6 +133,13 @@ class ChurnSense:
         self.phrases = (
             PhraseFinder(self.sentiment_model.labels) if self.churn_model.schema.use_sentiment else None
         )
+        self.aspects = None
+        self.aspect_version = None
+        if self.aspects_ref is not None:
+            from models.aspects import load_aspect_model
+
+            self.aspects = load_aspect_model(self.aspects_ref.path_of(MLFLOW_MODEL_FOLDER))
+            self.aspect_version = _mlflow_version(self.aspects_ref)
         publish_model_fields(self.churn_model.schema)  # /docs.json lists the fields the model reads
         self.store = EventStore.from_environment()
         self.versions = ModelVersions(
@@ -177,11 +199,26 @@ class ChurnSense:
     async def sentiment(self, texts: list[str]) -> SentimentResponse:
         """Sentiment of each text: the winning label, its probability and every class probability."""
         scored = await self._classify_batched(texts)
+        aspects = [None] * len(texts)
+        if self.aspects is not None:
+            # In a thread: the loop keeps serving. Each text's aspect is batch invariant (`models.aspects`).
+            predicted = await asyncio.to_thread(self._aspects_of, texts)
+            aspects = [AspectResult.model_validate(item) for item in predicted]
         return SentimentResponse(
-            results=[SentimentResult(label=s.label, score=s.score, scores=s.scores) for s in scored],
+            results=[
+                SentimentResult(label=s.label, score=s.score, scores=s.scores, aspect=aspect)
+                for s, aspect in zip(scored, aspects, strict=True)
+            ],
             model_version=self.versions.sentiment,
             scoring_id=self.versions.sentiment_scoring_id,
+            aspect_model_version=self.aspect_version,
         )
+
+    def _aspects_of(self, texts: list[str]) -> list[dict]:
+        from serving.threads import limit_this_thread
+
+        limit_this_thread(self.settings.threads)
+        return self.aspects.predict(texts).to_dicts()
 
     @bentoml.api(input_spec=ChurnRiskRequest)
     async def churn_risk(

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from serving.settings import current_settings
 
@@ -56,13 +57,31 @@ def trained(demo_data: Path, session_tmp: Path) -> dict:
     # A short search: what is served does not depend on how the trees were chosen.
     train_churn(demo_data, ChurnConfig(search={"max_trials": 3}), sentiment_scorer=scorer)
     promote_churn(force=True)
+    # A zero-shot aspect model on the tiny encoder: the Bento then answers /sentiment with aspects.
+    from training.aspects import load_aspect_config, promote_aspects, train_zero_shot
+
+    taxonomy = session_tmp / "aspects.yaml"
+    taxonomy.write_text(
+        yaml.safe_dump(
+            {
+                "aspects": [
+                    {"name": "crew", "description": "the staff and crew were rude or friendly"},
+                    {"name": "delays", "description": "slow delivery, the flight was late, waiting"},
+                ],
+                "backbone": str(session_tmp / "service_sentiment" / "tiny_bert"),
+            }
+        ),
+        encoding="utf-8",
+    )
+    train_zero_shot(load_aspect_config(taxonomy))
+    promote_aspects(force=True)
     # Other test modules share the session store and register versions too: ask which ones are champion.
     from mlflow import MlflowClient
 
     client = MlflowClient()
     versions = {
         kind: str(client.get_model_version_by_alias(f"churnsense-{kind}", "champion").version)
-        for kind in ("churn", "sentiment")
+        for kind in ("churn", "sentiment", "aspects")
     }
     return {"spec": demo_data, "versions": versions}
 

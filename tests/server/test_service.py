@@ -394,8 +394,13 @@ def test_sentiment_endpoint(http, models, trained):
     assert body["model_version"] == trained["versions"]["sentiment"]
     assert body["scoring_id"] == models[1].scoring_id
     expected = models[1].predict(texts)
-    for result, want in zip(body["results"], expected, strict=True):
-        assert set(result) == {"label", "score", "scores"}
+    from models.aspects import load_aspect_model
+
+    assert body["aspect_model_version"] == trained["versions"]["aspects"]
+    aspects = load_aspect_model("models:/churnsense-aspects@champion").predict(texts).to_dicts()
+    for result, want, aspect in zip(body["results"], expected, aspects, strict=True):
+        assert set(result) == {"label", "score", "scores", "aspect"}
+        assert result["aspect"] == aspect  # the served aspect model, bit for bit
         assert result["label"] == want.label
         assert result["score"] == pytest.approx(want.score, abs=1e-6)
         assert result["scores"] == pytest.approx(want.probabilities, abs=1e-6)

@@ -1,0 +1,156 @@
+"""Aspect quality on airline complaints: the trained and zero-shot aspect models against TF-IDF baselines.
+
+    .venv/bin/python benchmarks/aspects.py [--trained URI | --train] [--tracking-uri URI]
+
+Data: the negative tweets of ../shared/data/airline_tweets with their `negativereason` (10 reasons) through
+`configs/airline_reasons.spec.yaml` (skipped when absent): cleaned and deduplicated by `training.reviews` and
+split stratified by reason with the sentiment config's fixed seed (80 / 10 / 10), the split `churnsense train
+aspects --fine-tune` trains on. Every model is scored on the same test texts:
+
+- majority class (the most common reason in train);
+- TF-IDF + logistic regression, as churnsense logs it beside every fine-tuned model (word 1-2-grams + char
+  2-5-grams, C=4), and the same with balanced class weights and C chosen by 3-fold CV macro-F1 on train;
+- trained: a fine-tuned aspect model (`--trained URI`: a registered or run model, e.g. from `churnsense train
+  aspects --fine-tune --spec configs/airline_reasons.spec.yaml --config configs/aspects_airline_trained.yaml`;
+  `--train` runs that first, about 10 minutes on 2 cores, into a store under bench_out/);
+- zero-shot: `configs/aspects_airline.yaml` ("Can't Tell" as the none label), threshold chosen on validation.
+
+Targets: trained macro-F1 >= the better TF-IDF baseline's + 3 points; zero-shot accuracy clearly above the
+majority rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SPEC = ROOT / "configs" / "airline_reasons.spec.yaml"
+DATA = ROOT.parent / "shared" / "data" / "airline_tweets"
+
+
+def tfidf_baselines(splits, config):  # noqa: ANN001, ANN201
+    """name -> fitted pipeline: the logged baseline and a balanced one with C chosen by CV on train."""
+    from sklearn.base import clone
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+
+    from features.columns import TEXT
+    from training.finetune import fit_baseline
+    from training.reviews import LABEL
+
+    logged = fit_baseline(splits.train, config)
+    balanced = clone(logged).set_params(logreg__class_weight="balanced")
+    search = GridSearchCV(
+        balanced,
+        {"logreg__C": [0.5, 1.0, 2.0, 4.0, 8.0]},
+        scoring="f1_macro",
+        cv=StratifiedKFold(3, shuffle=True, random_state=0),
+        n_jobs=1,
+    ).fit(splits.train[[TEXT]].astype({TEXT: object}), splits.train[LABEL].astype(object))
+    return {
+        "TF-IDF + LR (logged baseline, C=4)": logged,
+        f"TF-IDF + LR (balanced, C={search.best_params_['logreg__C']:g} by CV)": search.best_estimator_,
+    }
+
+
+def train_aspect_model(store: Path) -> str:
+    """Fine-tune into a store of its own under bench_out; returns the model URI."""
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store / 'mlflow.db'}"
+    os.environ["CHURNSENSE_ARTIFACT_ROOT"] = str(store / "mlruns")
+    from training.aspects import train_fine_tuned
+
+    result = train_fine_tuned(SPEC, ROOT / "configs" / "aspects_airline_trained.yaml", baseline=False)
+    return result.model_uri
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--trained", help="URI of a fine-tuned aspect model to score (in --tracking-uri's store)"
+    )
+    parser.add_argument("--train", action="store_true", help="fine-tune one first (about 10 min on 2 cores)")
+    parser.add_argument(
+        "--tracking-uri", help="the MLflow store --trained is in (default: MLFLOW_TRACKING_URI)"
+    )
+    parser.add_argument("--bench-dir", type=Path, default=ROOT / "bench_out")
+    args = parser.parse_args()
+    if not DATA.is_dir():
+        print(f"aspects: skipped ({DATA} is absent)")
+        return
+    from churnsense.environment import QUIET, set_defaults
+
+    set_defaults(QUIET)
+    if args.tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
+    trained_uri = args.trained
+    if args.train:
+        trained_uri = train_aspect_model(args.bench_dir / "aspects_store")
+
+    import torch
+
+    from features.columns import TEXT
+    from features.spec import load_spec
+    from models.aspects import load_aspect_model
+    from training.aspects import aspect_metrics, build_zero_shot, choose_threshold, load_aspect_config
+    from training.reviews import LABEL, prepare_reviews
+    from training.sentiment_config import load_sentiment_config
+
+    torch.set_num_threads(2)
+    config = load_sentiment_config(None)
+    _, _, labels, splits = prepare_reviews(load_spec(SPEC), config)
+    truth = splits.test[LABEL].astype(str).tolist()
+    texts = splits.test[TEXT].tolist()
+    print(f"airline reasons: {len(splits.train):,} train / {len(splits.validation):,} validation / {len(truth):,} test "
+          f"texts, {len(labels)} reasons")  # fmt: skip
+    rows: dict[str, tuple[dict[str, float], float]] = {}
+    majority = splits.train[LABEL].astype(str).mode()[0]
+    rows[f"majority ({majority})"] = (aspect_metrics(truth, [majority] * len(truth), labels), 0.0)
+    started = time.perf_counter()
+    for name, model in tfidf_baselines(splits, config).items():
+        predicted = model.predict(splits.test[[TEXT]].astype({TEXT: object})).tolist()
+        rows[name] = (aspect_metrics(truth, predicted, labels), time.perf_counter() - started)
+        started = time.perf_counter()
+    if trained_uri:
+        started = time.perf_counter()
+        trained = load_aspect_model(trained_uri)
+        rows[f"trained ({trained_uri})"] = (
+            aspect_metrics(truth, trained.predict(texts).aspects, labels),
+            time.perf_counter() - started,
+        )
+    started = time.perf_counter()
+    taxonomy = load_aspect_config(ROOT / "configs" / "aspects_airline.yaml")
+    zero_shot, _ = build_zero_shot(taxonomy)
+    curve = choose_threshold(zero_shot, splits.validation, labels)
+    zero_shot.threshold = max(curve, key=lambda t: (curve[t], -abs(t - taxonomy.threshold)))
+    rows[f"zero-shot (threshold {zero_shot.threshold:.3f})"] = (
+        aspect_metrics(truth, zero_shot.predict(texts).aspects, labels),
+        time.perf_counter() - started,
+    )
+    print(f"  {'model':<48}{'accuracy':>10}{'macro-F1':>10}{'seconds':>9}")
+    for name, (metrics, seconds) in rows.items():
+        print(f"  {name:<48}{metrics['accuracy']:>10.4f}{metrics['macro_f1']:>10.4f}{seconds:>9.1f}")
+    baselines = [m["macro_f1"] for name, (m, _) in rows.items() if name.startswith("TF-IDF")]
+    majority_rate = next(iter(rows.values()))[0]["accuracy"]
+    zero = rows[next(n for n in rows if n.startswith("zero-shot"))][0]
+    print(
+        f"  target: zero-shot accuracy {zero['accuracy']:.4f} vs majority {majority_rate:.4f}: "
+        f"{'met' if zero['accuracy'] > majority_rate + 0.05 else 'MISSED'} (at least 5 points above)"
+    )
+    if trained_uri:
+        trained_f1 = rows[next(n for n in rows if n.startswith("trained"))][0]["macro_f1"]
+        verdict = "met" if trained_f1 >= max(baselines) + 0.03 else "MISSED"
+        print(
+            f"  target: trained macro-F1 {trained_f1:.4f} >= best TF-IDF {max(baselines):.4f} + 0.03: {verdict}"
+        )
+    else:
+        print("  trained: not scored (give --trained URI, or --train)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""What a text is about: an aspect from a taxonomy (billing, delivery, a rude agent, ...), zero-shot or trained.
+
+    model = load_aspect_model("models:/churnsense-aspects@champion")
+    model.predict(["I was charged twice this month"]).to_dicts()
+    # [{"aspect": "billing", "score": 0.61, "scores": {"billing": 0.61, "network": 0.12, ...}}]
+
+Two kinds, one interface (`predict(texts) -> AspectPredictions`):
+
+- **zero-shot** (`ZeroShotAspects`), when there are no labelled reasons: each aspect's description and each text
+  are embedded with a sentence encoder (the packaged all-MiniLM-L6-v2: mean-pooled token states, normalised);
+  a text's scores are its cosine similarities to the descriptions, and its aspect is the most similar one when
+  that similarity reaches `threshold`, else `none_label` ("none of these").
+- **trained** (`TrainedAspects`), when there are: a fine-tuned sequence classifier whose classes are the
+  aspects (`churnsense train aspects --spec`, the sentiment trainer's fine-tuning with reason labels); scores
+  are class probabilities, the most probable class wins.
+
+Both are batch invariant (`models.text_encoder`): a text's aspect and scores depend on the text and the model
+alone, whatever else is scored with it. A zero-shot model is saved as a folder: the encoder's Hugging Face files
+plus `aspects.json` (names, descriptions, threshold, none label, max_length, their embeddings are recomputed at
+load); a trained one is a sentiment-style classifier folder.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from churnsense.errors import UserError
+from features.text import normalise_text
+
+ASPECTS_FILE = "aspects.json"
+ZERO_SHOT, TRAINED = "zero-shot", "trained"
+
+
+class AspectModelError(UserError):
+    """An aspect model folder or URI that cannot be used (named)."""
+
+
+@dataclass(frozen=True)
+class AspectPredictions:
+    """Per text: its aspect (`none_label` when none fits) and its score for every aspect (columns `names`)."""
+
+    aspects: list[str]
+    scores: np.ndarray  # float64, (texts, names)
+    names: list[str]
+    best: np.ndarray  # float64: the score behind each aspect (its similarity or probability)
+
+    def to_dicts(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "aspect": aspect,
+                "score": float(best),
+                "scores": {name: float(s) for name, s in zip(self.names, row, strict=True)},
+            }
+            for aspect, best, row in zip(self.aspects, self.best, self.scores, strict=True)
+        ]
+
+
+class ZeroShotAspects:
+    """Aspects by cosine similarity of sentence embeddings to the taxonomy's descriptions.
+
+    Args:
+        model: a Hugging Face BERT encoder (`AutoModel`), fp32; tokenizer: its tokenizer.
+        names, descriptions: the taxonomy, in order.
+        threshold: the least similarity that names an aspect; below it, `none_label`.
+        quantize: int8 linears with per-token scales (fast) or fp32 (one text per pass); both batch invariant.
+    """
+
+    kind = ZERO_SHOT
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        names: list[str],
+        descriptions: list[str],
+        *,
+        threshold: float,
+        none_label: str = "none",
+        max_length: int = 64,
+        quantize: bool = True,
+        source: str | None = None,
+    ) -> None:
+        from models.text_encoder import invariant_encoder
+
+        if not names or len(names) != len(descriptions):
+            raise AspectModelError("a taxonomy needs at least one aspect, each with a description")
+        if none_label in names:
+            raise AspectModelError(f"none_label {none_label!r} is also an aspect name")
+        self.tokenizer = tokenizer
+        self.names, self.descriptions = list(names), list(descriptions)
+        self.threshold, self.none_label = float(threshold), none_label
+        self.max_length, self.quantized, self.source = int(max_length), bool(quantize), source
+        self.labels = [*self.names, self.none_label]
+        self.encoder = invariant_encoder(model.eval(), self.quantized)
+        self._targets = self.embed(self.descriptions)
+
+    def embed(self, texts: list[str | None]) -> np.ndarray:
+        """Unit-length sentence embeddings (float64), one row per text (normalised as every scorer does)."""
+        normalised = [normalise_text(t) or "" for t in texts]
+        ids = self.tokenizer(normalised, truncation=True, max_length=self.max_length, padding=False)[
+            "input_ids"
+        ]
+        pooled = self.encoder.mean_pooled([list(i) for i in ids])
+        norms = np.sqrt((pooled * pooled).sum(axis=1, keepdims=True))
+        return pooled / np.maximum(norms, 1e-12)
+
+    def predict(self, texts: list[str | None]) -> AspectPredictions:
+        embedded = self.embed(list(texts))
+        # Row by row (elementwise products summed per row): no matrix product whose rounding could vary with
+        # the number of texts.
+        scores = (embedded[:, None, :] * self._targets[None, :, :]).sum(axis=2)
+        best = scores.max(axis=1) if len(scores) else np.zeros(0)
+        index = scores.argmax(axis=1) if len(scores) else np.zeros(0, dtype=int)
+        aspects = [
+            self.names[i] if b >= self.threshold else self.none_label
+            for i, b in zip(index, best, strict=True)
+        ]
+        return AspectPredictions(aspects, scores, self.names, best)
+
+    def save(self, folder: Path, encoder_dir: Path) -> Path:
+        """The encoder's files from `encoder_dir` and `aspects.json`, into `folder` (which is created)."""
+        import shutil
+
+        shutil.copytree(
+            encoder_dir, folder, ignore=shutil.ignore_patterns("*.onnx", "onnx", "openvino", ".*")
+        )
+        spec = {
+            "kind": ZERO_SHOT,
+            "names": self.names,
+            "descriptions": self.descriptions,
+            "threshold": self.threshold,
+            "none_label": self.none_label,
+            "max_length": self.max_length,
+        }
+        (folder / ASPECTS_FILE).write_text(json.dumps(spec, indent=2), encoding="utf-8")
+        return folder
+
+    @classmethod
+    def from_folder(cls, folder: Path, quantize: bool = True) -> ZeroShotAspects:
+        from transformers import AutoModel, AutoTokenizer
+
+        spec = json.loads((folder / ASPECTS_FILE).read_text(encoding="utf-8"))
+        model = AutoModel.from_pretrained(folder, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        return cls(
+            model,
+            tokenizer,
+            list(spec["names"]),
+            list(spec["descriptions"]),
+            threshold=float(spec["threshold"]),
+            none_label=str(spec["none_label"]),
+            max_length=int(spec["max_length"]),
+            quantize=quantize,
+            source=str(folder),
+        )
+
+
+class TrainedAspects:
+    """Aspects from a fine-tuned classifier (a `models.sentiment.SentimentClassifier` over the aspect names)."""
+
+    kind = TRAINED
+
+    def __init__(self, classifier: Any) -> None:
+        self.classifier = classifier
+        self.names = list(classifier.labels)
+        self.labels = self.names
+        self.source = classifier.source
+
+    def predict(self, texts: list[str | None]) -> AspectPredictions:
+        proba = self.classifier.predict_proba(list(texts)).astype(np.float64)
+        index = proba.argmax(axis=1) if len(proba) else np.zeros(0, dtype=int)
+        best = proba.max(axis=1) if len(proba) else np.zeros(0)
+        return AspectPredictions([self.names[i] for i in index], proba, self.names, best)
+
+
+AspectModel = ZeroShotAspects | TrainedAspects
+
+
+def load_aspect_model(source: str | Path, quantize: bool | None = None) -> AspectModel:
+    """An aspect model from a registry or run URI (`models:/churnsense-aspects@champion`) or a local folder (a
+    zero-shot folder, a trained classifier folder, or an MLflow model folder holding either)."""
+    from models.sentiment import SentimentClassifier, _download_model
+
+    text = str(source)
+    if text.startswith("models:/"):
+        from models.catalog import resolve_model_uri
+
+        text, _ = resolve_model_uri(text)
+    if "://" in text or text.startswith(("models:/", "runs:/")):
+        with tempfile.TemporaryDirectory(prefix="churnsense-aspects-") as tmp:
+            model = load_aspect_model(_download_model(text, Path(tmp)), quantize)
+        model.source = text
+        return model
+    folder = Path(text).expanduser()
+    if not folder.exists():
+        raise AspectModelError(f"{folder}: no such aspect model folder")
+    found = sorted(folder.rglob(ASPECTS_FILE))
+    if found:
+        return ZeroShotAspects.from_folder(found[0].parent, quantize=True if quantize is None else quantize)
+    return TrainedAspects(SentimentClassifier.load(folder, quantize=quantize))

@@ -1,0 +1,192 @@
+"""Aspect models: zero-shot with the packaged sentence encoder, fine-tuned, logged, registered, reloaded, used by
+`predict-sentiment`. Quality on the airline reasons is `benchmarks/aspects.py`'s job; here the real MiniLM names
+the simulator's own issue references, and the rest runs on a tiny random encoder."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from churnsense.errors import UserError
+from tests.sentiment_helpers import build_tiny_backbone, review_texts, write_reviews
+
+
+def _taxonomy(folder: Path, backbone: str | None = None, **keys) -> Path:
+    """A taxonomy over the review helpers' three "aspects" (their sentiment classes stand in for reasons)."""
+    config = {
+        "aspects": [
+            {
+                "name": "positive",
+                "description": "great love excellent wonderful amazing perfect friendly fast",
+            },
+            {"name": "negative", "description": "terrible awful hate broken rude worst slow lost"},
+        ],
+        "none_label": "neutral",
+        "model_name": f"test-aspects-{uuid.uuid4().hex[:8]}",
+        **({"backbone": backbone} if backbone else {}),
+        **keys,
+    }
+    path = folder / "aspects.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    torch.manual_seed(0)
+    return build_tiny_backbone(tmp_path_factory.mktemp("tiny_encoder"))
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_reviews(tmp_path_factory.mktemp("reasons"), review_texts(40, seed=4))
+
+
+def test_zero_shot_minilm_names_what_simulated_texts_are_about() -> None:
+    """The default taxonomy and the real encoder on the simulator's issue references (not its descriptions),
+    and small talk that is about none of them."""
+    from features import simulate
+    from training.aspects import build_zero_shot, load_aspect_config
+
+    model, _ = build_zero_shot(load_aspect_config())
+    texts, truth = [], []
+    for category, references in zip(simulate.CATEGORIES, simulate.ISSUE_REFERENCES, strict=True):
+        texts += list(references)
+        truth += [category] * len(references)
+    texts += ["what a lovely day", "see you next week", "ok"]
+    truth += ["none"] * 3
+    predicted = model.predict(texts)
+    right = sum(p == t for p, t in zip(predicted.aspects, truth, strict=True))
+    assert right >= 0.8 * len(texts), list(zip(texts, predicted.aspects, strict=True))
+    assert predicted.scores.shape == (len(texts), 6) and np.all(np.abs(predicted.scores) <= 1 + 1e-9)
+    assert predicted.to_dicts()[0]["scores"].keys() == set(simulate.CATEGORIES)
+
+
+@pytest.mark.parametrize("quantize", [True, False])
+def test_aspects_do_not_depend_on_batch_neighbours(
+    tiny_encoder: Path, tmp_path: Path, quantize: bool
+) -> None:
+    from training.aspects import build_zero_shot, load_aspect_config
+
+    model, _ = build_zero_shot(load_aspect_config(_taxonomy(tmp_path, str(tiny_encoder), quantize=quantize)))
+    texts = review_texts(6, seed=9)["text"].tolist() + ["THE WORST " * 20]
+    together = model.predict(texts)
+    alone = [model.predict([t]) for t in texts]
+    assert np.array_equal(together.scores, np.concatenate([a.scores for a in alone]))
+    assert together.aspects == [a.aspects[0] for a in alone]
+    reversed_ = model.predict(texts[::-1])
+    assert np.array_equal(reversed_.scores[::-1], together.scores)
+
+
+def test_zero_shot_run_is_evaluated_logged_registered_and_reloads(
+    tiny_encoder: Path, labelled: Path, tmp_path: Path
+) -> None:
+    import mlflow
+
+    from features.spec import load_spec
+    from models.aspects import ZeroShotAspects, load_aspect_model
+    from training.aspects import THRESHOLDS, load_aspect_config, train_zero_shot
+
+    config = load_aspect_config(_taxonomy(tmp_path, str(tiny_encoder)))
+    result = train_zero_shot(config, load_spec(labelled))
+    assert result.version == "1" and result.model_uri == f"models:/{config.model_name}/1"
+    assert result.threshold in THRESHOLDS
+    for key in ("test_accuracy", "test_macro_f1", "validation_macro_f1", "test_majority_accuracy"):
+        assert 0.0 <= result.metrics[key] <= 1.0, key
+    run = mlflow.get_run(result.run_id)
+    assert run.data.tags["churnsense.model"] == "aspects" and run.data.tags["aspects.kind"] == "zero-shot"
+    assert float(run.data.params["chosen_threshold"]) == result.threshold
+    assert run.data.metrics["test_macro_f1"] == pytest.approx(result.metrics["test_macro_f1"])
+    reloaded = load_aspect_model(result.model_uri)
+    assert isinstance(reloaded, ZeroShotAspects) and reloaded.threshold == result.threshold
+    texts = ["the crew was rude today", "the seat was great again", "which gate"]
+    first = reloaded.predict(texts)
+    served = mlflow.pyfunc.load_model(result.model_uri).predict(pd.DataFrame({"text": texts}))
+    assert served["aspect"].tolist() == first.aspects
+    np.testing.assert_array_equal(served["aspect_score"].to_numpy(), first.best)
+
+
+def test_config_and_label_errors_name_the_problem(tiny_encoder: Path, labelled: Path, tmp_path: Path) -> None:
+    from features.spec import load_spec
+    from training.aspects import AspectConfigError, load_aspect_config, train_zero_shot
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("aspects: [{name: billing, description: bills}]\nthreshhold: 0.3\n", encoding="utf-8")
+    with pytest.raises(AspectConfigError, match="threshhold: unknown key"):
+        load_aspect_config(bad)
+    bad.write_text("aspects: [{name: none, description: x}]\n", encoding="utf-8")
+    with pytest.raises(AspectConfigError, match="none_label 'none' is also an aspect name"):
+        load_aspect_config(bad)
+    bad.write_text("aspects: [{name: a, description: x}, {name: a, description: y}]\n", encoding="utf-8")
+    with pytest.raises(AspectConfigError, match=r"aspect names repeat: \['a'\]"):
+        load_aspect_config(bad)
+    only_positive = load_aspect_config(_taxonomy(tmp_path, str(tiny_encoder), none_label="nothing"))
+    with pytest.raises(AspectConfigError, match=r"labelled reasons \['negative', 'neutral'\]|\['neutral'\]"):
+        train_zero_shot(only_positive, load_spec(labelled))
+
+
+def test_fine_tuned_aspects_register_under_the_aspect_name_and_load(
+    tiny_encoder: Path, labelled: Path
+) -> None:
+    import mlflow
+
+    from models.aspects import TrainedAspects, load_aspect_model
+    from training.aspects import train_fine_tuned
+
+    name = f"test-aspects-{uuid.uuid4().hex[:8]}"
+    result = train_fine_tuned(
+        labelled, None, backbone=str(tiny_encoder), max_steps=4, batch_size=16, max_length=24,
+        model_name=name, baseline=False, num_threads=1,
+    )  # fmt: skip
+    assert result.version == "1"
+    assert mlflow.get_run(result.run_id).data.tags["churnsense.model"] == "aspects"
+    model = load_aspect_model(f"models:/{name}/1")
+    assert isinstance(model, TrainedAspects) and set(model.names) == {"negative", "neutral", "positive"}
+    predicted = model.predict(["the crew was rude", None])
+    assert predicted.scores.shape == (2, 3) and np.allclose(predicted.scores.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_cli_aspect_errors_and_predict_sentiment_with_aspects(
+    tiny_encoder: Path, labelled: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    from tests.integration.test_sentiment import run_cli
+    from training.aspects import load_aspect_config, train_zero_shot
+
+    code, _, err = run_cli(["train", "aspects", "--fine-tune"], capsys, monkeypatch)
+    assert code == 2 and "error: --fine-tune needs --spec" in err
+    code, _, err = run_cli(["train", "aspects", "--config", str(tmp_path / "x.yaml")], capsys, monkeypatch)
+    assert code == 2 and "--config is for --fine-tune" in err
+    aspects = train_zero_shot(load_aspect_config(_taxonomy(tmp_path, str(tiny_encoder))))
+    from training.sentiment import train_sentiment
+
+    sentiment_run = train_sentiment(
+        labelled, None, backbone=str(tiny_encoder), max_steps=4, batch_size=16, max_length=24,
+        model_name=f"test-sentiment-{uuid.uuid4().hex[:8]}", baseline=False, num_threads=1,
+    )  # fmt: skip
+    texts = pd.DataFrame({"id": [1, 2, 3], "body": ["the crew was rude", None, "great seat"]})
+    texts.to_csv(tmp_path / "texts.csv", index=False)
+    out = tmp_path / "scored.parquet"
+    code, stdout, err = run_cli(
+        [
+            "predict-sentiment", "--input", str(tmp_path / "texts.csv"), "--text-column", "body",
+            "--out", str(out), "--model", sentiment_run.model_uri, "--aspect-model", aspects.model_uri,
+        ],
+        capsys, monkeypatch,
+    )  # fmt: skip
+    assert code == 0, err
+    scored = pd.read_parquet(out)
+    assert scored["aspect"].isna().tolist() == [False, True, False]
+    assert set(scored["aspect"].dropna()) <= {"positive", "negative", "neutral"}
+    assert scored["aspect_score"].isna().tolist() == [False, True, False]
+    assert (scored["aspect_model"] == aspects.model_uri).all()
+    with pytest.raises(UserError, match="no such aspect model folder"):
+        from models.aspects import load_aspect_model
+
+        load_aspect_model(tmp_path / "missing")
