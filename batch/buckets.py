@@ -32,7 +32,7 @@ from batch.plan import (
 )
 from batch.read import cast_column, raw_schema, read_file_batches
 from batch.texts import text_sentiment
-from batch.workers import churn_model, phrase_finder, sentiment_scorer
+from batch.workers import aspect_model, churn_model, phrase_finder, sentiment_scorer
 from churnsense.files import atomic_path
 from features.engine import build_customer_features
 from features.evidence import EvidenceFinder
@@ -40,6 +40,7 @@ from features.labels import ineligible_reasons
 from features.pipeline import load_data
 from features.raw import ROW_PROBLEM, is_parquet, parquet_file
 from features.spec import DatasetSpec
+from models.aspects import annotate_aspects
 from models.phrases import annotate
 
 logger = logging.getLogger(__name__)
@@ -273,13 +274,12 @@ def score_bucket(plan: BatchPlan, customers_file: Path | None, events_file: Path
     if plan.evidence:
         reasons = dict(zip(pd.Index(scored.index).astype(str), scored["reasons"], strict=True))
         EvidenceFinder(model.schema).attach(data.events, plan.as_of, reasons)
+        quoted = [r["evidence"] for rows in reasons.values() for r in rows]
         if plan.sentiment is not None:  # texts quoted as evidence get the phrase that drove their sentiment
             classifier = sentiment_scorer(plan.sentiment, plan.tracking_uri)
-            annotate(
-                (item for rows in reasons.values() for item in (r["evidence"] for r in rows)),
-                phrase_finder(plan.sentiment, classifier.labels),
-                classifier.predict_proba,
-            )
+            annotate(quoted, phrase_finder(plan.sentiment, classifier.labels), classifier.predict_proba)
+        if plan.aspect_model is not None:  # ... and what they are about
+            annotate_aspects(quoted, aspect_model(plan.aspect_model, plan.tracking_uri))
     return BucketResult(result_table(scored, plan, eligible, why_not), rejects, rows_in)
 
 

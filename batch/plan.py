@@ -107,6 +107,7 @@ class BatchPlan:
     model_digest: str = ""
     ineligible: str = "exclude"
     evidence: bool = False
+    aspect_model: str | None = None
 
     def fingerprint(self) -> str:
         """A key for the work dir: input files (path, size, mtime), spec, model, date, bucketing, formats."""
@@ -128,6 +129,7 @@ class BatchPlan:
             "top_k": self.top_k,
             "ineligible": self.ineligible,
             "evidence": self.evidence,
+            "aspect_model": self.aspect_model,
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -213,6 +215,7 @@ def make_plan(
     cache_dir: str | Path | None = None,
     ineligible: str = "exclude",
     evidence: bool = False,
+    aspect_model: str | None = None,
 ) -> BatchPlan:
     """Resolve the input files, decide whether texts must be scored, and size the buckets.
 
@@ -221,7 +224,10 @@ def make_plan(
         model_uri: the concrete URI workers load.
         chunk_customers: customers per bucket (events-only specs assume ~50 events per customer).
         sentiment_model: where to load the churn model's own sentiment model from (default: where it was).
+        aspect_model: a concrete aspect model URI: texts quoted as evidence also say what they are about.
     """
+    if aspect_model is not None and not evidence:
+        raise BatchError("--aspect-model names what evidence texts are about: it needs --evidence")
     if spec.customers is None and spec.events is None:
         raise BatchError(f"{spec.source}: the spec has neither customers nor events to score")
     if ineligible not in INELIGIBLE_CHOICES:
@@ -272,5 +278,6 @@ def make_plan(
         top_k=top_k,
         ineligible=ineligible,
         evidence=evidence,
+        aspect_model=aspect_model,
         model_digest=folder_digest(Path(model_uri)) if Path(model_uri).exists() else "",
     )

@@ -50,6 +50,7 @@ def score_customers(
     text_scorer: Callable[[Sequence[str]], Any] | None = None,
     ineligible: str = "exclude",
     evidence: bool = False,
+    aspect_model: str | None = None,
 ) -> BatchSummary:
     """Score every customer of a spec as of a date and write one Parquet row per customer.
 
@@ -78,6 +79,8 @@ def score_customers(
             no risk).
         evidence: each reason also lists the events behind it (`features.evidence`, as JSON in the reason's
             `evidence` field): the events' texts are read too, so it costs time and space; off by default.
+        aspect_model: with `evidence`, each quoted text also says what it is about (`models.aspects`), by this
+            model (an alias is pinned to its version now).
     Returns:
         A `BatchSummary`; `.render()` prints it, `.top_risk(10)` lists the riskiest customers with reasons.
     """
@@ -102,6 +105,7 @@ def score_customers(
         cache_dir=cache_dir,
         ineligible=ineligible,
         evidence=evidence,
+        aspect_model=resolve_model_uri(aspect_model)[0] if aspect_model else None,
     )
     injected = text_scorer is not None and plan.sentiment is not None
     if injected:

@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 _churn_models: dict[tuple[str, str, str], Any] = {}
 _sentiment_models: dict[str, Any] = {}
 _phrase_finders: dict[str, Any] = {}
+_aspect_models: dict[str, Any] = {}
 _state = {"in_worker": False}
 
 
@@ -99,6 +100,18 @@ def sentiment_scorer(source: SentimentSource, tracking_uri: str | None = None) -
             source.lineage, num_threads=threads, batch_size=64
         )
     return scorer
+
+
+def aspect_model(uri: str, tracking_uri: str | None = None) -> Any:
+    """The aspect model at `uri` (a pinned version), loaded once per process."""
+    model = _aspect_models.get(uri)
+    if model is None:
+        if tracking_uri:
+            set_tracking_uri(tracking_uri)
+        from models.aspects import load_aspect_model
+
+        model = _aspect_models[uri] = load_aspect_model(uri)
+    return model
 
 
 def phrase_finder(source: SentimentSource, labels: Any) -> Any:

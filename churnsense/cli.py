@@ -232,6 +232,14 @@ def score(
             "too, so it costs time and space",
         ),
     ] = False,
+    aspect_model: Annotated[
+        str | None,
+        typer.Option(
+            "--aspect-model",
+            help="with --evidence: each quoted text also says what it is about, by this aspect model "
+            "(e.g. models:/churnsense-aspects@champion, as a Bento that carries it answers)",
+        ),
+    ] = None,
     store: StoreOption = None,
 ) -> None:
     """Score every customer as of a date (churn_risk, risk_band, reasons); rejected input rows go beside --out.
@@ -257,6 +265,7 @@ def score(
         progress=progress,
         ineligible=ineligible,
         evidence=evidence,
+        aspect_model=aspect_model,
     )
     typer.echo(summary.render())
 

@@ -66,7 +66,8 @@ def run_demo(out: Path, customers: int, seed: int, sentiment_steps: int) -> None
     print(f"({time.perf_counter() - started:.1f}s)")
 
     started = _banner(
-        f"4. fine-tune the sentiment model on the reviews ({sentiment_steps} steps) and promote it"
+        f"4. fine-tune the sentiment model on the reviews ({sentiment_steps} steps), build the zero-shot aspect "
+        "model; promote both"
     )
     from training.sentiment import promote_sentiment, train_sentiment
 
@@ -80,6 +81,11 @@ def run_demo(out: Path, customers: int, seed: int, sentiment_steps: int) -> None
         " README 'Measured quality' has real-data figures)"
     )
     print(promote_sentiment().render())
+    from training.aspects import load_aspect_config, promote_aspects, train_zero_shot
+
+    # Zero-shot: the simulated texts carry no reason labels. The Bento then names what quoted texts are about.
+    print(train_zero_shot(load_aspect_config()).headline())
+    print(promote_aspects().render())
     print(f"({time.perf_counter() - started:.1f}s)")
 
     started = _banner(

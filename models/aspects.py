@@ -182,6 +182,17 @@ class TrainedAspects:
 AspectModel = ZeroShotAspects | TrainedAspects
 
 
+def annotate_aspects(evidence: Any, model: AspectModel) -> None:
+    """Adds `aspect` (what the text is about) to every evidence event quoting a scored text, in place (the
+    events `models.phrases.quoted_texts` finds)."""
+    from models.phrases import quoted_texts
+
+    events = quoted_texts(evidence)
+    if events:
+        for event, aspect in zip(events, model.predict([e["text"] for e in events]).aspects, strict=True):
+            event["aspect"] = aspect
+
+
 def load_aspect_model(source: str | Path, quantize: bool | None = None) -> AspectModel:
     """An aspect model from a registry or run URI (`models:/churnsense-aspects@champion`) or a local folder (a
     zero-shot folder, a trained classifier folder, or an MLflow model folder holding either)."""

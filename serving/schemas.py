@@ -400,7 +400,8 @@ class EvidenceEvent(BaseModel):
     """One event behind a reason: when, what type; its text (as the sentiment model read it) and sentiment
     when the events have texts, and then `phrase`: the words that drove that sentiment, `{start, end, phrase,
     effect}` (character offsets into `text`; `effect` = P(negative) without the phrase minus with it, see
-    `models.phrases`); the value a value feature aggregates."""
+    `models.phrases`), and `aspect` (what it is about, when the Bento has an aspect model); the value a value
+    feature aggregates."""
 
     model_config = ConfigDict(extra="allow")
 

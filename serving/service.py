@@ -328,14 +328,15 @@ class ChurnSense:
         distinct = list(dict.fromkeys(text for request in requests for text in request_texts(request)))
         scored = dict(zip(distinct, await self._classify_batched(distinct), strict=True))
         answers = list(await asyncio.gather(*(self._churn_batcher.submit((r, scored)) for r in requests)))
-        await self._add_phrases(answers)
+        await self._annotate_evidence(answers)
         return answers
 
-    async def _add_phrases(self, answers: list[ChurnRiskResponse]) -> None:
-        """Each evidence event quoting a scored text gets the phrase that drove its sentiment (`models.phrases`):
-        the texts without each phrase are scored through the same batched forward passes as every other text,
-        once per distinct text (cached)."""
-        if self.phrases is None:
+    async def _annotate_evidence(self, answers: list[ChurnRiskResponse]) -> None:
+        """Each evidence event quoting a scored text gets the phrase that drove its sentiment (`models.phrases`)
+        and, with an aspect model, what it is about (`models.aspects`), as the batch job adds them. The texts
+        without each phrase are scored through the same batched forward passes as every other text, once per
+        distinct text (cached)."""
+        if self.phrases is None and self.aspects is None:
             return
         quoting = [
             event
@@ -348,16 +349,21 @@ class ChurnSense:
         ]
         if not quoting:
             return
-        import numpy as np
-
         texts = [event.model_extra["text"] for event in quoting]  # type: ignore[index]
-        needed = self.phrases.to_score(texts)
-        if needed:
-            labels = self.phrases.labels
-            proba = [[s.scores[label] for label in labels] for s in await self._classify_batched(needed)]
-            self.phrases.learn(needed, np.asarray(proba, dtype=np.float64))
-        for event, phrase in zip(quoting, self.phrases.find(texts), strict=True):
-            event.phrase = phrase  # an extra field, as `text` and `sentiment` are
+        if self.phrases is not None:
+            needed = self.phrases.to_score(texts)
+            if needed:
+                import numpy as np
+
+                labels = self.phrases.labels
+                proba = [[s.scores[label] for label in labels] for s in await self._classify_batched(needed)]
+                self.phrases.learn(needed, np.asarray(proba, dtype=np.float64))
+            for event, phrase in zip(quoting, self.phrases.find(texts), strict=True):
+                event.phrase = phrase  # an extra field, as `text` and `sentiment` are
+        if self.aspects is not None:
+            predicted = await asyncio.to_thread(self._aspects_of, texts)
+            for event, item in zip(quoting, predicted, strict=True):
+                event.aspect = item["aspect"]
 
     def _score_batch(
         self, items: list[tuple[ChurnRiskRequest, dict[str, TextSentiment]]]

@@ -213,7 +213,7 @@ def _quoted(text: str | None, phrase: dict[str, Any] | None = None, width: int =
     return f' "{text}"'
 
 
-_EVENT_KEYS = ("timestamp", "type", "text", "sentiment", "phrase")
+_EVENT_KEYS = ("timestamp", "type", "text", "sentiment", "phrase", "aspect")
 
 
 def agent_view(answer: dict[str, Any], shown: int = 3) -> str:
@@ -240,6 +240,7 @@ def agent_view(answer: dict[str, Any], shown: int = 3) -> str:
         for event in evidence["events"][:shown]:
             sentiment = event.get("sentiment")
             mood = f" (sentiment {sentiment:+.2f})" if sentiment is not None else ""
+            mood += f" about {event['aspect']}" if event.get("aspect") else ""
             values = [f"{k} {v:g}" for k, v in event.items() if k not in _EVENT_KEYS and v is not None]
             mood += f" [{', '.join(values)}]" if values else ""
             lines.append(

@@ -28,6 +28,7 @@ from tests.served_models import pick_customers, request_for
 pytestmark = pytest.mark.slow
 
 N_SERVED = 12  # customers per as_of sent over HTTP (each in three ways)
+ASPECTS = "models:/churnsense-aspects@champion"
 
 
 @pytest.fixture(scope="module")
@@ -61,13 +62,18 @@ def truth(trained, models, tmp_path_factory) -> dict:
     ]  # fmt: skip
     assert len(with_text) > 100, "the evidence compared below quotes texts"
     # Each quoted text with the phrase that drove its sentiment, by the sentiment model directly.
+    from models.aspects import annotate_aspects, load_aspect_model
     from models.phrases import PhraseFinder, annotate
 
     classifier = scorer.classifier
     finder = PhraseFinder(classifier.labels)
+    aspects = load_aspect_model(ASPECTS)  # the Bento's aspect model: it names what quoted texts are about
     for found in evidence.values():
-        annotate((item for rows in found.values() for item in rows), finder, classifier.predict_proba)
+        quoted = [item for rows in found.values() for item in rows]
+        annotate(quoted, finder, classifier.predict_proba)
+        annotate_aspects(quoted, aspects)
     assert sum("phrase" in e for e in with_text) > 50, "the evidence compared below quotes phrases"
+    assert sum("aspect" in e for e in with_text) > 50, "... and aspects"
     return {"spec": trained["spec"], "scores": scores, "data": data, "evidence": evidence}
 
 
@@ -242,6 +248,7 @@ def test_batch_engines_equal_the_training_frame(engine, truth, models, tmp_path:
             chunk_customers=150,
             master="local[2]",
             evidence=True,
+            aspect_model=ASPECTS,
         )
         assert summary.n_buckets > 2
         _assert_batch_equals(_batch_rows(out), truth["scores"][as_of], churn, truth, as_of)

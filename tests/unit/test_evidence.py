@@ -148,7 +148,7 @@ def test_the_agent_view_quotes_the_evidence():
                     "events": [
                         {"timestamp": "2024-09-28T10:00:00Z", "type": "complaint", "text": "still broken",
                          "sentiment": -0.92, "phrase": {"start": 6, "end": 12, "phrase": "broken",
-                                                        "effect": -0.7}},
+                                                        "effect": -0.7}, "aspect": "device"},
                         {"timestamp": "2024-09-27T10:00:00Z", "type": "complaint", "sentiment": -0.5,
                          "text": "waited " * 30 + "and the refund never came", "phrase": {"start": 214,
                          "end": 235, "phrase": "the refund never came", "effect": -0.4}},
@@ -162,7 +162,7 @@ def test_the_agent_view_quotes_the_evidence():
     }  # fmt: skip
     view = agent_view(answer)
     assert "churn risk 83% (critical)" in view
-    assert '2024-09-28 10:00  complaint (sentiment -0.92) "still **broken**"' in view
+    assert '2024-09-28 10:00  complaint (sentiment -0.92) about device "still **broken**"' in view
     # A long text is cut around its phrase, which stays whole.
     assert 'waited and **the refund never came**"' in view and '"...ited waited' in view
     assert "... and 2 more" in view and "a profile value" in view
