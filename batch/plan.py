@@ -226,7 +226,7 @@ def make_plan(
         sentiment_model: where to load the churn model's own sentiment model from (default: where it was).
         aspect_model: a concrete aspect model URI: texts quoted as evidence also say what they are about.
     """
-    if aspect_model is not None and not evidence:
+    if aspect_model is not None and not evidence:  # alone it would do nothing
         raise BatchError("--aspect-model names what evidence texts are about: it needs --evidence")
     if spec.customers is None and spec.events is None:
         raise BatchError(f"{spec.source}: the spec has neither customers nor events to score")

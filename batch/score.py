@@ -87,6 +87,8 @@ def score_customers(
     started = time.perf_counter()
     if engine not in ("local", "spark"):
         raise BatchError(f"--engine: {engine!r} is not one of local, spark")
+    if aspect_model is not None and not evidence:  # checked before anything loads (make_plan checks too)
+        raise BatchError("--aspect-model names what evidence texts are about: it needs --evidence")
     spec = load_spec(spec_path)
     as_of_date = parse_as_of(as_of)
     to_timestamp_ns(as_of_date)

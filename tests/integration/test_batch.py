@@ -595,3 +595,17 @@ def test_scoring_the_event_store_equals_scoring_the_files(
         pd.testing.assert_frame_equal(got, expected, check_exact=True)
         assert summary.n_customers == local_sim[0].n_customers and summary.unaccounted_customer_rows == 0
         assert not [p for p in tmp_path.iterdir() if ".store-" in p.name]  # the extract is gone
+
+
+def test_an_aspect_model_without_evidence_is_refused(sim_dir: Path, models: dict, tmp_path: Path):
+    """`--aspect-model` names what evidence texts are about: alone it would do nothing, so it is an error."""
+    from batch import score_customers
+    from batch.plan import BatchError
+
+    out = tmp_path / "scores.parquet"
+    with pytest.raises(BatchError, match="--aspect-model .* needs --evidence"):
+        score_customers(
+            sim_dir / "spec.yaml", "2024-12-01", out, model_uri=models["churn_uri"],
+            cache_dir=models["cache_dir"], aspect_model="models:/churnsense-aspects@champion",
+        )  # fmt: skip
+    assert not out.exists()
