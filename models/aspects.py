@@ -196,7 +196,7 @@ def annotate_aspects(evidence: Any, model: AspectModel) -> None:
 def load_aspect_model(source: str | Path, quantize: bool | None = None) -> AspectModel:
     """An aspect model from a registry or run URI (`models:/churnsense-aspects@champion`) or a local folder (a
     zero-shot folder, a trained classifier folder, or an MLflow model folder holding either)."""
-    from models.sentiment import SentimentClassifier, _download_model
+    from models.sentiment import SentimentClassifier, download_model
 
     text = str(source)
     if text.startswith("models:/"):
@@ -205,7 +205,7 @@ def load_aspect_model(source: str | Path, quantize: bool | None = None) -> Aspec
         text, _ = resolve_model_uri(text)
     if "://" in text or text.startswith(("models:/", "runs:/")):
         with tempfile.TemporaryDirectory(prefix="churnsense-aspects-") as tmp:
-            model = load_aspect_model(_download_model(text, Path(tmp)), quantize)
+            model = load_aspect_model(download_model(text, Path(tmp)), quantize)
         model.source = text
         return model
     folder = Path(text).expanduser()

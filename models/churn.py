@@ -40,6 +40,7 @@ from scipy.special import logit
 
 from churnsense.errors import UserError
 from features.engine import FEATURE_VERSION, FeatureSchema
+from models.blend import LinearTreesBlend
 from models.catalog import CHURN_MODEL, champion_uri
 from models.tree_input import TreeInput, categorical_values, numeric_block
 
@@ -171,15 +172,18 @@ class ChurnModel:
         calibrated = pipeline[-1]
         pair = calibrated.calibrated_classifiers_[0]
         self._classifier = calibrated
-        self.booster = pair.estimator
-        if not hasattr(
-            self.booster, "booster_"
-        ):  # e.g. HistGradientBoosting, before churnsense used LightGBM
+        estimator = pair.estimator
+        # A `LinearTreesBlend` (logistic regression + trees), or LightGBM trees alone (models trained before the
+        # blend; the same as a blend with linear_weight 0).
+        self.blend: LinearTreesBlend | None = estimator if isinstance(estimator, LinearTreesBlend) else None
+        trees = estimator.trees_ if self.blend is not None else estimator
+        if trees is not None and not hasattr(trees, "booster_"):  # e.g. HistGradientBoosting, before LightGBM
             raise ModelContractError(
-                f"churn model {uri or version}: its trees are a {type(self.booster).__name__}, from an earlier "
+                f"churn model {uri or version}: its trees are a {type(trees).__name__}, from an earlier "
                 "churnsense; reasons now come from LightGBM trees: retrain it (churnsense train churn)"
             )
-        self._trees = self.booster.booster_
+        self._trees = trees.booster_ if trees is not None else None
+        self.linear_weight = float(self.blend.linear_weight) if self.blend is not None else 0.0
         self._calibrator = pair.calibrators[0]
         self.calibration = str(pair.method)
         if self.calibration not in ("sigmoid", "isotonic"):
@@ -198,9 +202,19 @@ class ChurnModel:
         self._encoded_position = np.asarray(
             [position[self.columns[i]] for i in self._used_columns], dtype=np.int64
         )
-        # The trees' expected raw score: the last column of every `pred_contrib` row.
+        # The expected raw score: the trees' is the last column of every `pred_contrib` row; the linear part's is
+        # its score at the training means.
         probe = np.full((1, len(position)), np.nan)
-        self.expected_raw = float(self._predict(probe, pred_contrib=True)[0, -1])
+        trees_expected = (
+            float(self._predict(probe, pred_contrib=True)[0, -1]) if self._trees is not None else 0.0
+        )
+        if self.blend is not None:
+            expected = self.blend.blend(
+                np.asarray([self.blend.linear_expected_]), np.asarray([trees_expected])
+            )
+            self.expected_raw = float(expected[0])
+        else:
+            self.expected_raw = trees_expected
         if self.calibration == "sigmoid":
             # sklearn's sigmoid calibration: p = expit(-(a * raw + b)).
             self._slope = -float(self._calibrator.a_)
@@ -277,6 +291,28 @@ class ChurnModel:
         threads = 1 if len(trees_input) <= _ONE_THREAD_ROWS else 0  # 0: OpenMP's default
         return self._trees.predict(trees_input, num_threads=threads, **kwargs)
 
+    def _raw(self, trees_input: np.ndarray) -> np.ndarray:
+        """The classifier's raw log-odds (what the calibrator reads): `LinearTreesBlend.decision_function`'s
+        arithmetic, or the trees' alone."""
+        if self.blend is None:
+            return self._predict(trees_input, raw_score=True)
+        threads = 1 if len(trees_input) <= _ONE_THREAD_ROWS else 0
+        return self.blend.blend(
+            self.blend.linear_score(trees_input), self.blend.tree_score(trees_input, num_threads=threads)
+        )
+
+    def _raw_contributions(self, trees_input: np.ndarray) -> np.ndarray:
+        """Each input column's share of raw - `expected_raw` (exact: linear terms plus TreeSHAP)."""
+        n, width = trees_input.shape
+        trees = (
+            self._predict(trees_input, pred_contrib=True)[:, :-1]
+            if self._trees is not None
+            else np.zeros((n, width))
+        )
+        if self.blend is None:
+            return trees
+        return self.blend.blend(self.blend.linear_contributions(trees_input), trees)
+
     def _calibrate(self, raw: np.ndarray) -> np.ndarray:
         """The fitted calibrator on raw scores, as `CalibratedClassifierCV.predict_proba` applies it."""
         proba = np.asarray(self._calibrator.predict(raw), dtype=np.float64)
@@ -293,15 +329,15 @@ class ChurnModel:
         per-call input checks.
         """
         trees_input, values = self._trees_input(features)
-        proba = self._calibrate(self._predict(trees_input, raw_score=True))
+        proba = self._calibrate(self._raw(trees_input))
         if not explain:
             return values, proba, None
-        shap = self._predict(trees_input, pred_contrib=True)
+        shap = self._raw_contributions(trees_input)
         raw = np.zeros((trees_input.shape[0], len(self.columns)))
         raw[:, self._used_columns] = shap[:, self._encoded_position]
         if self.calibration == "sigmoid":
             return values, proba, raw * self._slope
-        total = shap[:, :-1].sum(axis=1)
+        total = shap.sum(axis=1)
         target = logit(np.clip(proba, _LOGIT_EPS, 1 - _LOGIT_EPS)) - self.base_logit
         scale = np.divide(target, total, out=np.zeros_like(total), where=np.abs(total) > 1e-12)
         return values, proba, raw * scale[:, None]

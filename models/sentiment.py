@@ -206,7 +206,7 @@ class SentimentClassifier:
             # The weights are read into memory, so the downloaded copy can go (90 MB per load otherwise).
             with tempfile.TemporaryDirectory(prefix="churnsense-sentiment-") as tmp:
                 classifier = cls.load(
-                    _download_model(source_text, Path(tmp)),
+                    download_model(source_text, Path(tmp)),
                     quantize=quantize,
                     num_threads=num_threads,
                     batch_size=batch_size,
@@ -338,7 +338,7 @@ def _read_sidecar(folder: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _download_model(uri: str, destination: Path) -> Path:
+def download_model(uri: str, destination: Path) -> Path:
     """The model's files under `destination`, from the tracking store MLflow is pointed at (by default
     `MLFLOW_TRACKING_URI`, else ./mlflow.db: the same rule as `training.tracking`)."""
     import mlflow

@@ -148,7 +148,7 @@ def pip_requirements() -> list[str]:
 
 def skops_trusted_types(estimator: Any) -> list[str]:
     """The non-default types skops must be told to trust to load `estimator` (all from scikit-learn, numpy,
-    scipy, LightGBM or the standard library's `collections`)."""
+    scipy, LightGBM, the standard library's `collections`, or churnsense's own `models.blend`)."""
     import skops.io
 
     untrusted = skops.io.get_untrusted_types(data=skops.io.dumps(estimator))
@@ -156,7 +156,7 @@ def skops_trusted_types(estimator: Any) -> list[str]:
     foreign = [
         t
         for t in untrusted
-        if not t.startswith(("sklearn.", "numpy.", "scipy.", "builtins.", "lightgbm."))
+        if not t.startswith(("sklearn.", "numpy.", "scipy.", "builtins.", "lightgbm.", "models.blend."))
         and t not in ("functools.partial", "collections.OrderedDict")
     ]
     if foreign:

@@ -86,6 +86,21 @@ LIGHTGBM_DEFAULTS: dict[str, Any] = {
 }
 
 
+class BlendConfig(_Frozen):
+    """The churn model blends a logistic regression's log-odds with the trees' (`models.blend`):
+    w * linear + (1 - w) * trees. Grouped CV picks w among `linear_weights` by out-of-fold ROC AUC (the first
+    of equals): 0 is the trees alone, 1 the logistic regression alone (C and max_iter from `baseline`)."""
+
+    linear_weights: tuple[float, ...] = Field((0.0, 0.25, 0.5, 0.75, 1.0), min_length=1)
+
+    @field_validator("linear_weights")
+    @classmethod
+    def _in_unit_interval(cls, weights: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0.0 <= w <= 1.0 for w in weights):
+            raise ValueError(f"every weight must be in [0, 1], got {list(weights)}")
+        return weights
+
+
 class BaselineConfig(_Frozen):
     """The logistic-regression baseline trained in the same run (impute + scale + one-hot inside)."""
 
@@ -180,6 +195,7 @@ class ChurnConfig(_Frozen):
     min_positives: int = Field(MIN_POSITIVES, ge=1, description="refuse to train on fewer churned examples")
     booster: BoosterConfig = BoosterConfig()
     baseline: BaselineConfig = BaselineConfig()
+    blend: BlendConfig = BlendConfig()
     calibration: CalibrationConfig = CalibrationConfig()
     split: SplitConfig = SplitConfig()
     search: SearchConfig = SearchConfig()

@@ -1,8 +1,9 @@
 """Fitting the churn model: LightGBM trees chosen by a budgeted search scored with grouped cross-validation,
+blended with a logistic regression (`models.blend`: the weight chosen on the same out-of-fold scores),
 calibrated (sigmoid or isotonic) on out-of-fold scores, inside one scikit-learn `Pipeline` with its encoder;
 and the logistic baseline fitted beside it.
 
-    choice = choose_churn_model(train rows)        # every choice (trees, their number, calibration) made here
+    choice = choose_churn_model(train rows)        # every choice (trees, their number, blend, calibration) here
     fit_calibrated(train rows, choice)             # the held-out model: scored on the validation rows
     fit_calibrated(all labelled rows, choice)      # the final model, the one registered
 
@@ -33,6 +34,7 @@ from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
 from features.columns import CHURNED, CUSTOMER_ID
 from features.engine import FeatureSchema
+from models.blend import LinearTreesBlend
 from models.churn import prepare_features
 from training.churn_config import LIGHTGBM_DEFAULTS, BoosterConfig, ChurnConfig
 
@@ -284,10 +286,16 @@ class ChurnChoice:
     trials: list[dict[str, Any]] = field(default_factory=list)
     search_seconds: float = 0.0
     rule: str = "the only candidate"
+    linear_weight: float = 0.0
+    blend_roc_auc: dict[float, float] = field(default_factory=dict)  # out-of-fold ROC AUC per linear weight
 
     def logged_params(self) -> dict[str, str]:
         """What the run logs as `chosen.*`."""
-        chosen = self.params.model_dump() | {"rounds": self.rounds, "calibration": self.calibration}
+        chosen = self.params.model_dump() | {
+            "rounds": self.rounds,
+            "calibration": self.calibration,
+            "linear_weight": self.linear_weight,
+        }
         return {f"chosen.{k}": str(v) for k, v in chosen.items()}
 
 
@@ -346,11 +354,10 @@ def choose_churn_model(train: pd.DataFrame, schema: FeatureSchema, config: Churn
             break
     search_seconds = time.perf_counter() - started
     params, result, rule = _one_standard_error(tried)
+    weight, blend_auc, oof = choose_linear_weight(result.oof, encoded, y, categorical, folds, config)
     if config.calibration.method == "auto":
         calibration_folds = cv_folds(groups, y, config.calibration.folds, config.seed)
-        method, losses = choose_calibration(
-            result.oof, y, calibration_folds, config.calibration.isotonic_margin
-        )
+        method, losses = choose_calibration(oof, y, calibration_folds, config.calibration.isotonic_margin)
     else:
         method, losses = config.calibration.method, {}
     logger.info(
@@ -362,8 +369,63 @@ def choose_churn_model(train: pd.DataFrame, schema: FeatureSchema, config: Churn
         method,
     )
     logger.info("rule: %s", rule)
+    logger.info("linear weight %.2f (out-of-fold ROC AUC by weight: %s)", weight, blend_auc)
     return ChurnChoice(
-        params, result.rounds, method, losses, result.roc_auc, numeric, trials, search_seconds, rule
+        params,
+        result.rounds,
+        method,
+        losses,
+        result.roc_auc,
+        numeric,
+        trials,
+        search_seconds,
+        rule,
+        weight,
+        blend_auc,
+    )
+
+
+def linear_oof(
+    encoded: np.ndarray, y: np.ndarray, categorical: list[int], folds: list, config: ChurnConfig
+) -> np.ndarray:
+    """Out-of-fold log-odds of the blend's logistic regression, on the trees' folds."""
+    oof = np.empty(len(y))
+    for fit_rows, test_rows in folds:
+        linear = make_blend(config, categorical, trees=None, linear_weight=1.0).fit(
+            encoded[fit_rows], y[fit_rows]
+        )
+        oof[test_rows] = linear.linear_score(encoded[test_rows])
+    return oof
+
+
+def choose_linear_weight(
+    trees_oof: np.ndarray,
+    encoded: np.ndarray,
+    y: np.ndarray,
+    categorical: list[int],
+    folds: list,
+    config: ChurnConfig,
+) -> tuple[float, dict[float, float], np.ndarray]:
+    """The blend weight with the best out-of-fold ROC AUC (the first of equals), every weight's ROC AUC, and
+    the chosen blend's out-of-fold scores (what calibration is chosen on)."""
+    weights = config.blend.linear_weights
+    linear = linear_oof(encoded, y, categorical, folds, config) if any(w > 0 for w in weights) else None
+    blends = {w: trees_oof if linear is None else w * linear + (1 - w) * trees_oof for w in weights}
+    auc = {w: float(roc_auc_score(y, scores)) for w, scores in blends.items()}
+    best = max(weights, key=lambda w: auc[w])  # max keeps the first of equals
+    return best, auc, blends[best]
+
+
+def make_blend(
+    config: ChurnConfig, categorical: list[int], trees: Any, linear_weight: float
+) -> LinearTreesBlend:
+    """Unfitted `LinearTreesBlend` with the baseline's regularisation."""
+    return LinearTreesBlend(
+        trees=trees,
+        linear_weight=linear_weight,
+        C=config.baseline.C,
+        max_iter=config.baseline.max_iter,
+        categorical=tuple(categorical),
     )
 
 
@@ -397,8 +459,14 @@ def fit_calibrated(
     folds = cv_folds(rows[CUSTOMER_ID].astype(str), y, config.calibration.folds, config.seed)
     encode = make_encoder(schema, choice.params.max_categories, choice.numeric)
     encoded = encode.fit_transform(X)
-    calibrated = CalibratedClassifierCV(
+    blend = make_blend(
+        config,
+        categorical_positions(schema),
         make_trees(choice.params, config.seed, choice.rounds),
+        choice.linear_weight,
+    )
+    calibrated = CalibratedClassifierCV(
+        blend,
         method=choice.calibration,
         cv=folds,
         ensemble=False,

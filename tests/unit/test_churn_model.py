@@ -165,14 +165,19 @@ def _fit(customers: pd.DataFrame, **overrides) -> tuple[ChurnModel, pd.DataFrame
     ), features
 
 
+# Both fixtures blend the logistic regression and the trees half and half, so every test below exercises both
+# parts of the model's score and reasons.
+HALF = {"linear_weights": (0.5,)}
+
+
 @pytest.fixture(scope="module")
 def sigmoid_model() -> tuple[ChurnModel, pd.DataFrame]:
-    return _fit(_customers(3000, seed=1), calibration={"method": "sigmoid"})
+    return _fit(_customers(3000, seed=1), calibration={"method": "sigmoid"}, blend=HALF)
 
 
 @pytest.fixture(scope="module")
 def isotonic_model() -> tuple[ChurnModel, pd.DataFrame]:
-    return _fit(_customers(3000, seed=1), calibration={"method": "isotonic"})
+    return _fit(_customers(3000, seed=1), calibration={"method": "isotonic"}, blend=HALF)
 
 
 @pytest.mark.parametrize("which", ["sigmoid_model", "isotonic_model"])
@@ -397,7 +402,7 @@ def test_search_picks_the_best_candidate_by_cross_validation():
     frame, schema = _frame(1500, seed=4)
     candidates = [{"num_leaves": 2, "max_rounds": 1}, {"num_leaves": 8, "max_rounds": 200}]
     search = {"enabled": True, "folds": 2, "candidates": candidates, "max_trials": 4, "budget_s": 600}
-    config = ChurnConfig(**FAST | {"search": search})
+    config = ChurnConfig(**FAST | {"search": search, "blend": HALF})
     choice = choose_churn_model(frame, schema, config)
     # The configured booster first, then LightGBM's defaults, then the listed candidates.
     assert [t["params"] for t in choice.trials] == [{}, LIGHTGBM_DEFAULTS, *candidates]
@@ -406,7 +411,7 @@ def test_search_picks_the_best_candidate_by_cross_validation():
     picked = next(t for t in choice.trials if t["cv_roc_auc"] == choice.cv_roc_auc)
     assert choice.rounds == picked["rounds"]
     final = fit_calibrated(frame, schema, choice, config)
-    assert final[-1].calibrated_classifiers_[0].estimator.booster_.current_iteration() == choice.rounds
+    assert final[-1].calibrated_classifiers_[0].estimator.trees_.booster_.current_iteration() == choice.rounds
 
 
 def test_search_is_deterministic_for_a_seed():
@@ -472,14 +477,14 @@ def test_final_model_is_fitted_on_every_row():
     """`fit_calibrated` refits the trees on all rows it is given: the trees saw each row (LightGBM counts the
     rows a tree's root holds), and the calibrator learnt from out-of-fold scores of all of them."""
     frame, schema = _frame(1000, seed=8)
-    config = ChurnConfig(**FAST)
+    config = ChurnConfig(**FAST | {"blend": HALF})
     choice = choose_churn_model(frame.iloc[:600], schema, config)
     final = fit_calibrated(frame, schema, choice, config)
-    trees = final[-1].calibrated_classifiers_[0].estimator.booster_
+    trees = final[-1].calibrated_classifiers_[0].estimator.trees_.booster_
     root = trees.dump_model()["tree_info"][0]["tree_structure"]
     assert root["internal_count"] == len(frame)
     part = fit_calibrated(frame.iloc[:600], schema, choice, config)
-    root_part = part[-1].calibrated_classifiers_[0].estimator.booster_.dump_model()["tree_info"][0]
+    root_part = part[-1].calibrated_classifiers_[0].estimator.trees_.booster_.dump_model()["tree_info"][0]
     assert root_part["tree_structure"]["internal_count"] == 600
 
 
@@ -489,19 +494,21 @@ def test_calibrated_fit_is_calibrated_classifier_cv_on_grouped_folds(method):
     a rebuilt one gives the same probabilities."""
     from sklearn.calibration import CalibratedClassifierCV
 
-    from training.churn_fit import categorical_positions, cv_folds, make_trees
+    from training.churn_fit import categorical_positions, cv_folds, make_blend, make_trees
 
     frame, schema = _frame(1200, seed=6)
-    config = ChurnConfig(**FAST | {"calibration": {"method": method}})
+    config = ChurnConfig(**FAST | {"calibration": {"method": method}, "blend": HALF})
     choice = choose_churn_model(frame, schema, config)
     ours = fit_calibrated(frame, schema, choice, config)
     X = prepare_features(frame, schema)
     y = frame[CHURNED].to_numpy(dtype=np.int64)
     encoded = ours[0].transform(X)
     folds = cv_folds(frame[CUSTOMER_ID], y, config.calibration.folds, config.seed)
-    reference = CalibratedClassifierCV(
-        make_trees(choice.params, config.seed, choice.rounds), method=method, cv=folds, ensemble=False
-    ).fit(encoded, y, categorical_feature=categorical_positions(schema))
+    categorical = categorical_positions(schema)
+    blend = make_blend(config, categorical, make_trees(choice.params, config.seed, choice.rounds), 0.5)
+    reference = CalibratedClassifierCV(blend, method=method, cv=folds, ensemble=False).fit(
+        encoded, y, categorical_feature=categorical
+    )
     np.testing.assert_array_equal(ours.predict_proba(X), reference.predict_proba(encoded))
     assert ours[-1].calibrated_classifiers_[0].method == method
 

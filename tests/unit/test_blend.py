@@ -1,0 +1,90 @@
+"""The churn model's blend of a logistic regression and LightGBM trees (`models.blend`): an exact logistic
+regression, exactly additive reasons, the same bits for a row alone or in a batch, and a weight CV chooses."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold
+
+from models.blend import LinearTreesBlend
+
+
+def _data(n: int, seed: int, interaction: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Two numeric columns (one with missing values), a categorical code column; an additive or an
+    interaction (XOR-like) signal."""
+    rng = np.random.default_rng(seed)
+    a, b = rng.normal(size=n), rng.normal(size=n)
+    code = rng.integers(0, 4, size=n).astype(np.float64)
+    signal = 3 * np.sign(a * b) if interaction else 1.2 * a - 0.8 * b + 0.6 * (code == 2)
+    y = (rng.random(n) < 1 / (1 + np.exp(-signal))).astype(np.int64)
+    b = b.copy()
+    b[rng.random(n) < 0.1] = np.nan
+    code[rng.random(n) < 0.05] = np.nan
+    return np.column_stack([code, a, b]), y
+
+
+def _blend(weight: float) -> LinearTreesBlend:
+    from lightgbm import LGBMClassifier
+
+    trees = LGBMClassifier(n_estimators=30, num_leaves=4, verbose=-1, n_jobs=1, deterministic=True)
+    return LinearTreesBlend(trees=trees, linear_weight=weight, categorical=(0,))
+
+
+def test_the_linear_part_is_the_logistic_regression_of_its_design():
+    X, y = _data(2000, seed=1)
+    model = _blend(1.0).fit(X, y, categorical_feature=[0])
+    design = model._design(X)
+    assert design.shape[1] == 5 + 1 + 2  # 4 codes + missing slot, a, b and b's missing flag
+    reference = LogisticRegression(C=1.0, max_iter=2000).fit(design, y)
+    np.testing.assert_allclose(model.linear_score(X), reference.decision_function(design), rtol=0, atol=1e-6)
+    assert model.trees_ is None  # weight 1: no trees are fitted
+    np.testing.assert_array_equal(model.decision_function(X), model.linear_score(X))
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.5, 1.0])
+def test_contributions_are_exact_and_do_not_depend_on_the_batch(weight: float):
+    X, y = _data(1500, seed=2)
+    model = _blend(weight).fit(X, y, categorical_feature=[0])
+    linear = model.linear_contributions(X)
+    trees = model.trees_.booster_.predict(X, pred_contrib=True) if model.trees_ is not None else None
+    expected_trees = trees[0, -1] if trees is not None else 0.0
+    total = model.blend(linear, trees[:, :-1] if trees is not None else np.zeros_like(linear)).sum(axis=1)
+    expected = model.blend(np.asarray([model.linear_expected_]), np.asarray([expected_trees]))[0]
+    np.testing.assert_allclose(total + expected, model.decision_function(X), rtol=0, atol=1e-9)
+    alone = np.concatenate([model.decision_function(X[i : i + 1]) for i in range(50)])
+    np.testing.assert_array_equal(alone, model.decision_function(X[:50]))
+    single = np.concatenate([model.linear_contributions(X[i : i + 1]) for i in range(50)])
+    np.testing.assert_array_equal(single, linear[:50])
+
+
+def test_values_beyond_the_training_range_are_clipped_not_extrapolated():
+    X, y = _data(1000, seed=3)
+    model = _blend(1.0).fit(X, y, categorical_feature=[0])
+    top = np.nanmax(X[:, 1])
+    odd = X[:2].copy()
+    odd[0, 1], odd[1, 1] = 1e9, top
+    terms = model.linear_contributions(odd)
+    assert terms[0, 1] == terms[1, 1]
+    unseen = X[:1].copy()
+    unseen[0, 0] = 17.0  # a code training never saw: the missing slot
+    missing = X[:1].copy()
+    missing[0, 0] = np.nan
+    assert model.linear_contributions(unseen)[0, 0] == model.linear_contributions(missing)[0, 0]
+
+
+@pytest.mark.parametrize(("interaction", "expect_high"), [(False, True), (True, False)])
+def test_cross_validation_weighs_the_linear_part_by_what_the_data_is(interaction: bool, expect_high: bool):
+    """Additive data: the logistic regression carries weight; an interaction it cannot express: the trees."""
+    from training.churn_config import ChurnConfig
+    from training.churn_fit import choose_linear_weight, cross_validate
+
+    X, y = _data(3000, seed=4, interaction=interaction)
+    folds = list(StratifiedKFold(3).split(X, y))
+    config = ChurnConfig()
+    trees = cross_validate(config.booster, 1, X, y, [0], folds)
+    weight, auc, oof = choose_linear_weight(trees.oof, X, y, [0], folds, config)
+    assert auc[weight] == max(auc.values()) and set(auc) == set(config.blend.linear_weights)
+    assert (weight >= 0.5) if expect_high else (weight <= 0.25), auc
+    assert oof.shape == y.shape
