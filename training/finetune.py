@@ -61,7 +61,17 @@ def fit_baseline(train: pd.DataFrame, config: SentimentConfig) -> Any:
         ]
     )
     pipeline = Pipeline(
-        [("tfidf", features), ("logreg", LogisticRegression(C=config.baseline_c, max_iter=2000))]
+        [
+            ("tfidf", features),
+            (
+                "logreg",
+                LogisticRegression(
+                    C=config.baseline_c,
+                    max_iter=2000,
+                    class_weight="balanced" if config.class_weight == "balanced" else None,
+                ),
+            ),
+        ]
     )
     return pipeline.fit(train[[TEXT]].astype({TEXT: object}), train[LABEL].astype(object))
 
@@ -216,6 +226,10 @@ def fine_tune(
     encodings = [{k: encoded[k][i] for k in keys} for i in range(len(splits.train))]
     lengths = np.array([len(e["input_ids"]) for e in encodings])
     targets = torch.tensor([label_ids[label] for label in splits.train[LABEL]], dtype=torch.long)
+    weights = None
+    if config.class_weight == "balanced":  # n / (classes * count), as scikit-learn's class_weight="balanced"
+        counts = torch.bincount(targets, minlength=len(labels)).clamp_min(1).float()
+        weights = len(targets) / (len(labels) * counts)
     steps_per_epoch = math.ceil(len(encodings) / config.batch_size)
     planned = max(1, math.ceil(config.epochs * steps_per_epoch))
     if config.max_steps:
@@ -269,7 +283,8 @@ def fine_tune(
     while not stopped_by:
         for index in bucketed_batches(lengths, config.batch_size, rng):
             batch = pad_batch([encodings[i] for i in index], pad_id)
-            loss = model(**batch, labels=targets[index]).loss
+            logits = model(**batch).logits
+            loss = torch.nn.functional.cross_entropy(logits, targets[index], weight=weights)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             optimizer.step()

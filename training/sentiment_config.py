@@ -8,7 +8,7 @@ Unknown keys are an error naming the key, so a typo (``max_step``) never silentl
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -66,6 +66,11 @@ class SentimentConfig(BaseModel):
     num_threads: int = Field(2, ge=1, le=256, description="torch CPU threads for training and inference")
     baseline: bool = Field(True, description="also train the TF-IDF + logistic regression baseline")
     baseline_c: float = Field(4.0, gt=0, description="inverse regularisation strength of the baseline")
+    class_weight: Literal["none", "balanced"] = Field(
+        "none",
+        description="'balanced': each class's loss weighted by n / (classes * its count), in fine-tuning and the "
+        "baseline alike (helps macro-F1 when some classes are rare, e.g. complaint reasons)",
+    )
     model_name: str = Field(DEFAULT_MODEL_NAME, min_length=1, description="registered model name")
     experiment: str = Field("churnsense-sentiment", min_length=1, description="MLflow experiment")
     register_model: bool = Field(True, description="register the model in the MLflow Model Registry")
