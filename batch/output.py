@@ -45,6 +45,7 @@ RESULT_SCHEMA = pa.schema(
         ("model_version", pa.string()),
         ("sentiment_model_version", pa.string()),  # the sentiment model behind the text features, if any
         ("sentiment_scoring_id", pa.string()),
+        ("aspect_model", pa.string()),  # the aspect model that named evidence texts' aspects (--aspect-model)
     ]
 )
 RESULT_COLUMNS = RESULT_SCHEMA.names
@@ -94,6 +95,7 @@ def result_table(
             "sentiment_scoring_id": pa.array(
                 [lineage.scoring_id if lineage is not None else None] * n, pa.string()
             ),
+            "aspect_model": pa.array([plan.aspect_model] * n, pa.string()),
         },
         schema=RESULT_SCHEMA,
     )

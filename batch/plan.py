@@ -31,7 +31,7 @@ DEFAULT_CHURN_MODEL = champion_uri(CHURN_MODEL)
 DEFAULT_CHUNK_CUSTOMERS = 50_000
 READ_BATCH_ROWS = 1_000_000
 # Bumped when the work-dir layout or the bucket format changes, so a resume never mixes formats.
-BATCH_FORMAT = "2"  # 2: reasons carry `evidence`
+BATCH_FORMAT = "3"  # 2: reasons carry `evidence`; 3: `aspect_model`
 # Test hook: seconds a worker sleeps after each bucket it completes (lets a test kill a run between buckets).
 SLEEP_HOOK_ENV = "CHURNSENSE_BATCH_SLEEP_AFTER_BUCKET"
 

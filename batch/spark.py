@@ -60,7 +60,7 @@ OUTPUT_DDL = (
     "record string, customer_id string, churn_risk double, risk_band string, "
     "reasons array<struct<feature:string,value:string,contribution:double,evidence:string>>, base_value double, "
     "other_contribution double, eligible boolean, ineligible_reason string, as_of date, model_version string, "
-    "sentiment_model_version string, sentiment_scoring_id string, "
+    "sentiment_model_version string, sentiment_scoring_id string, aspect_model string, "
     "table string, file string, row long, column string, reason string"
 )
 _SEQ_FILE_SHIFT = 40  # seq = file index << 40 | first source row of the slice: source order within a bucket

@@ -103,14 +103,14 @@ def sentiment_scorer(source: SentimentSource, tracking_uri: str | None = None) -
 
 
 def aspect_model(uri: str, tracking_uri: str | None = None) -> Any:
-    """The aspect model at `uri` (a pinned version), loaded once per process."""
+    """The aspect model at `uri` (a pinned version), loaded once per process, with its per-text cache."""
     model = _aspect_models.get(uri)
     if model is None:
         if tracking_uri:
             set_tracking_uri(tracking_uri)
-        from models.aspects import load_aspect_model
+        from models.aspects import AspectCache, load_aspect_model
 
-        model = _aspect_models[uri] = load_aspect_model(uri)
+        model = _aspect_models[uri] = AspectCache(load_aspect_model(uri))
     return model
 
 

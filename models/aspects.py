@@ -182,14 +182,39 @@ class TrainedAspects:
 AspectModel = ZeroShotAspects | TrainedAspects
 
 
-def annotate_aspects(evidence: Any, model: AspectModel) -> None:
+class AspectCache:
+    """Each distinct text's aspect, computed once (a bounded LRU): evidence quotes the same texts again and
+    again. Exact, since a text's aspect depends on the text and the model alone."""
+
+    def __init__(self, model: AspectModel, size: int = 20_000) -> None:
+        from collections import OrderedDict
+
+        self.model = model
+        self._size = size
+        self._known: OrderedDict[str, str] = OrderedDict()
+
+    def aspects(self, texts: list[str]) -> list[str]:
+        known = {t: self._known[t] for t in texts if t in self._known}
+        new = list(dict.fromkeys(t for t in texts if t not in known))
+        if new:
+            for text, aspect in zip(new, self.model.predict(new).aspects, strict=True):
+                known[text] = self._known[text] = aspect
+                while len(self._known) > self._size:
+                    self._known.popitem(last=False)
+        for text in known:
+            if text in self._known:
+                self._known.move_to_end(text)
+        return [known[t] for t in texts]
+
+
+def annotate_aspects(evidence: Any, cache: AspectCache) -> None:
     """Adds `aspect` (what the text is about) to every evidence event quoting a scored text, in place (the
     events `models.phrases.quoted_texts` finds)."""
     from models.phrases import quoted_texts
 
     events = quoted_texts(evidence)
     if events:
-        for event, aspect in zip(events, model.predict([e["text"] for e in events]).aspects, strict=True):
+        for event, aspect in zip(events, cache.aspects([e["text"] for e in events]), strict=True):
             event["aspect"] = aspect
 
 

@@ -5,18 +5,20 @@
     model.score(features, top_k=5)                    # churn_risk, risk_band, reasons; index customer_id
 
 The MLflow model is a plain scikit-learn `Pipeline`: `encode` (ordinal codes for the schema's categorical
-columns) then `classifier`, a `CalibratedClassifierCV` (one fitted `lightgbm.LGBMClassifier` and a sigmoid or
-isotonic calibrator trained on out-of-fold scores). The MLmodel `metadata` carries the feature version, the
+columns) then `classifier`, a `CalibratedClassifierCV` (one fitted `models.blend.LinearTreesBlend`, a logistic
+regression and LightGBM trees blended in log-odds, or, in models trained before the blend, a
+`lightgbm.LGBMClassifier` alone; and a sigmoid or isotonic calibrator trained on out-of-fold scores). The MLmodel `metadata` carries the feature version, the
 `FeatureSchema` JSON, the column order and the risk-band cut-offs; `load` refuses a model whose feature version
 or columns do not match what this code builds.
 
-Reasons are LightGBM's own exact TreeSHAP values (`pred_contrib`) of the trees' raw log-odds, expressed in
-calibrated log-odds (the calibrator reads the raw log-odds, LightGBM's `decision_function`):
+Reasons are each feature's exact share of the raw log-odds: the blend's weighted linear term plus LightGBM's own
+TreeSHAP value (`pred_contrib`) of the trees, expressed in calibrated log-odds (the calibrator reads the raw
+log-odds, the blend's `decision_function`):
 
 - sigmoid calibration: calibrated logit = slope * raw score + intercept, so each raw SHAP value times the slope
   is exact, and a row's contributions add up to logit(churn_risk) - `base_logit`, where `base_logit` is the
-  calibrated logit of the trees' expected raw score (the model's reference point; close to, not equal to, the
-  training churn rate's log-odds).
+  calibrated logit of the expected raw score (the model's reference point; close to, not equal to, the training
+  churn rate's log-odds).
 - isotonic calibration (only chosen when clearly better calibrated): the map is a monotone step function, so
   a row's raw SHAP values are scaled by one per-row factor (logit(churn_risk) - base_logit) / (raw - expected
   raw). The additivity above still holds exactly; each feature keeps its TreeSHAP sign and its share of the

@@ -137,6 +137,11 @@ class SentimentRequest(_Strict):
         description="texts to classify; at most CHURNSENSE_MAX_TEXTS (default 64)",
         json_schema_extra=_published(maxItems="max_texts"),
     )
+    aspects: bool = Field(
+        False,
+        description="also say what each text is about (a second model pass per text; needs a Bento built with "
+        "an aspect champion: 400 otherwise)",
+    )
 
     @field_validator("texts")
     @classmethod
@@ -444,6 +449,10 @@ class ModelVersions(BaseModel):
     sentiment_scoring_id: str = Field(
         description="sentiment artifact digest, arithmetic (int8/fp32) and inference version: equal ids give "
         "bit-identical text scores"
+    )
+    aspects: str | None = Field(
+        None,
+        description="aspect model registry version (names what evidence texts are about), if the Bento has one",
     )
 
 

@@ -136,9 +136,10 @@ class ChurnSense:
         self.aspects = None
         self.aspect_version = None
         if self.aspects_ref is not None:
-            from models.aspects import load_aspect_model
+            from models.aspects import AspectCache, load_aspect_model
 
             self.aspects = load_aspect_model(self.aspects_ref.path_of(MLFLOW_MODEL_FOLDER))
+            self.aspect_cache = AspectCache(self.aspects)  # evidence quotes the same texts again and again
             self.aspect_version = _mlflow_version(self.aspects_ref)
         publish_model_fields(self.churn_model.schema)  # /docs.json lists the fields the model reads
         self.store = EventStore.from_environment()
@@ -146,6 +147,7 @@ class ChurnSense:
             churn=_mlflow_version(churn_stored),
             sentiment=_mlflow_version(sentiment_stored),
             sentiment_scoring_id=self.sentiment_model.scoring_id,
+            aspects=self.aspect_version,
         )
         self._churn_batcher = MicroBatcher(
             self._score_batch,
@@ -196,11 +198,18 @@ class ChurnSense:
         return self._classify(texts)
 
     @bentoml.api(input_spec=SentimentRequest)
-    async def sentiment(self, texts: list[str]) -> SentimentResponse:
-        """Sentiment of each text: the winning label, its probability and every class probability."""
+    async def sentiment(self, texts: list[str], aspects: bool = False) -> SentimentResponse:
+        """Sentiment of each text: the winning label, its probability and every class probability; with
+        `"aspects": true`, what each text is about too."""
+        if aspects and self.aspects is None:
+            raise request_error(
+                "SentimentRequest",
+                [(("aspects",), "this Bento has no aspect model (churnsense train aspects, promote, build)")],
+            )
         scored = await self._classify_batched(texts)
+        wanted = aspects
         aspects = [None] * len(texts)
-        if self.aspects is not None:
+        if wanted:
             # In a thread: the loop keeps serving. Each text's aspect is batch invariant (`models.aspects`).
             predicted = await asyncio.to_thread(self._aspects_of, texts)
             aspects = [AspectResult.model_validate(item) for item in predicted]
@@ -213,6 +222,12 @@ class ChurnSense:
             scoring_id=self.versions.sentiment_scoring_id,
             aspect_model_version=self.aspect_version,
         )
+
+    def _evidence_aspects(self, texts: list[str]) -> list[str]:
+        from serving.threads import limit_this_thread
+
+        limit_this_thread(self.settings.threads)
+        return self.aspect_cache.aspects(texts)
 
     def _aspects_of(self, texts: list[str]) -> list[dict]:
         from serving.threads import limit_this_thread
@@ -361,9 +376,10 @@ class ChurnSense:
             for event, phrase in zip(quoting, self.phrases.find(texts), strict=True):
                 event.phrase = phrase  # an extra field, as `text` and `sentiment` are
         if self.aspects is not None:
-            predicted = await asyncio.to_thread(self._aspects_of, texts)
-            for event, item in zip(quoting, predicted, strict=True):
-                event.aspect = item["aspect"]
+            for event, aspect in zip(
+                quoting, await asyncio.to_thread(self._evidence_aspects, texts), strict=True
+            ):
+                event.aspect = aspect
 
     def _score_batch(
         self, items: list[tuple[ChurnRiskRequest, dict[str, TextSentiment]]]

@@ -190,3 +190,21 @@ def test_cli_aspect_errors_and_predict_sentiment_with_aspects(
         from models.aspects import load_aspect_model
 
         load_aspect_model(tmp_path / "missing")
+
+
+def test_the_aspect_cache_answers_as_the_model_does(tiny_encoder: Path, tmp_path: Path) -> None:
+    from models.aspects import AspectCache, annotate_aspects
+    from training.aspects import build_zero_shot, load_aspect_config
+
+    model, _ = build_zero_shot(load_aspect_config(_taxonomy(tmp_path, str(tiny_encoder))))
+    texts = review_texts(5, seed=11)["text"].tolist()
+    cache = AspectCache(model, size=4)
+    direct = model.predict(texts).aspects
+    assert cache.aspects(texts + texts[:2]) == direct + direct[:2]
+    assert len(cache._known) == 4  # bounded
+    assert cache.aspects(texts[::-1]) == direct[::-1]
+    evidence = [
+        {"total": 2, "events": [{"text": texts[0], "sentiment": -0.5}, {"text": texts[1], "sentiment": None}]}
+    ]
+    annotate_aspects([*evidence, None], cache)
+    assert evidence[0]["events"][0]["aspect"] == direct[0] and "aspect" not in evidence[0]["events"][1]

@@ -314,11 +314,11 @@ def test_online_scoring_in_process_equalsoffline_score(models, canonical):
 
 
 @pytest.mark.slow
-def test_bento_carries_both_models(bento_tag: str):
+def test_bento_carries_both_models_and_the_aspect_champion(bento_tag: str):
     import bentoml
 
     names = sorted(m.tag.name for m in bentoml.get(bento_tag).info.all_models)
-    assert names == ["churnsense-churn", "churnsense-sentiment"]
+    assert names == ["churnsense-aspects", "churnsense-churn", "churnsense-sentiment"]
     for model in bentoml.get(bento_tag).info.all_models:
         labels = bentoml.models.get(model.tag).info.labels
         assert labels["mlflow_version"] and labels["mlflow_run_id"]
@@ -388,9 +388,13 @@ def test_keep_alive_connections_end_up_evenly_spread_over_the_workers(server):
 @pytest.mark.slow
 def test_sentiment_endpoint(http, models, trained):
     texts = ["the flight was great today", "the staff was rude again"]
-    response = http.post("/sentiment", json={"texts": texts})
+    plain = http.post("/sentiment", json={"texts": texts})
+    assert plain.status_code == 200, plain.text
+    assert all(result["aspect"] is None for result in plain.json()["results"])  # aspects only when asked
+    response = http.post("/sentiment", json={"texts": texts, "aspects": True})
     assert response.status_code == 200, response.text
     body = response.json()
+    assert [r["scores"] for r in body["results"]] == [r["scores"] for r in plain.json()["results"]]
     assert body["model_version"] == trained["versions"]["sentiment"]
     assert body["scoring_id"] == models[1].scoring_id
     expected = models[1].predict(texts)
@@ -445,7 +449,7 @@ def test_churn_risk_over_http_equals_offline_score(http, models, canonical, trai
         assert got["contribution"] == pytest.approx(want["contribution"], abs=1e-9)
     assert pd.Timestamp(answer["as_of"]) == pd.Timestamp(as_of, tz="UTC")
     versions = answer["model_versions"]
-    assert {k: versions[k] for k in ("churn", "sentiment")} == trained["versions"]
+    assert {k: versions[k] for k in ("churn", "sentiment", "aspects")} == trained["versions"]
     assert versions["sentiment_scoring_id"] == models[1].scoring_id
     # Reasons reconcile with the risk: base + listed contributions + the rest = logit(risk).
     total = (

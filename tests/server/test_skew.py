@@ -62,12 +62,14 @@ def truth(trained, models, tmp_path_factory) -> dict:
     ]  # fmt: skip
     assert len(with_text) > 100, "the evidence compared below quotes texts"
     # Each quoted text with the phrase that drove its sentiment, by the sentiment model directly.
-    from models.aspects import annotate_aspects, load_aspect_model
+    from models.aspects import AspectCache, annotate_aspects, load_aspect_model
     from models.phrases import PhraseFinder, annotate
 
     classifier = scorer.classifier
     finder = PhraseFinder(classifier.labels)
-    aspects = load_aspect_model(ASPECTS)  # the Bento's aspect model: it names what quoted texts are about
+    aspects = AspectCache(
+        load_aspect_model(ASPECTS)
+    )  # the Bento's aspect model names what quoted texts are about
     for found in evidence.values():
         quoted = [item for rows in found.values() for item in rows]
         annotate(quoted, finder, classifier.predict_proba)
@@ -110,6 +112,7 @@ def _assert_answer_equals(
     assert answer["other_contribution"] == expected["other_contribution"], where
     assert answer["model_versions"]["churn"] == str(churn.version)
     assert answer["model_versions"]["sentiment_scoring_id"] == churn.sentiment_lineage.scoring_id
+    assert answer["model_versions"]["aspects"] is not None  # the model behind evidence aspects is named
 
 
 def _served_dates(truth: dict) -> list[dt.date]:
@@ -227,6 +230,10 @@ def _assert_batch_equals(
         assert row["other_contribution"] == want["other_contribution"], customer_id
     assert (got["model_version"] == str(churn.version)).all()
     assert (got["sentiment_scoring_id"] == churn.sentiment_lineage.scoring_id).all()
+    if truth is not None:  # with evidence and --aspect-model: the pinned aspect model on every row
+        assert got["aspect_model"].str.startswith("models:/churnsense-aspects/").all()
+    else:
+        assert got["aspect_model"].isna().all()
 
 
 @pytest.mark.parametrize("engine", ["local", pytest.param("spark", marks=pytest.mark.spark)])
