@@ -154,6 +154,39 @@ def main() -> None:
         )
     else:
         print("  trained: not scored (give --trained URI, or --train)")
+    text_costs(texts[:300], zero_shot)
+
+
+def text_costs(texts: list[str], zero_shot) -> None:  # noqa: ANN001
+    """Texts/s of sentiment scoring (yardstick), phrase attribution and zero-shot aspects, each on new texts."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from models.phrases import PhraseFinder
+    from models.sentiment import SentimentClassifier, packaged_minilm_dir
+
+    folder = packaged_minilm_dir()  # a fresh two-class head: the cost, not the answers, is measured here
+    model = AutoModelForSequenceClassification.from_pretrained(
+        folder, num_labels=2, id2label={0: "negative", 1: "positive"}, local_files_only=True
+    )
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    classifier = SentimentClassifier(model, tokenizer, max_length=64, quantized=True)
+    timings = {}
+    started = time.perf_counter()
+    classifier.predict_proba(texts)
+    timings["sentiment (yardstick)"] = time.perf_counter() - started
+    started = time.perf_counter()
+    PhraseFinder(classifier.labels).find(texts, classifier.predict_proba)
+    timings["phrase attribution"] = time.perf_counter() - started
+    started = time.perf_counter()
+    zero_shot.predict(texts)
+    timings["zero-shot aspect"] = time.perf_counter() - started
+    words = sum(len(t.split()) for t in texts) / len(texts)
+    print(f"\n  per new text ({len(texts)} tweets, {words:.1f} words on average), int8 MiniLM, 2 threads:")
+    yardstick = timings["sentiment (yardstick)"]
+    for name, seconds in timings.items():
+        print(
+            f"  {name:<26}{len(texts) / seconds:>9.1f} texts/s{seconds / yardstick:>8.1f}x the sentiment cost"
+        )
 
 
 if __name__ == "__main__":
