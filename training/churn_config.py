@@ -88,8 +88,9 @@ LIGHTGBM_DEFAULTS: dict[str, Any] = {
 
 class BlendConfig(_Frozen):
     """The churn model blends a logistic regression's log-odds with the trees' (`models.blend`):
-    w * linear + (1 - w) * trees. Grouped CV picks w among `linear_weights` by out-of-fold ROC AUC (the first
-    of equals): 0 is the trees alone, 1 the logistic regression alone (C and max_iter from `baseline`)."""
+    w * linear + (1 - w) * trees. Grouped CV picks w among `linear_weights`: the most linear one whose
+    out-of-fold ROC AUC is within one paired standard error of the best (`training.churn_fit.
+    choose_linear_weight`). 0 is the trees alone, 1 the logistic regression alone (C, max_iter from `baseline`)."""
 
     linear_weights: tuple[float, ...] = Field((0.0, 0.25, 0.5, 0.75, 1.0), min_length=1)
 

@@ -406,14 +406,45 @@ def choose_linear_weight(
     folds: list,
     config: ChurnConfig,
 ) -> tuple[float, dict[float, float], np.ndarray]:
-    """The blend weight with the best out-of-fold ROC AUC (the first of equals), every weight's ROC AUC, and
-    the chosen blend's out-of-fold scores (what calibration is chosen on)."""
+    """The blend weight, every weight's out-of-fold ROC AUC, and the chosen blend's out-of-fold scores (what
+    calibration is chosen on).
+
+    The most linear weight whose ROC AUC is within one standard error of the best one's, the standard error of
+    their paired difference (DeLong): the trees' out-of-fold scores are a little optimistic (their number of
+    trees was chosen on the same folds), so on data with little signal the best-looking blend is often luck,
+    while a difference that two highly correlated blends show on thousands of rows is real.
+    """
     weights = config.blend.linear_weights
     linear = linear_oof(encoded, y, categorical, folds, config) if any(w > 0 for w in weights) else None
     blends = {w: trees_oof if linear is None else w * linear + (1 - w) * trees_oof for w in weights}
     auc = {w: float(roc_auc_score(y, scores)) for w, scores in blends.items()}
     best = max(weights, key=lambda w: auc[w])  # max keeps the first of equals
-    return best, auc, blends[best]
+    close = [w for w in weights if auc[best] - auc[w] <= paired_auc_difference_se(y, blends[best], blends[w])]
+    chosen = max(close)
+    return chosen, auc, blends[chosen]
+
+
+def paired_auc_difference_se(y: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
+    """Standard error of ROC AUC(a) - ROC AUC(b) on the same rows (DeLong et al., 1988: placement values)."""
+    from scipy.stats import rankdata
+
+    positive, negative = y == 1, y == 0
+    m, n = int(positive.sum()), int(negative.sum())
+    if m < 2 or n < 2:
+        return 0.0
+    components = []
+    for scores in (a, b):
+        every = rankdata(scores)
+        among_positive = rankdata(scores[positive])
+        among_negative = rankdata(scores[negative])
+        v10 = (every[positive] - among_positive) / n  # per positive: share of negatives scored below it
+        v01 = 1.0 - (every[negative] - among_negative) / m  # per negative: share of positives above it
+        components.append((v10, v01))
+    s10 = np.cov(np.vstack([components[0][0], components[1][0]]))
+    s01 = np.cov(np.vstack([components[0][1], components[1][1]]))
+    covariance = s10 / m + s01 / n
+    variance = covariance[0, 0] + covariance[1, 1] - 2 * covariance[0, 1]
+    return float(np.sqrt(max(variance, 0.0)))
 
 
 def make_blend(
