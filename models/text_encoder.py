@@ -292,12 +292,8 @@ class PerTextForward:
         return torch.cat(rows) if rows else torch.zeros(0, 0)
 
 
-class PerTextEncoder:
+class PerTextEncoder(PerTextForward):
     """Any Hugging Face encoder, one text per forward pass (int8 dynamic or fp32), mean-pooled in float64."""
-
-    def __init__(self, model: Any, int8: bool) -> None:
-        self.int8 = bool(int8)
-        self.model = (quantize_dynamic_int8(model) if self.int8 else model).eval()
 
     @torch.inference_mode()
     def mean_pooled(self, token_ids: Sequence[TokenIds]) -> np.ndarray:

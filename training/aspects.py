@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -237,29 +236,22 @@ def train_zero_shot(config: AspectConfig, spec: Any = None) -> AspectRunResult:
 
 
 def _log_model(folder: Path, model: ZeroShotAspects, config: AspectConfig) -> Any:
-    import mlflow
-    from mlflow.models import infer_signature
-
     from models.aspects_pyfunc import ASPECT_ARTIFACT, AspectsPyfunc
-    from training.sentiment import pip_requirements
+    from training.sentiment import log_text_pyfunc
 
     example = pd.DataFrame({TEXT: ["I was charged twice this month", "thanks, all sorted"]}).astype(
         {TEXT: object}
     )
     output = AspectsPyfunc.frame(model.predict(example[TEXT].tolist()))
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method.*")
-        return mlflow.pyfunc.log_model(
-            name="model",
-            python_model=AspectsPyfunc(),
-            artifacts={ASPECT_ARTIFACT: str(folder)},
-            signature=infer_signature(example, output),
-            input_example=example,
-            pip_requirements=pip_requirements(),
-            metadata={"aspects": model.names, "none_label": model.none_label, "kind": model.kind},
-            model_config={"quantize": config.quantize},
-            registered_model_name=config.model_name if config.register_model else None,
-        )
+    return log_text_pyfunc(
+        AspectsPyfunc(),
+        {ASPECT_ARTIFACT: str(folder)},
+        example,
+        output,
+        metadata={"aspects": model.names, "none_label": model.none_label, "kind": model.kind},
+        model_config={"quantize": config.quantize},
+        registered_model_name=config.model_name if config.register_model else None,
+    )
 
 
 def _threshold_figure(curve: dict[float, float], chosen: float) -> Any:

@@ -189,8 +189,6 @@ def log_sentiment_model(
 ) -> Any:
     """Log the fine-tuned model as a pyfunc (artifact = the HF folder) with signature, input example and
     metadata; register it under `config.model_name` when `config.register_model`. Returns the `ModelInfo`."""
-    import mlflow
-    from mlflow.models import infer_signature
 
     from models.sentiment_pyfunc import HF_ARTIFACT, SentimentPyfunc
 
@@ -199,30 +197,55 @@ def log_sentiment_model(
     ).astype({TEXT: object})
     output = classifier.predict_frame(example[TEXT].tolist())
     output = output.astype({"label": object})
+    return log_text_pyfunc(
+        SentimentPyfunc(),
+        {HF_ARTIFACT: str(hf_dir)},
+        example,
+        output,
+        metadata={
+            "labels": labels,
+            "backbone": config.backbone,
+            "max_length": config.max_length,
+            # The model's identity for caches and lineage (`models.sentiment.artifact_digest` of hf_model).
+            "artifact_digest": artifact_digest(hf_dir),
+        },
+        # MLflow also logs model_config as run params: keys must not clash with the config's own params.
+        model_config={
+            "quantize": config.quantize,
+            "num_threads": config.num_threads,
+            "inference_batch_size": 32,
+        },
+        registered_model_name=config.model_name if config.register_model else None,
+    )
+
+
+def log_text_pyfunc(
+    python_model: Any,
+    artifacts: dict[str, str],
+    example: pd.DataFrame,
+    output: pd.DataFrame,
+    metadata: dict[str, Any],
+    model_config: dict[str, Any],
+    registered_model_name: str | None,
+) -> Any:
+    """Log a text model as `model` (a pyfunc with its files as artifacts), with the signature of `example` ->
+    `output`, pinned requirements and metadata; register it when a name is given. Returns the `ModelInfo`."""
+    import mlflow
+    from mlflow.models import infer_signature
+
     with warnings.catch_warnings():
-        # The explicit signature below is the contract; MLflow's type-hint nag does not apply.
+        # The explicit signature is the contract; MLflow's type-hint nag does not apply.
         warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method.*")
         return mlflow.pyfunc.log_model(
             name="model",
-            python_model=SentimentPyfunc(),
-            artifacts={HF_ARTIFACT: str(hf_dir)},
+            python_model=python_model,
+            artifacts=artifacts,
             signature=infer_signature(example, output),
             input_example=example,
             pip_requirements=pip_requirements(),
-            metadata={
-                "labels": labels,
-                "backbone": config.backbone,
-                "max_length": config.max_length,
-                # The model's identity for caches and lineage (`models.sentiment.artifact_digest` of hf_model).
-                "artifact_digest": artifact_digest(hf_dir),
-            },
-            # MLflow also logs model_config as run params: keys must not clash with the config's own params.
-            model_config={
-                "quantize": config.quantize,
-                "num_threads": config.num_threads,
-                "inference_batch_size": 32,
-            },
-            registered_model_name=config.model_name if config.register_model else None,
+            metadata=metadata,
+            model_config=model_config,
+            registered_model_name=registered_model_name,
         )
 
 
