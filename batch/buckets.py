@@ -275,7 +275,7 @@ def score_bucket(plan: BatchPlan, customers_file: Path | None, events_file: Path
         reasons = dict(zip(pd.Index(scored.index).astype(str), scored["reasons"], strict=True))
         EvidenceFinder(model.schema).attach(data.events, plan.as_of, reasons)
         quoted = [r["evidence"] for rows in reasons.values() for r in rows]
-        if plan.sentiment is not None:  # texts quoted as evidence get the phrase that drove their sentiment
+        if plan.phrases and plan.sentiment is not None:  # quoted texts: the phrase that drove their sentiment
             classifier = sentiment_scorer(plan.sentiment, plan.tracking_uri)
             annotate(quoted, phrase_finder(plan.sentiment, classifier.labels), classifier.predict_proba)
         if plan.aspect_model is not None:  # ... and what they are about

@@ -31,7 +31,7 @@ DEFAULT_CHURN_MODEL = champion_uri(CHURN_MODEL)
 DEFAULT_CHUNK_CUSTOMERS = 50_000
 READ_BATCH_ROWS = 1_000_000
 # Bumped when the work-dir layout or the bucket format changes, so a resume never mixes formats.
-BATCH_FORMAT = "3"  # 2: reasons carry `evidence`; 3: `aspect_model`
+BATCH_FORMAT = "4"  # 2: reasons carry `evidence`; 3: `aspect_model`; 4: phrases only with `phrases`
 # Test hook: seconds a worker sleeps after each bucket it completes (lets a test kill a run between buckets).
 SLEEP_HOOK_ENV = "CHURNSENSE_BATCH_SLEEP_AFTER_BUCKET"
 
@@ -108,6 +108,7 @@ class BatchPlan:
     ineligible: str = "exclude"
     evidence: bool = False
     aspect_model: str | None = None
+    phrases: bool = False
 
     def fingerprint(self) -> str:
         """A key for the work dir: input files (path, size, mtime), spec, model, date, bucketing, formats."""
@@ -130,6 +131,7 @@ class BatchPlan:
             "ineligible": self.ineligible,
             "evidence": self.evidence,
             "aspect_model": self.aspect_model,
+            "phrases": self.phrases,
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -216,6 +218,7 @@ def make_plan(
     ineligible: str = "exclude",
     evidence: bool = False,
     aspect_model: str | None = None,
+    phrases: bool = False,
 ) -> BatchPlan:
     """Resolve the input files, decide whether texts must be scored, and size the buckets.
 
@@ -225,7 +228,10 @@ def make_plan(
         chunk_customers: customers per bucket (events-only specs assume ~50 events per customer).
         sentiment_model: where to load the churn model's own sentiment model from (default: where it was).
         aspect_model: a concrete aspect model URI: texts quoted as evidence also say what they are about.
+        phrases: texts quoted as evidence also carry the phrase that drove their sentiment (`models.phrases`).
     """
+    if phrases and not evidence:
+        raise BatchError("--phrases explains evidence texts: it needs --evidence")
     if aspect_model is not None and not evidence:  # alone it would do nothing
         raise BatchError("--aspect-model names what evidence texts are about: it needs --evidence")
     if spec.customers is None and spec.events is None:
@@ -279,5 +285,6 @@ def make_plan(
         ineligible=ineligible,
         evidence=evidence,
         aspect_model=aspect_model,
+        phrases=phrases,
         model_digest=folder_digest(Path(model_uri)) if Path(model_uri).exists() else "",
     )

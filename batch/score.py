@@ -51,6 +51,7 @@ def score_customers(
     ineligible: str = "exclude",
     evidence: bool = False,
     aspect_model: str | None = None,
+    phrases: bool = False,
 ) -> BatchSummary:
     """Score every customer of a spec as of a date and write one Parquet row per customer.
 
@@ -81,6 +82,8 @@ def score_customers(
             `evidence` field): the events' texts are read too, so it costs time and space; off by default.
         aspect_model: with `evidence`, each quoted text also says what it is about (`models.aspects`), by this
             model (an alias is pinned to its version now).
+        phrases: with `evidence`, each quoted text also carries the phrase that drove its sentiment (about 20
+            extra sentiment passes per distinct text).
     Returns:
         A `BatchSummary`; `.render()` prints it, `.top_risk(10)` lists the riskiest customers with reasons.
     """
@@ -89,6 +92,8 @@ def score_customers(
         raise BatchError(f"--engine: {engine!r} is not one of local, spark")
     if aspect_model is not None and not evidence:  # checked before anything loads (make_plan checks too)
         raise BatchError("--aspect-model names what evidence texts are about: it needs --evidence")
+    if phrases and not evidence:
+        raise BatchError("--phrases explains evidence texts: it needs --evidence")
     spec = load_spec(spec_path)
     as_of_date = parse_as_of(as_of)
     to_timestamp_ns(as_of_date)
@@ -108,6 +113,7 @@ def score_customers(
         ineligible=ineligible,
         evidence=evidence,
         aspect_model=resolve_model_uri(aspect_model)[0] if aspect_model else None,
+        phrases=phrases,
     )
     injected = text_scorer is not None and plan.sentiment is not None
     if injected:

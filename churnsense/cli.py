@@ -240,6 +240,14 @@ def score(
             "(e.g. models:/churnsense-aspects@champion, as a Bento that carries it answers)",
         ),
     ] = None,
+    phrases: Annotated[
+        bool,
+        typer.Option(
+            "--phrases/--no-phrases",
+            help="with --evidence: each quoted text also carries the phrase that drove its sentiment "
+            "(occlusion: about 20 extra sentiment passes per distinct text)",
+        ),
+    ] = False,
     store: StoreOption = None,
 ) -> None:
     """Score every customer as of a date (churn_risk, risk_band, reasons); rejected input rows go beside --out.
@@ -266,6 +274,7 @@ def score(
         ineligible=ineligible,
         evidence=evidence,
         aspect_model=aspect_model,
+        phrases=phrases,
     )
     typer.echo(summary.render())
 

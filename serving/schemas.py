@@ -295,6 +295,17 @@ class ChurnRiskRequest(_Strict):
     )
     as_of: Timestamp | None = Field(None, description="the time the risk describes (default: now, UTC)")
     evidence: bool = Field(True, description="list the events behind each reason (false: a smaller answer)")
+    phrases: bool = Field(
+        False,
+        description="with evidence: each quoted text also carries the phrase that drove its sentiment "
+        "(occlusion: about 20 extra model passes per text the service has not explained before)",
+    )
+
+    @model_validator(mode="after")
+    def _phrases_need_evidence(self) -> ChurnRiskRequest:
+        if self.phrases and not self.evidence:
+            raise ValueError("phrases: quotes evidence texts; it needs evidence true")
+        return self
 
     @field_validator("events")
     @classmethod

@@ -243,11 +243,17 @@ class ChurnSense:
         events: list[Event],
         as_of: dt.datetime | None,
         evidence: bool = True,
+        phrases: bool = False,
     ) -> ChurnRiskResponse:
         """Calibrated churn risk of one customer as of `as_of` (default now), with reasons (and the events
         behind each) and text sentiment: sent in full, or by `customer_id` alone from the event store."""
         request = ChurnRiskRequest.model_construct(
-            customer=customer, customer_id=customer_id, events=events, as_of=as_of, evidence=evidence
+            customer=customer,
+            customer_id=customer_id,
+            events=events,
+            as_of=as_of,
+            evidence=evidence,
+            phrases=phrases,
         )
         (answer,) = await self._score([request])
         return answer
@@ -289,7 +295,7 @@ class ChurnSense:
             if request.customer is None:
                 full = found[(request.customer_id, request.as_of or now)]
                 # One stored request may serve several asking for the same customer: each keeps its own options.
-                request = full if request.evidence else full.model_copy(update={"evidence": False})
+                request = full.model_copy(update={"evidence": request.evidence, "phrases": request.phrases})
             out.append(request)
         return out
 
@@ -343,29 +349,31 @@ class ChurnSense:
         distinct = list(dict.fromkeys(text for request in requests for text in request_texts(request)))
         scored = dict(zip(distinct, await self._classify_batched(distinct), strict=True))
         answers = list(await asyncio.gather(*(self._churn_batcher.submit((r, scored)) for r in requests)))
-        await self._annotate_evidence(answers)
+        await self._annotate_evidence(answers, [bool(r.phrases) for r in requests])
         return answers
 
-    async def _annotate_evidence(self, answers: list[ChurnRiskResponse]) -> None:
-        """Each evidence event quoting a scored text gets the phrase that drove its sentiment (`models.phrases`)
-        and, with an aspect model, what it is about (`models.aspects`), as the batch job adds them. The texts
-        without each phrase are scored through the same batched forward passes as every other text, once per
-        distinct text (cached)."""
+    async def _annotate_evidence(self, answers: list[ChurnRiskResponse], phrases: list[bool]) -> None:
+        """Each evidence event quoting a scored text gets, with an aspect model, what it is about
+        (`models.aspects`) and, when its request asked for `phrases`, the phrase that drove its sentiment
+        (`models.phrases`), as the batch job adds them. The texts without each phrase are scored through the
+        same batched forward passes as every other text, once per distinct text (cached)."""
         if self.phrases is None and self.aspects is None:
             return
-        quoting = [
-            event
-            for answer in answers
-            for reason in answer.reasons
-            if reason.evidence is not None
-            for event in reason.evidence.events
-            if (event.model_extra or {}).get("text")
-            and (event.model_extra or {}).get("sentiment") is not None
-        ]
-        if not quoting:
-            return
-        texts = [event.model_extra["text"] for event in quoting]  # type: ignore[index]
-        if self.phrases is not None:
+
+        def quoting(selected: list[ChurnRiskResponse]) -> list:
+            return [
+                event
+                for answer in selected
+                for reason in answer.reasons
+                if reason.evidence is not None
+                for event in reason.evidence.events
+                if (event.model_extra or {}).get("text")
+                and (event.model_extra or {}).get("sentiment") is not None
+            ]
+
+        explained = quoting([a for a, wanted in zip(answers, phrases, strict=True) if wanted])
+        if self.phrases is not None and explained:
+            texts = [event.model_extra["text"] for event in explained]  # type: ignore[index]
             needed = self.phrases.to_score(texts)
             if needed:
                 import numpy as np
@@ -373,11 +381,13 @@ class ChurnSense:
                 labels = self.phrases.labels
                 proba = [[s.scores[label] for label in labels] for s in await self._classify_batched(needed)]
                 self.phrases.learn(needed, np.asarray(proba, dtype=np.float64))
-            for event, phrase in zip(quoting, self.phrases.find(texts), strict=True):
+            for event, phrase in zip(explained, self.phrases.find(texts), strict=True):
                 event.phrase = phrase  # an extra field, as `text` and `sentiment` are
-        if self.aspects is not None:
+        quoted = quoting(answers)
+        texts = [event.model_extra["text"] for event in quoted]  # type: ignore[index]
+        if self.aspects is not None and quoted:
             for event, aspect in zip(
-                quoting, await asyncio.to_thread(self._evidence_aspects, texts), strict=True
+                quoted, await asyncio.to_thread(self._evidence_aspects, texts), strict=True
             ):
                 event.aspect = aspect
 

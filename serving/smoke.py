@@ -156,7 +156,8 @@ def demo_requests(
         agent = None
         if store_url and riskiest:
             agent = client.post(
-                "/churn_risk", json={"customer_id": riskiest, "as_of": churn_body.get("as_of")}
+                "/churn_risk",
+                json={"customer_id": riskiest, "as_of": churn_body.get("as_of"), "phrases": True},
             )
         health = client.get("/healthz").status_code
     n_texts = sum("text" in e for e in churn_body["events"])

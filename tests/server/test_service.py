@@ -631,3 +631,31 @@ def test_bentoml_batching_mode_answers_the_same_under_concurrency(bentoml_batchi
     for got, want in zip(sentiment["results"], expected["results"], strict=True):
         assert got["label"] == want["label"]
         assert got["scores"] == pytest.approx(want["scores"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_phrases_are_explained_only_when_asked(http, canonical):
+    """Phrases cost ~20 model passes per new text: evidence quotes texts without them unless `"phrases": true`,
+    which changes nothing else; asking for phrases without evidence is a 400 naming the field."""
+    customers, events, as_of = canonical
+    texted = events[events["text"].notna()]
+    customer_id = pick_customers(texted, as_of, 1)[0]
+    body = request_for(customers, events, customer_id, as_of)
+    plain, explained = (http.post("/churn_risk", json=body | {"phrases": p}) for p in (False, True))
+    assert plain.status_code == 200 and explained.status_code == 200, explained.text
+
+    def quoted(answer: dict) -> list[dict]:
+        return [
+            e for r in answer["reasons"] if r["evidence"] for e in r["evidence"]["events"] if e.get("text")
+        ]
+
+    assert quoted(explained.json()), "the customer's evidence quotes texts"
+    assert all("phrase" not in e for e in quoted(plain.json()))
+    for event in quoted(explained.json()):
+        phrase = event["phrase"]
+        assert event["text"][phrase["start"] : phrase["end"]] == phrase["phrase"]
+    strip = lambda a: [{k: v for k, v in e.items() if k != "phrase"} for e in quoted(a)]  # noqa: E731
+    assert strip(explained.json()) == quoted(plain.json())
+    assert explained.json()["churn_risk"] == plain.json()["churn_risk"]
+    refused = http.post("/churn_risk", json=body | {"evidence": False, "phrases": True})
+    assert refused.status_code == 400 and "phrases" in refused.text

@@ -125,7 +125,8 @@ def _bodies(truth: dict, canonical, as_of: dt.date) -> list[dict]:
     eligible = set(truth["scores"][as_of].index)
     ids = [c for c in pick_customers(events, as_of, 4 * N_SERVED) if c in eligible][:N_SERVED]
     assert len(ids) >= N_SERVED // 2, "customers with several texts before as_of"
-    return [request_for(customers, events, cid, as_of) for cid in ids]
+    # Phrases asked for: every path must explain the quoted texts identically.
+    return [request_for(customers, events, cid, as_of) | {"phrases": True} for cid in ids]
 
 
 def test_service_alone_batched_and_under_load_equals_the_training_frame(
@@ -256,6 +257,7 @@ def test_batch_engines_equal_the_training_frame(engine, truth, models, tmp_path:
             master="local[2]",
             evidence=True,
             aspect_model=ASPECTS,
+            phrases=True,
         )
         assert summary.n_buckets > 2
         _assert_batch_equals(_batch_rows(out), truth["scores"][as_of], churn, truth, as_of)
@@ -263,7 +265,7 @@ def test_batch_engines_equal_the_training_frame(engine, truth, models, tmp_path:
 
 def _by_id(truth: dict, canonical, as_of: dt.date) -> list[dict]:
     return [
-        {"customer_id": body["customer"]["customer_id"], "as_of": body["as_of"]}
+        {"customer_id": body["customer"]["customer_id"], "as_of": body["as_of"], "phrases": True}
         for body in _bodies(truth, canonical, as_of)
     ]
 

@@ -79,8 +79,9 @@ def test_cross_validation_weighs_the_linear_part_by_what_the_data_is(interaction
     """Additive data: the logistic regression carries weight; an interaction it cannot express: the trees."""
     from sklearn.metrics import roc_auc_score
 
+    from training.churn_blend import choose_linear_weight
     from training.churn_config import ChurnConfig
-    from training.churn_fit import choose_linear_weight, cross_validate
+    from training.churn_fit import cross_validate
 
     X, y = _data(3000, seed=4, interaction=interaction)
     folds = list(StratifiedKFold(3).split(X, y))
@@ -99,7 +100,7 @@ def test_the_paired_auc_difference_standard_error_matches_the_bootstrap():
     resamples: small for two nearly identical scorers, large for two unrelated ones, 0 for one scorer."""
     from sklearn.metrics import roc_auc_score
 
-    from training.churn_fit import paired_auc_difference_se
+    from training.churn_blend import paired_auc_difference_se
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 400)

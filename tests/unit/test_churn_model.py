@@ -494,7 +494,8 @@ def test_calibrated_fit_is_calibrated_classifier_cv_on_grouped_folds(method):
     a rebuilt one gives the same probabilities."""
     from sklearn.calibration import CalibratedClassifierCV
 
-    from training.churn_fit import categorical_positions, cv_folds, make_blend, make_trees
+    from training.churn_blend import make_blend
+    from training.churn_fit import categorical_positions, cv_folds, make_trees
 
     frame, schema = _frame(1200, seed=6)
     config = ChurnConfig(**FAST | {"calibration": {"method": method}, "blend": HALF})
