@@ -129,7 +129,7 @@ def run_demo(out: Path, customers: int, seed: int, sentiment_steps: int) -> None
 
     tag = build_bento()
     print(f"built {tag}")
-    riskiest = str(top_risk(scores_path, 1)["customer_id"].iloc[0])
+    riskiest = [str(c) for c in top_risk(scores_path, 20)["customer_id"]]
     demo_requests(tag, spec_path, store_url=store_url, riskiest=riskiest)
     print(f"({time.perf_counter() - started:.1f}s)")
     print(

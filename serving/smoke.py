@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +113,7 @@ def demo_requests(
     spec_path: Path | str | None = None,
     port: int | None = None,
     store_url: str | None = None,
-    riskiest: str | None = None,
+    riskiest: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Serve the Bento on 127.0.0.1 briefly, send one /churn_risk and one /sentiment request, print both
     answers, stop the server, and return them ({"churn_risk": ..., "sentiment": ...}).
@@ -122,7 +123,8 @@ def demo_requests(
         spec_path: a dataset spec whose data gives the /churn_risk customer (default: a made-up one).
         port: the port (default: a free one).
         store_url: an event store holding the spec's data: the same customer is then also asked for by id.
-        riskiest: a customer of that store to show as a support agent would read it (`agent_view`).
+        riskiest: high-risk customers of that store, riskiest first: the first whose reasons quote a text is
+            shown as a support agent would read it (`agent_view`, with the phrases that drove each text).
     """
     import bentoml
     import httpx
@@ -140,7 +142,8 @@ def demo_requests(
         churn_body = example_from_schema(
             FeatureSchema.from_json(Model.load(folder).metadata["feature_schema"])
         )
-    sentiment_body = {"texts": SENTIMENT_EXAMPLES}
+    carried = {m.tag.name for m in bentoml.get(tag).info.all_models}
+    sentiment_body = {"texts": SENTIMENT_EXAMPLES, "aspects": "churnsense-aspects" in carried}
     env = {"CHURNSENSE_STORE_URL": store_url} if store_url else None
     by_id = None
     with (
@@ -153,11 +156,11 @@ def demo_requests(
         if store_url:
             ask = {"customer_id": churn_body["customer"]["customer_id"], "as_of": churn_body.get("as_of")}
             by_id = client.post("/churn_risk", json=ask)
-        agent = None
+        agent, shown = None, None
         if store_url and riskiest:
+            shown = _quoting_texts(client, riskiest, churn_body.get("as_of"))
             agent = client.post(
-                "/churn_risk",
-                json={"customer_id": riskiest, "as_of": churn_body.get("as_of"), "phrases": True},
+                "/churn_risk", json={"customer_id": shown, "as_of": churn_body.get("as_of"), "phrases": True}
             )
         health = client.get("/healthz").status_code
     n_texts = sum("text" in e for e in churn_body["events"])
@@ -178,7 +181,8 @@ def demo_requests(
               f"{'the same' if same else 'NOT the same'} as with the full history")  # fmt: skip
     if agent is not None and agent.status_code == 200:
         print(
-            f"\nPOST /churn_risk  {{'customer_id': {riskiest!r}}}: the riskiest customer, as an agent reads it"
+            f"\nPOST /churn_risk  {{'customer_id': {shown!r}, 'phrases': true}}: a high-risk customer whose "
+            "reasons quote what they wrote, as an agent reads it"
         )
         print(agent_view(agent.json()))
     print(f"\n/healthz {health}; server stopped")
@@ -189,6 +193,20 @@ def demo_requests(
 
             raise UserError(f"{name} answered {response.status_code}: {response.text[:500]}")
     return {"churn_risk": churn.json(), "sentiment": sentiment.json()}
+
+
+def _quoting_texts(client: Any, candidates: Sequence[str], as_of: Any) -> str:
+    """The first of `candidates` whose reasons' evidence quotes a text (else the first)."""
+    for customer_id in candidates:
+        answer = client.post("/churn_risk", json={"customer_id": customer_id, "as_of": as_of})
+        if answer.status_code == 200 and any(
+            event.get("text")
+            for reason in answer.json()["reasons"]
+            if reason.get("evidence")
+            for event in reason["evidence"]["events"]
+        ):
+            return customer_id
+    return candidates[0]
 
 
 def _without_evidence(answer: dict[str, Any]) -> dict[str, Any]:

@@ -49,6 +49,8 @@ UNSTATED_RULES = (
     "customer_id values repeat",  # each customer once in a batch
     "event texts",  # texts over all events (CHURNSENSE_MAX_TEXTS; in a batch CHURNSENSE_BATCH_MAX_TEXTS)
     "events in all",  # events over a batch (CHURNSENSE_BATCH_MAX_EVENTS)
+    "it needs evidence true",  # phrases quote evidence texts: no phrases without evidence
+    "has no aspect model",  # /sentiment aspects on a Bento built without an aspect champion
 )
 GUARDED = ("/sentiment", "/churn_risk", "/churn_risk_batch", "/events")
 ACCEPTING = ("/sentiment", "/churn_risk", "/churn_risk_batch")  # /events needs customers the store holds
