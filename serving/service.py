@@ -97,7 +97,8 @@ class ChurnSense:
 
     churn_ref = bentoml.models.BentoModel(f"{CHURN_MODEL}:latest")
     sentiment_ref = bentoml.models.BentoModel(f"{SENTIMENT_MODEL}:latest")
-    # Optional: /sentiment adds each text's aspect when the store (and so the Bento) has an aspect model.
+    # Optional: with an aspect model in the store (and so in the Bento), evidence texts say what they are about
+    # and /sentiment answers `"aspects": true`.
     aspects_ref = bentoml.models.BentoModel(f"{ASPECT_MODEL}:latest") if _in_store(ASPECT_MODEL) else None
 
     def __init__(self) -> None:
@@ -207,16 +208,15 @@ class ChurnSense:
                 [(("aspects",), "this Bento has no aspect model (churnsense train aspects, promote, build)")],
             )
         scored = await self._classify_batched(texts)
-        wanted = aspects
-        aspects = [None] * len(texts)
-        if wanted:
+        about: list[AspectResult | None] = [None] * len(texts)
+        if aspects:
             # In a thread: the loop keeps serving. Each text's aspect is batch invariant (`models.aspects`).
             predicted = await asyncio.to_thread(self._aspects_of, texts)
-            aspects = [AspectResult.model_validate(item) for item in predicted]
+            about = [AspectResult.model_validate(item) for item in predicted]
         return SentimentResponse(
             results=[
                 SentimentResult(label=s.label, score=s.score, scores=s.scores, aspect=aspect)
-                for s, aspect in zip(scored, aspects, strict=True)
+                for s, aspect in zip(scored, about, strict=True)
             ],
             model_version=self.versions.sentiment,
             scoring_id=self.versions.sentiment_scoring_id,

@@ -225,3 +225,23 @@ def test_load_reviews_maps_ratings_and_rejects_unknown_ones(tmp_path):
     assert rejects["row"].tolist() == [3, 4]
     assert rating_to_sentiment(pd.Series(["2", "4", "2.5"])).tolist()[:2] == ["negative", "positive"]
     assert pd.isna(rating_to_sentiment(pd.Series([2.5]))[0])
+
+
+def test_every_shipped_spec_and_text_config_loads():
+    """The specs, aspect taxonomies and sentiment / aspect fine-tuning configs in configs/ parse and validate
+    (their data may be absent here)."""
+    from training.aspects import load_aspect_config
+    from training.sentiment_config import load_sentiment_config
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    specs = sorted(root.glob("*.spec.yaml"))
+    assert len(specs) >= 7
+    for path in specs:
+        load_spec(path)  # raises naming the key
+    for path in sorted(root.glob("aspects*.yaml")):
+        if "trained" in path.name:  # a fine-tuning config, read by the sentiment trainer
+            assert load_sentiment_config(path).model_name == "churnsense-aspects"
+        else:
+            assert load_aspect_config(path).aspects
+    for path in sorted(root.glob("sentiment*.yaml")):
+        load_sentiment_config(path)
