@@ -206,6 +206,14 @@ def text_sentiment_source(
     return SentimentSource(lineage=lineage, cache_dir=str(root.resolve()))
 
 
+def check_evidence_options(evidence: bool, aspect_model: str | None, phrases: bool) -> None:
+    """Aspects and phrases annotate evidence texts: without `evidence` they would do nothing, so they are refused."""
+    if aspect_model is not None and not evidence:
+        raise BatchError("--aspect-model names what evidence texts are about: it needs --evidence")
+    if phrases and not evidence:
+        raise BatchError("--phrases explains evidence texts: it needs --evidence")
+
+
 def make_plan(
     spec: DatasetSpec,
     as_of: dt.date,
@@ -230,10 +238,7 @@ def make_plan(
         aspect_model: a concrete aspect model URI: texts quoted as evidence also say what they are about.
         phrases: texts quoted as evidence also carry the phrase that drove their sentiment (`models.phrases`).
     """
-    if phrases and not evidence:
-        raise BatchError("--phrases explains evidence texts: it needs --evidence")
-    if aspect_model is not None and not evidence:  # alone it would do nothing
-        raise BatchError("--aspect-model names what evidence texts are about: it needs --evidence")
+    check_evidence_options(evidence, aspect_model, phrases)
     if spec.customers is None and spec.events is None:
         raise BatchError(f"{spec.source}: the spec has neither customers nor events to score")
     if ineligible not in INELIGIBLE_CHOICES:

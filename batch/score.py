@@ -16,6 +16,7 @@ from batch.plan import (
     DEFAULT_CHUNK_CUSTOMERS,
     DEFAULT_CHURN_MODEL,
     BatchError,
+    check_evidence_options,
     folder_digest,
     make_plan,
     parse_as_of,
@@ -90,10 +91,7 @@ def score_customers(
     started = time.perf_counter()
     if engine not in ("local", "spark"):
         raise BatchError(f"--engine: {engine!r} is not one of local, spark")
-    if aspect_model is not None and not evidence:  # checked before anything loads (make_plan checks too)
-        raise BatchError("--aspect-model names what evidence texts are about: it needs --evidence")
-    if phrases and not evidence:
-        raise BatchError("--phrases explains evidence texts: it needs --evidence")
+    check_evidence_options(evidence, aspect_model, phrases)  # before anything loads
     spec = load_spec(spec_path)
     as_of_date = parse_as_of(as_of)
     to_timestamp_ns(as_of_date)

@@ -101,7 +101,13 @@ def main() -> None:
     from features.columns import TEXT
     from features.spec import load_spec
     from models.aspects import load_aspect_model
-    from training.aspects import aspect_metrics, build_zero_shot, choose_threshold, load_aspect_config
+    from training.aspects import (
+        aspect_metrics,
+        best_threshold,
+        build_zero_shot,
+        choose_threshold,
+        load_aspect_config,
+    )
     from training.reviews import LABEL, prepare_reviews
     from training.sentiment_config import load_sentiment_config
 
@@ -131,7 +137,7 @@ def main() -> None:
     taxonomy = load_aspect_config(ROOT / "configs" / "aspects_airline.yaml")
     zero_shot, _ = build_zero_shot(taxonomy)
     curve = choose_threshold(zero_shot, splits.validation, labels)
-    zero_shot.threshold = max(curve, key=lambda t: (curve[t], -abs(t - taxonomy.threshold)))
+    zero_shot.threshold = best_threshold(curve, taxonomy.threshold)
     rows[f"zero-shot (threshold {zero_shot.threshold:.3f})"] = (
         aspect_metrics(truth, zero_shot.predict(texts).aspects, labels),
         time.perf_counter() - started,

@@ -142,15 +142,22 @@ class ZeroShotAspects:
         return folder
 
     @classmethod
-    def from_folder(cls, folder: Path, quantize: bool = True) -> ZeroShotAspects:
+    def from_encoder(
+        cls, encoder_dir: str | Path, names: list[str], descriptions: list[str], **options: Any
+    ) -> ZeroShotAspects:
+        """The encoder saved in `encoder_dir` (a Hugging Face folder) over a taxonomy; `options` as `__init__`."""
         from transformers import AutoModel, AutoTokenizer
 
+        model = AutoModel.from_pretrained(encoder_dir, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(encoder_dir, local_files_only=True)
+        return cls(model, tokenizer, names, descriptions, **options)
+
+    @classmethod
+    def from_folder(cls, folder: Path, quantize: bool = True) -> ZeroShotAspects:
+        """A folder `save` wrote."""
         spec = json.loads((folder / ASPECTS_FILE).read_text(encoding="utf-8"))
-        model = AutoModel.from_pretrained(folder, local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        return cls(
-            model,
-            tokenizer,
+        return cls.from_encoder(
+            folder,
             list(spec["names"]),
             list(spec["descriptions"]),
             threshold=float(spec["threshold"]),

@@ -7,9 +7,9 @@
 The MLflow model is a plain scikit-learn `Pipeline`: `encode` (ordinal codes for the schema's categorical
 columns) then `classifier`, a `CalibratedClassifierCV` (one fitted `models.blend.LinearTreesBlend`, a logistic
 regression and LightGBM trees blended in log-odds, or, in models trained before the blend, a
-`lightgbm.LGBMClassifier` alone; and a sigmoid or isotonic calibrator trained on out-of-fold scores). The MLmodel `metadata` carries the feature version, the
-`FeatureSchema` JSON, the column order and the risk-band cut-offs; `load` refuses a model whose feature version
-or columns do not match what this code builds.
+`lightgbm.LGBMClassifier` alone; and a sigmoid or isotonic calibrator trained on out-of-fold scores). The
+MLmodel `metadata` carries the feature version, the `FeatureSchema` JSON, the column order and the risk-band
+cut-offs; `load` refuses a model whose feature version or columns do not match what this code builds.
 
 Reasons are each feature's exact share of the raw log-odds: the blend's weighted linear term plus LightGBM's own
 TreeSHAP value (`pred_contrib`) of the trees, expressed in calibrated log-odds (the calibrator reads the raw
@@ -185,7 +185,6 @@ class ChurnModel:
                 "churnsense; reasons now come from LightGBM trees: retrain it (churnsense train churn)"
             )
         self._trees = trees.booster_ if trees is not None else None
-        self.linear_weight = float(self.blend.linear_weight) if self.blend is not None else 0.0
         self._calibrator = pair.calibrators[0]
         self.calibration = str(pair.method)
         if self.calibration not in ("sigmoid", "isotonic"):
@@ -295,13 +294,15 @@ class ChurnModel:
 
     def _raw(self, trees_input: np.ndarray) -> np.ndarray:
         """The classifier's raw log-odds (what the calibrator reads): `LinearTreesBlend.decision_function`'s
-        arithmetic, or the trees' alone."""
-        if self.blend is None:
-            return self._predict(trees_input, raw_score=True)
-        threads = 1 if len(trees_input) <= _ONE_THREAD_ROWS else 0
-        return self.blend.blend(
-            self.blend.linear_score(trees_input), self.blend.tree_score(trees_input, num_threads=threads)
+        arithmetic (the same booster call as its `tree_score`), or the trees' alone."""
+        trees = (
+            self._predict(trees_input, raw_score=True)
+            if self._trees is not None
+            else np.zeros(len(trees_input))
         )
+        if self.blend is None:
+            return trees
+        return self.blend.blend(self.blend.linear_score(trees_input), trees)
 
     def _raw_contributions(self, trees_input: np.ndarray) -> np.ndarray:
         """Each input column's share of raw - `expected_raw` (exact: linear terms plus TreeSHAP)."""

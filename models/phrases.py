@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -114,16 +114,15 @@ class PhraseFinder:
             self._cache.popitem(last=False)
 
 
+def quotes_scored_text(event: Mapping[str, Any]) -> bool:
+    """Whether an evidence event's fields quote a scored text (a `text` and a `sentiment`): phrases and aspects
+    belong on these, on every path."""
+    return bool(event.get("text")) and event.get("sentiment") is not None
+
+
 def quoted_texts(evidence: Iterable[dict[str, Any] | None]) -> list[dict[str, Any]]:
-    """The evidence events (of `features.evidence` answers) that quote a scored text: a `text` and a
-    `sentiment`. Phrases belong on these."""
-    return [
-        event
-        for item in evidence
-        if item
-        for event in item["events"]
-        if event.get("text") and event.get("sentiment") is not None
-    ]
+    """The evidence events (of `features.evidence` answers) that quote a scored text."""
+    return [event for item in evidence if item for event in item["events"] if quotes_scored_text(event)]
 
 
 def annotate(

@@ -360,18 +360,20 @@ class ChurnSense:
         if self.phrases is None and self.aspects is None:
             return
 
-        def quoting(selected: list[ChurnRiskResponse]) -> list:
-            return [
-                event
-                for answer in selected
-                for reason in answer.reasons
-                if reason.evidence is not None
-                for event in reason.evidence.events
-                if (event.model_extra or {}).get("text")
-                and (event.model_extra or {}).get("sentiment") is not None
-            ]
+        from models.phrases import quotes_scored_text
 
-        explained = quoting([a for a, wanted in zip(answers, phrases, strict=True) if wanted])
+        # Each quoting event once, with whether its request asked for phrases.
+        quoted = [
+            (event, wanted)
+            for answer, wanted in zip(answers, phrases, strict=True)
+            for reason in answer.reasons
+            if reason.evidence is not None
+            for event in reason.evidence.events
+            if quotes_scored_text(event.model_extra or {})
+        ]
+        if not quoted:
+            return
+        explained = [event for event, wanted in quoted if wanted]
         if self.phrases is not None and explained:
             texts = [event.model_extra["text"] for event in explained]  # type: ignore[index]
             needed = self.phrases.to_score(texts)
@@ -383,10 +385,9 @@ class ChurnSense:
                 self.phrases.learn(needed, np.asarray(proba, dtype=np.float64))
             for event, phrase in zip(explained, self.phrases.find(texts), strict=True):
                 event.phrase = phrase  # an extra field, as `text` and `sentiment` are
-        quoted = quoting(answers)
-        texts = [event.model_extra["text"] for event in quoted]  # type: ignore[index]
-        if self.aspects is not None and quoted:
-            for event, aspect in zip(
+        if self.aspects is not None:
+            texts = [event.model_extra["text"] for event, _ in quoted]  # type: ignore[index]
+            for (event, _), aspect in zip(
                 quoted, await asyncio.to_thread(self._evidence_aspects, texts), strict=True
             ):
                 event.aspect = aspect

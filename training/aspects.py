@@ -96,22 +96,16 @@ def load_aspect_config(path: Path | str | None = None) -> AspectConfig:
         raise AspectConfigError(f"{path}: " + "; ".join(problems)) from None
 
 
-def build_zero_shot(config: AspectConfig, threshold: float | None = None) -> tuple[ZeroShotAspects, Path]:
-    """The zero-shot model of `config` (with `threshold` instead of the configured one, if given) and the
-    encoder folder it was built from."""
-    from transformers import AutoModel, AutoTokenizer
-
+def build_zero_shot(config: AspectConfig) -> tuple[ZeroShotAspects, Path]:
+    """The zero-shot model of `config` and the encoder folder it was built from."""
     from models.sentiment import resolve_backbone
 
     encoder_dir, _ = resolve_backbone(config.backbone)
-    model = AutoModel.from_pretrained(encoder_dir, local_files_only=True)
-    tokenizer = AutoTokenizer.from_pretrained(encoder_dir, local_files_only=True)
-    zero_shot = ZeroShotAspects(
-        model,
-        tokenizer,
+    zero_shot = ZeroShotAspects.from_encoder(
+        encoder_dir,
         [a.name for a in config.aspects],
         [a.description for a in config.aspects],
-        threshold=config.threshold if threshold is None else threshold,
+        threshold=config.threshold,
         none_label=config.none_label,
         max_length=config.max_length,
         quantize=config.quantize,
@@ -139,6 +133,11 @@ def check_labels_fit(labels: list[str], config: AspectConfig) -> list[str]:
             f"{config.none_label!r}: add them to `aspects` (or set none_label)"
         )
     return sorted(set(labels))
+
+
+def best_threshold(curve: dict[float, float], configured: float) -> float:
+    """The threshold with the best validation macro-F1; among equals, the one nearest the configured one."""
+    return max(curve, key=lambda t: (curve[t], -abs(t - configured)))
 
 
 def choose_threshold(
@@ -194,7 +193,7 @@ def train_zero_shot(config: AspectConfig, spec: Any = None) -> AspectRunResult:
         labels = check_labels_fit(data_labels, config)
         if config.tune_threshold:
             curve = choose_threshold(model, splits.validation, labels)
-            threshold = max(curve, key=lambda t: (curve[t], -abs(t - config.threshold)))
+            threshold = best_threshold(curve, config.threshold)
             model.threshold = threshold
         for part, frame in (("validation", splits.validation), ("test", splits.test)):
             predicted = model.predict(frame[TEXT].tolist()).aspects
