@@ -25,10 +25,14 @@ from features.columns import (
     SIGNUP_DATE,
     TIMESTAMP,
 )
+from features.text_features import (
+    DAY_NS,
+    aspect_block,
+    aspect_feature_name,
+    sentiment_block,
+)
 
 FEATURE_VERSION = "1"
-DAY_NS = 86_400 * 1_000_000_000
-NEGATIVE_SENTIMENT = -0.3  # a text with score below this counts as negative in `share_negative`
 # Columns of the customers table that are never features (labels, dates, ids).
 NON_FEATURE_CUSTOMER_COLUMNS = {"customer_id", "churned", "churn_date", "signup_date"}
 
@@ -46,6 +50,8 @@ class FeatureSchema:
         use_sentiment: add text-sentiment aggregates from the `sentiment` event column.
         lifetime: add features of the whole history before as_of (see `lifetime_feature_names`), for sparse
             histories that windows alone describe poorly. Off in schemas stored before they existed.
+        aspects: what texts can be about (an aspect model's names, `models.aspects`): each gets the count of
+            negative texts about it in the longest window, from the `aspect` event column. Needs sentiment.
     """
 
     event_types: tuple[str, ...] = ()
@@ -58,12 +64,21 @@ class FeatureSchema:
     version: str = FEATURE_VERSION
     excluded_event_types: tuple[str, ...] = field(default=())
     lifetime: bool = False
+    aspects: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.use_events and (len(self.windows) < 2 or list(self.windows) != sorted(set(self.windows))):
             raise ValueError(f"windows must be at least two ascending day counts, got {self.windows}")
         if OTHER_EVENT_TYPE in self.event_types:
             raise ValueError(f"{OTHER_EVENT_TYPE!r} is reserved for unseen event types")
+        if self.aspects and not self.use_sentiment:
+            raise ValueError("aspect features count negative texts: they need sentiment (use_sentiment)")
+        names = self.feature_names()
+        if len(set(names)) != len(names):
+            twice = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(
+                f"feature name(s) made twice: {', '.join(twice)} (rename an event type or aspect)"
+            )
 
     @property
     def counted_types(self) -> tuple[str, ...]:
@@ -99,6 +114,7 @@ class FeatureSchema:
                 f"sentiment_share_negative_{longest}d",
                 "sentiment_last",
             ]
+            names += [aspect_feature_name(aspect, longest) for aspect in self.aspects]
         return names
 
     def lifetime_feature_names(self) -> list[str]:
@@ -132,6 +148,7 @@ def infer_schema(
     exclude_event_types: tuple[str, ...] = (),
     min_type_share: float = 0.0005,
     lifetime: bool = True,
+    aspects: tuple[str, ...] = (),
 ) -> FeatureSchema:
     """Learn the schema from training data: event types seen often enough, and profile column kinds.
 
@@ -139,6 +156,7 @@ def infer_schema(
     in the telco `TotalCharges` column still make a numeric feature); otherwise categorical. True/false columns
     are categorical ("True", "False"): read the same from a CSV, Parquet booleans and a JSON request.
     `exclude_event_types` (e.g. the churn event) are not counted, so the label cannot leak into features.
+    `aspects`: an aspect model's names, when the events carry an `aspect` column (scored texts only).
     """
     numeric, categorical = [], []
     if customers is not None:
@@ -179,6 +197,7 @@ def infer_schema(
         use_sentiment=SENTIMENT in events.columns,
         excluded_event_types=tuple(sorted(exclude_event_types)),
         lifetime=lifetime,
+        aspects=tuple(aspects) if SENTIMENT in events.columns else (),
     )
 
 
@@ -427,7 +446,9 @@ def _event_block(
         out.update(_gap_block(customer, times[keep], n_customers))
 
     if schema.use_sentiment:
-        out.update(_sentiment_block(events, keep, customer, age, longest, n_customers))
+        out.update(sentiment_block(events, keep, customer, age, longest, n_customers))
+        if schema.aspects:
+            out.update(aspect_block(events, keep, customer, age, schema.aspects, longest, n_customers))
 
     if signup_ns is not None:
         tenure = np.where(signup_ns == np.iinfo(np.int64).min, np.nan, (as_of_ns - signup_ns) / DAY_NS)
@@ -461,41 +482,4 @@ def _gap_block(customer: np.ndarray, times_ns: np.ndarray, n_customers: int) -> 
     return {
         "gap_mean_days": mean / 1_440.0,
         "gap_sd_days": np.sqrt(np.maximum(variance, 0.0)) / 1_440.0,
-    }
-
-
-def _sentiment_block(
-    events: pd.DataFrame,
-    keep: np.ndarray,
-    customer: np.ndarray,
-    age: np.ndarray,
-    longest: int,
-    n_customers: int,
-) -> dict[str, np.ndarray]:
-    longest_name = f"{longest}d"
-    nan = np.full(n_customers, np.nan)
-    if SENTIMENT not in events.columns:
-        raise ValueError("this feature schema needs a `sentiment` score column on the events")
-    score = events[SENTIMENT].to_numpy(dtype="float64")[keep]
-    scored = ~np.isnan(score)
-    recent = scored & (age <= longest * DAY_NS)
-    n_texts = np.bincount(customer[recent], minlength=n_customers).astype("float64")
-    total = np.bincount(customer[recent], weights=score[recent], minlength=n_customers)
-    negative = np.bincount(customer[recent & (score < NEGATIVE_SENTIMENT)], minlength=n_customers)
-    lowest = _group_min(customer[recent], score[recent], n_customers, np.inf)
-    has = n_texts > 0
-    # Most recent scored text (any age): order by customer, then newest first (smallest age).
-    idx = np.flatnonzero(scored)
-    last = nan.copy()
-    if idx.size:
-        order = idx[np.lexsort((age[idx], customer[idx]))]
-        first_of_customer = np.r_[True, customer[order][1:] != customer[order][:-1]]
-        chosen = order[first_of_customer]
-        last[customer[chosen]] = score[chosen]
-    return {
-        f"n_texts_{longest_name}": n_texts,
-        f"sentiment_mean_{longest_name}": np.divide(total, n_texts, out=nan.copy(), where=has),
-        f"sentiment_min_{longest_name}": np.where(has, lowest, np.nan),
-        f"sentiment_share_negative_{longest_name}": np.divide(negative, n_texts, out=nan.copy(), where=has),
-        "sentiment_last": last,
     }

@@ -22,9 +22,10 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from features.columns import CUSTOMER_ID, EVENT_TYPE, SENTIMENT, TEXT, TIMESTAMP
-from features.engine import DAY_NS, NEGATIVE_SENTIMENT, FeatureSchema, to_timestamp_ns
+from features.columns import ASPECT, CUSTOMER_ID, EVENT_TYPE, SENTIMENT, TEXT, TIMESTAMP
+from features.engine import FeatureSchema, to_timestamp_ns
 from features.text import normalise_text
+from features.text_features import DAY_NS, NEGATIVE_SENTIMENT, aspect_feature_name
 
 SHOWN_EVENTS = 3  # events listed per reason (the newest; `total` says how many there are)
 
@@ -40,6 +41,7 @@ class Rule:
     negative_only: bool = False
     lead: str = "newest"  # newest | oldest | highest (value of `needs`) | lowest (sentiment)
     single: bool = False  # the feature is one event's time or value: list that event alone
+    about: str | None = None  # only texts about this aspect (the `aspect` column)
 
 
 def rules_for(schema: FeatureSchema) -> dict[str, Rule]:
@@ -80,6 +82,10 @@ def rules_for(schema: FeatureSchema) -> dict[str, Rule]:
             window=longest, needs=SENTIMENT, negative_only=True
         )
         rules["sentiment_last"] = Rule(needs=SENTIMENT, single=True)
+        for aspect in schema.aspects:
+            rules[aspect_feature_name(aspect, longest)] = Rule(
+                window=longest, needs=SENTIMENT, negative_only=True, about=aspect
+            )
     return rules
 
 
@@ -100,6 +106,7 @@ class _Events(NamedTuple):
     own_type: np.ndarray  # bool: one of the schema's own event types (else "other")
     scores: np.ndarray | None  # float64 sentiment, when the events have it
     texts: np.ndarray | None  # object (str or None), when the events have texts
+    aspects: np.ndarray | None  # object (str or None), when the events have them
     values: dict[str, np.ndarray]  # float64 value columns
 
 
@@ -165,6 +172,10 @@ class EvidenceFinder:
             own_type=np.isin(types, list(schema.event_types)),
             scores=events[SENTIMENT].to_numpy(dtype="float64") if SENTIMENT in events.columns else None,
             texts=texts,
+            # "" for none: compares as a string ("" is no aspect name).
+            aspects=events[ASPECT].astype("string").fillna("").to_numpy(dtype=object)
+            if ASPECT in events.columns
+            else None,
             values={
                 v: events[v].to_numpy(dtype="float64") for v in schema.value_columns if v in events.columns
             },
@@ -195,6 +206,8 @@ class EvidenceFinder:
             keep &= ~np.isnan(values)
             if rule.negative_only:
                 keep &= values < NEGATIVE_SENTIMENT
+            if rule.about is not None:
+                keep &= events.aspects[positions] == rule.about if events.aspects is not None else False
         elif rule.needs is not None:
             values = events.values[rule.needs][positions]
             keep &= ~np.isnan(values)
@@ -221,6 +234,8 @@ class EvidenceFinder:
                 item["text"] = None if text is None or pd.isna(text) else normalise_text(text)
             if scores is not None and described:
                 item["sentiment"] = _number(scores[i])
+            if rule.about is not None:  # what the text is about: the column the feature counted
+                item["aspect"] = rule.about
             if rule.needs is not None and rule.needs != SENTIMENT:
                 item[rule.needs] = _number(values[i])
             shown.append(item)

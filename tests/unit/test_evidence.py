@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.columns import SENTIMENT, TEXT, TIMESTAMP
+from features.columns import ASPECT, SENTIMENT, TEXT, TIMESTAMP
 from features.engine import DAY_NS, build_customer_features, infer_schema, to_timestamp_ns
 from features.evidence import EvidenceFinder, rules_for
 from features.pipeline import load_data
@@ -32,13 +32,21 @@ def scored(tmp_path_factory: pytest.TempPathFactory) -> dict:
     # A deterministic score per text (a stand-in for the sentiment model): the engine only reads the column.
     lengths = texts.str.len().to_numpy(dtype="float64", na_value=np.nan)
     events[SENTIMENT] = np.where(np.isnan(lengths), np.nan, np.sin(np.nan_to_num(lengths)))
+    # And a deterministic aspect (a stand-in for the aspect model): three names, the model's "none", and a
+    # missing one, so the aspect counts meet every case.
+    choices = np.array(["billing", "Late Flight", "network", "none", None], dtype=object)
+    events[ASPECT] = pd.array(
+        np.where(np.isnan(lengths), None, choices[np.nan_to_num(lengths).astype(int) % 5]), dtype="str"
+    )
     schema = infer_schema(
         data.customers,
         events,
         value_columns=tuple(spec.events.values),
         exclude_event_types=(spec.events.churn_event,),
+        aspects=("billing", "Late Flight", "network"),
     )
     assert schema.use_sentiment and schema.lifetime and schema.value_columns
+    assert "n_negative_about_late_flight_90d" in schema.feature_names()
     features = build_customer_features(events, AS_OF, schema, customers=data.customers)
     names = list(rules_for(schema))
     reasons = {str(c): [{"feature": n} for n in names] for c in features.index}
@@ -75,6 +83,13 @@ def test_a_count_feature_has_exactly_its_events(scored):
             assert len(item["events"]) == min(3, int(value))
     assert nonzero >= len(counts) // 2  # not a test of zeros (rare types may be absent at this as_of)
     assert all(scored["features"][n].sum() > 0 for n in ("n_events_90d", "n_texts_90d", "n_events_all"))
+    # Negative texts about an aspect: each listed one is negative and about it.
+    values, evidence = _by_feature(scored, "n_negative_about_late_flight_90d")
+    assert values.sum() > 0
+    listed = [e for item in evidence for e in item["events"]]
+    assert listed and all(
+        e["aspect"] == "Late Flight" and e["sentiment"] < -0.3 and e["text"] for e in listed
+    )
     # The listed events are the newest, newest first, and all of the counted type within the window.
     _, evidence = _by_feature(scored, f"n_{schema.event_types[0]}_30d")
     for item in evidence:

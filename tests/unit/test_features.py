@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from churnsense.cli import app
-from features.columns import CUSTOMER_ID, EVENT_TYPE, SENTIMENT, SIGNUP_DATE, TIMESTAMP
+from features.columns import ASPECT, CUSTOMER_ID, EVENT_TYPE, SENTIMENT, SIGNUP_DATE, TIMESTAMP
 from features.engine import DAY_NS, FeatureSchema, build_customer_features, infer_schema
 from features.pipeline import feature_table, load_data, schema_for
 from features.spec import load_spec
@@ -415,3 +415,51 @@ def test_features_command_reports_a_missing_spec_with_exit_2(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: {missing}: spec file not found"
+
+
+@pytest.mark.parametrize("dtype", ["str", "category", "object"])
+def test_negative_texts_are_counted_per_aspect_in_the_longest_window(dtype):
+    schema = FeatureSchema(event_types=("ticket",), use_sentiment=True, aspects=("billing", "Late Flight"))
+    rows = [  # (customer, days before as_of, sentiment, aspect)
+        ("a", 1, -0.9, "billing"),  # counted
+        ("a", 89, -0.5, "billing"),  # counted: inside 90 days
+        ("a", 91, -0.9, "billing"),  # outside the longest window
+        ("a", 2, 0.8, "billing"),  # not negative
+        ("a", 3, -0.3, "billing"),  # -0.3 is not below the threshold
+        ("a", 4, -0.9, "Late Flight"),  # counted under the other aspect
+        ("a", 5, -0.9, "none"),  # the model's "none": no aspect
+        ("a", 6, -0.9, "refunds"),  # a name the schema lacks
+        ("a", 7, np.nan, "billing"),  # no text, no score
+        ("a", -1, -0.9, "billing"),  # after as_of
+        ("b", 1, -0.9, None),  # a text without an aspect
+    ]
+    ids, days, scores, about = zip(*rows, strict=True)
+    events = pd.DataFrame(
+        {
+            CUSTOMER_ID: pd.array(ids, dtype="str"),
+            TIMESTAMP: [AS_OF - pd.Timedelta(days=d) for d in days],
+            EVENT_TYPE: pd.array(["ticket"] * len(rows), dtype="str"),
+            SENTIMENT: np.array(scores, dtype="float64"),
+            ASPECT: pd.Series(about, dtype=dtype),
+        }
+    )
+    features = build_customer_features(events, AS_OF, schema)
+    assert features.loc["a", "n_negative_about_billing_90d"] == 2
+    assert features.loc["a", "n_negative_about_late_flight_90d"] == 1
+    assert features.loc["b", ["n_negative_about_billing_90d", "n_negative_about_late_flight_90d"]].sum() == 0
+    # One customer alone gets the same numbers as in the batch (the online path).
+    alone = build_customer_features(events[events[CUSTOMER_ID] == "a"], AS_OF, schema)
+    pd.testing.assert_series_equal(alone.loc["a"], features.loc["a"])
+    with pytest.raises(ValueError, match="`aspect` column"):
+        build_customer_features(events.drop(columns=[ASPECT]), AS_OF, schema)
+
+
+def test_aspect_schemas_refuse_what_would_break_their_features():
+    with pytest.raises(ValueError, match="need sentiment"):
+        FeatureSchema(event_types=("ticket",), aspects=("billing",))
+    with pytest.raises(ValueError, match="made twice"):
+        FeatureSchema(event_types=("ticket",), use_sentiment=True, aspects=("Late flight", "late-flight"))
+    with pytest.raises(ValueError, match="letter or a digit"):
+        FeatureSchema(event_types=("ticket",), use_sentiment=True, aspects=("??",))
+    stored = FeatureSchema(event_types=("ticket",), use_sentiment=True, aspects=("billing",))
+    assert FeatureSchema.from_json(stored.to_json()) == stored

@@ -1,0 +1,96 @@
+"""The engine's text features: sentiment aggregates and negative texts per aspect, from scored event texts.
+
+`features.engine` calls these with the events it kept (before `as_of`, counted types) already coded per
+customer; each returns whole columns, one value per customer, so they are as batch invariant as the rest.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+
+from features.columns import ASPECT, SENTIMENT
+
+DAY_NS = 86_400 * 1_000_000_000
+NEGATIVE_SENTIMENT = -0.3  # a text with score below this counts as negative in `share_negative`
+
+
+def aspect_feature_name(aspect: str, window: int) -> str:
+    """`n_negative_about_<aspect>_<window>d`, the aspect's name in lower case with runs of anything but letters
+    and digits as one `_` ("Late Flight" -> `late_flight`)."""
+    slug = re.sub(r"[^0-9a-z]+", "_", aspect.lower()).strip("_")
+    if not slug:
+        raise ValueError(f"aspect {aspect!r}: its name needs a letter or a digit to name a feature")
+    return f"n_negative_about_{slug}_{window}d"
+
+
+def sentiment_block(
+    events: pd.DataFrame,
+    keep: np.ndarray,
+    customer: np.ndarray,
+    age: np.ndarray,
+    longest: int,
+    n_customers: int,
+) -> dict[str, np.ndarray]:
+    """Texts in the longest window, their mean, lowest and share of negative scores, and the newest score."""
+    longest_name = f"{longest}d"
+    nan = np.full(n_customers, np.nan)
+    if SENTIMENT not in events.columns:
+        raise ValueError("this feature schema needs a `sentiment` score column on the events")
+    score = events[SENTIMENT].to_numpy(dtype="float64")[keep]
+    scored = ~np.isnan(score)
+    recent = scored & (age <= longest * DAY_NS)
+    n_texts = np.bincount(customer[recent], minlength=n_customers).astype("float64")
+    total = np.bincount(customer[recent], weights=score[recent], minlength=n_customers)
+    negative = np.bincount(customer[recent & (score < NEGATIVE_SENTIMENT)], minlength=n_customers)
+    lowest = np.full(n_customers, np.inf)
+    np.minimum.at(lowest, customer[recent], score[recent])
+    has = n_texts > 0
+    # Most recent scored text (any age): order by customer, then newest first (smallest age).
+    idx = np.flatnonzero(scored)
+    last = nan.copy()
+    if idx.size:
+        order = idx[np.lexsort((age[idx], customer[idx]))]
+        first_of_customer = np.r_[True, customer[order][1:] != customer[order][:-1]]
+        chosen = order[first_of_customer]
+        last[customer[chosen]] = score[chosen]
+    return {
+        f"n_texts_{longest_name}": n_texts,
+        f"sentiment_mean_{longest_name}": np.divide(total, n_texts, out=nan.copy(), where=has),
+        f"sentiment_min_{longest_name}": np.where(has, lowest, np.nan),
+        f"sentiment_share_negative_{longest_name}": np.divide(negative, n_texts, out=nan.copy(), where=has),
+        "sentiment_last": last,
+    }
+
+
+def aspect_block(
+    events: pd.DataFrame,
+    keep: np.ndarray,
+    customer: np.ndarray,
+    age: np.ndarray,
+    aspects: tuple[str, ...],
+    longest: int,
+    n_customers: int,
+) -> dict[str, np.ndarray]:
+    """Per aspect: the customer's negative texts (sentiment below `NEGATIVE_SENTIMENT`) about it in the longest
+    window. A text about none of `aspects` (the model's "none", or a name the schema lacks) counts nowhere."""
+    if ASPECT not in events.columns:
+        raise ValueError(
+            "this feature schema needs an `aspect` column on the events (the aspect of each text)"
+        )
+    about = events[ASPECT]
+    missing = about.isna().to_numpy()
+    code = pd.Index(aspects).get_indexer(about.astype(str)).astype(np.int64)
+    code[missing] = -1
+    code = code[keep]
+    score = events[SENTIMENT].to_numpy(dtype="float64")[keep]
+    counted = (code >= 0) & (score < NEGATIVE_SENTIMENT) & (age <= longest * DAY_NS)  # NaN scores: never
+    table = np.bincount(
+        customer[counted] * len(aspects) + code[counted], minlength=n_customers * len(aspects)
+    ).reshape(n_customers, len(aspects))
+    return {
+        aspect_feature_name(aspect, longest): table[:, j].astype("float64")
+        for j, aspect in enumerate(aspects)
+    }
