@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from batch.output import REJECT_SCHEMA, RESULT_SCHEMA, result_table
 from batch.plan import (
+    ASPECT,
     CUSTOMERS,
     EVENTS,
     READ_BATCH_ROWS,
@@ -31,7 +32,7 @@ from batch.plan import (
     BatchPlan,
 )
 from batch.read import cast_column, raw_schema, read_file_batches
-from batch.texts import text_sentiment
+from batch.texts import text_aspects, text_sentiment
 from batch.workers import aspect_model, churn_model, phrase_finder, sentiment_scorer
 from churnsense.files import atomic_path
 from features.engine import build_customer_features
@@ -68,7 +69,7 @@ def iter_raw_batches(
     table_spec = plan.spec.customers if kind == CUSTOMERS else plan.spec.events
     name = files[file_index]
     schema = raw_schema(plan, kind)
-    added = (SOURCE_FILE, SOURCE_ROW, ROW_ID, SENTIMENT, ROW_PROBLEM)
+    added = (SOURCE_FILE, SOURCE_ROW, ROW_ID, SENTIMENT, ASPECT, ROW_PROBLEM)
     read_names = [f.name for f in schema if f.name not in added]
     if kind == EVENTS and plan.text_column and plan.text_column not in read_names:
         read_names.append(plan.text_column)
@@ -87,6 +88,10 @@ def iter_raw_batches(
                 columns[field.name] = pa.nulls(n, pa.string())  # a Parquet file: no field counts to check
             elif field.name == SENTIMENT:
                 columns[field.name] = pa.array(text_sentiment(plan, batch.column(plan.text_column)))
+            elif field.name == ASPECT:
+                columns[field.name] = pa.array(
+                    text_aspects(plan, batch.column(plan.text_column)), pa.string()
+                )
             else:
                 columns[field.name] = cast_column(batch.column(field.name), field.type, name)
         row += n
@@ -227,6 +232,8 @@ def bucket_spec(plan: BatchPlan, customers_file: Path | None, events_file: Path 
             changes: dict[str, Any] = {"path": str(events_file), "read_options": {}, "text": text}
             if plan.text_column:
                 changes["sentiment"] = SENTIMENT
+            if plan.aspects is not None:
+                changes["aspect"] = ASPECT
             update["events"] = es.model_copy(update=changes)
     return plan.spec.model_copy(update=update)
 

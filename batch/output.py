@@ -45,7 +45,9 @@ RESULT_SCHEMA = pa.schema(
         ("model_version", pa.string()),
         ("sentiment_model_version", pa.string()),  # the sentiment model behind the text features, if any
         ("sentiment_scoring_id", pa.string()),
-        ("aspect_model", pa.string()),  # the aspect model that named evidence texts' aspects (--aspect-model)
+        # The aspect model behind the aspect features (the churn model's own) or that named evidence texts'
+        # aspects (--aspect-model).
+        ("aspect_model", pa.string()),
     ]
 )
 RESULT_COLUMNS = RESULT_SCHEMA.names

@@ -22,7 +22,7 @@ from features.io import resolve_files
 from features.raw import is_parquet, parquet_file
 from features.spec import DatasetSpec
 from models.catalog import CHURN_MODEL, absolute_tracking_uri, champion_uri
-from models.lineage import SentimentLineage
+from models.lineage import AspectLineage, SentimentLineage
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,9 @@ SOURCE_ROW = "__source_row"
 ROW_ID = "__row_id"  # customer id for specs without an id column: the row number, as `load_customers` does
 SENTIMENT = (
     "__sentiment"  # event-text sentiment from the cache, declared as the bucket spec's sentiment column
+)
+ASPECT = (
+    "__aspect"  # what each event text is about (aspect features), from the cache, as the bucket spec's aspect
 )
 CUSTOMERS, EVENTS = "customers", "events"
 
@@ -68,6 +71,19 @@ class SentimentSource:
 
 
 @dataclasses.dataclass(frozen=True)
+class AspectSource:
+    """Where event texts' aspects come from: the churn model's own aspect model, and the cache it fills."""
+
+    lineage: AspectLineage
+    cache_dir: str
+
+    def cache(self) -> Any:
+        from models.sentiment_cache import open_cache
+
+        return open_cache(self.cache_dir, self.lineage.scoring_id)
+
+
+@dataclasses.dataclass(frozen=True)
 class BatchPlan:
     """What to score and how: resolved once by the driver, shipped to every worker.
 
@@ -85,6 +101,8 @@ class BatchPlan:
         text_column: the raw event text column to score, or None when sentiment is not needed or precomputed.
         sentiment: the sentiment model (the one the churn model was trained with) and cache, when
             `text_column` is set.
+        aspects: the churn model's aspect model and cache, when it counts negative texts per aspect and
+            `text_column` is set (the texts' aspects then become `ASPECT`).
         n_buckets: customer buckets (local engine: files on disk; Spark: groups).
         top_k: reasons per customer.
         evidence: list the events behind each reason (`features.evidence`); event texts are then read too.
@@ -109,6 +127,7 @@ class BatchPlan:
     evidence: bool = False
     aspect_model: str | None = None
     phrases: bool = False
+    aspects: AspectSource | None = None
 
     def fingerprint(self) -> str:
         """A key for the work dir: input files (path, size, mtime), spec, model, date, bucketing, formats."""
@@ -132,6 +151,7 @@ class BatchPlan:
             "evidence": self.evidence,
             "aspect_model": self.aspect_model,
             "phrases": self.phrases,
+            "aspects": [self.aspects.lineage.scoring_id, self.aspects.cache_dir] if self.aspects else None,
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -248,13 +268,20 @@ def make_plan(
     events_files: tuple[str, ...] = ()
     events_columns: tuple[str, ...] = ()
     text_column = None
-    sentiment = None
+    sentiment = aspects = None
     es = spec.events
     if es is not None and schema.use_events:
         events_files = tuple(str(p) for p in resolve_files(spec, es))
         columns = [es.id, es.time, es.type, *es.values]
         if es.sentiment:
             columns.append(es.sentiment)
+            if schema.aspects:
+                if not es.aspect:
+                    raise BatchError(
+                        "events.aspect: the churn model counts negative texts per aspect, and the spec's "
+                        "precomputed events.sentiment column needs a precomputed aspect column beside it"
+                    )
+                columns.append(es.aspect)
         elif schema.use_sentiment:
             if not es.text:
                 raise BatchError(
@@ -264,6 +291,8 @@ def make_plan(
             text_column = es.text
             columns.append(es.text)
             sentiment = text_sentiment_source(model, sentiment_model, cache_dir)
+            if schema.aspects:
+                aspects = AspectSource(model.aspect_lineage, sentiment.cache_dir)
         if evidence and es.text:
             columns.append(es.text)  # kept beside its scores: the evidence quotes the texts
         events_columns = tuple(dict.fromkeys(columns))
@@ -272,6 +301,20 @@ def make_plan(
             raise BatchError(f"events.values: the churn model needs value column(s) {', '.join(missing)}")
     elif schema.use_events:
         raise BatchError("events: the churn model uses event features but the spec has no events section")
+    if schema.aspects and model.aspect_lineage is not None:
+        # Its aspect model names evidence texts too (as in the service) and is named on every row.
+        own = model.aspect_lineage
+        if aspect_model is not None and aspect_model != own.model_uri:
+            from models.aspect_scoring import CachedAspectLabeler
+
+            given = CachedAspectLabeler.from_uri(aspect_model).lineage  # loads it: the same model elsewhere?
+            if given.scoring_id != own.scoring_id:
+                raise BatchError(
+                    f"--aspect-model: {given.describe()} is not the aspect model churn model v{model.version} "
+                    f"counts texts per aspect with ({own.describe()}), which names evidence texts too; leave "
+                    "--aspect-model out"
+                )
+        aspect_model = aspect_model or own.model_uri
     n_customers = count_rows(customers_files) if customers_files else max(1, count_rows(events_files) // 50)
     n_buckets = max(1, math.ceil(n_customers / max(1, chunk_customers)))
     return BatchPlan(
@@ -291,5 +334,6 @@ def make_plan(
         evidence=evidence,
         aspect_model=aspect_model,
         phrases=phrases,
+        aspects=aspects,
         model_digest=folder_digest(Path(model_uri)) if Path(model_uri).exists() else "",
     )

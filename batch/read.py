@@ -15,7 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from batch.plan import CUSTOMERS, EVENTS, ROW_ID, SENTIMENT, SOURCE_FILE, SOURCE_ROW, BatchPlan
+from batch.plan import ASPECT, CUSTOMERS, EVENTS, ROW_ID, SENTIMENT, SOURCE_FILE, SOURCE_ROW, BatchPlan
 from features.raw import ROW_PROBLEM, DataLoadError, csv_header, is_parquet, iter_csv_rows, parquet_file
 
 logger = logging.getLogger(__name__)
@@ -59,6 +59,8 @@ def raw_schema(plan: BatchPlan, kind: str) -> pa.Schema:
         if not plan.evidence:  # the text is read only to be scored; the evidence quotes it
             schema = schema.remove(schema.get_field_index(plan.text_column))
         schema = schema.append(pa.field(SENTIMENT, pa.float64()))
+        if plan.aspects is not None:
+            schema = schema.append(pa.field(ASPECT, pa.string()))
     if any(not is_parquet(file) for file in files):
         schema = schema.append(pa.field(ROW_PROBLEM, pa.string()))
     return schema.append(pa.field(SOURCE_FILE, pa.int32())).append(pa.field(SOURCE_ROW, pa.int64()))

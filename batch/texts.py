@@ -1,7 +1,8 @@
-"""Event texts -> sentiment through the shared cache, each distinct normalised text scored once.
+"""Event texts -> sentiment (and, for a churn model with aspect features, aspects) through the shared cache,
+each distinct normalised text scored once.
 
-Both engines first collect the texts the cache lacks (`unscored_texts`), score them in one place
-(`score_new_texts`), and then every read finds its texts in the cache (`text_sentiment`).
+Both engines first collect the texts the caches lack (`unscored_texts`), score them in one place
+(`score_new_texts`), and then every read finds its texts in the caches (`text_sentiment`, `text_aspects`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pyarrow as pa
 
 from batch.plan import EVENTS, READ_BATCH_ROWS, BatchPlan, SentimentSource
 from batch.read import read_file_batches
-from batch.workers import sentiment_scorer
+from batch.workers import aspect_labeler, sentiment_scorer
 from features.text import normalise_texts
 
 if TYPE_CHECKING:
@@ -55,6 +56,21 @@ def text_sentiment(plan: BatchPlan, texts: pa.ChunkedArray | pa.Array) -> np.nda
     return out
 
 
+def text_aspects(plan: BatchPlan, texts: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """What each event text is about (None without text), as `features.pipeline.add_aspects` would say it:
+    normalised texts, blanks skipped, through the aspect cache (each distinct text labelled once)."""
+    assert plan.aspects is not None
+    values, codes = _distinct_texts(texts)
+    labeler = aspect_labeler(plan.aspects, plan.tracking_uri)
+    per_value = np.array(
+        labeler.labels_of(plan.aspects.cache().score(values, labeler.label_new)), dtype=object
+    )
+    out = np.full(len(codes), None, dtype=object)
+    valid = codes >= 0
+    out[valid] = per_value[codes[valid]]
+    return out
+
+
 class _LazyScorer:
     """Loads the sentiment model only when the cache misses: a warm cache never loads torch weights."""
 
@@ -74,8 +90,9 @@ def unscored_texts(plan: BatchPlan, split: Split) -> list[str]:
     """
     if plan.sentiment is None or split.kind != EVENTS:
         return []
-    cache = plan.sentiment.cache()
-    cache.refresh()
+    caches = [source.cache() for source in (plan.sentiment, plan.aspects) if source is not None]
+    for cache in caches:
+        cache.refresh()
     table_spec = plan.spec.events
     missing: dict[str, None] = {}
     for batch in read_file_batches(
@@ -83,17 +100,25 @@ def unscored_texts(plan: BatchPlan, split: Split) -> list[str]:
         READ_BATCH_ROWS,
     ):  # fmt: skip
         texts = [t for t in _distinct_texts(batch.column(plan.text_column))[0] if t is not None]
-        for text, known in zip(texts, cache.known_texts(texts), strict=True):
-            if not known:
-                missing[text] = None
+        for cache in caches:
+            for text, known in zip(texts, cache.known_texts(texts), strict=True):
+                if not known:
+                    missing[text] = None
     return list(missing)
 
 
 def score_new_texts(plan: BatchPlan, texts: Sequence[str]) -> int:
-    """Score texts (in this process) into the sentiment cache; returns how many were not there yet."""
+    """Score texts (in this process) into the sentiment cache, and label them into the aspect cache when the
+    churn model counts aspects; returns how many were new to either."""
     if plan.sentiment is None or not texts:
         return 0
     cache = plan.sentiment.cache()
     before = len(cache)
     cache.score(list(texts), _LazyScorer(plan.sentiment, plan.tracking_uri))
-    return len(cache) - before
+    new = len(cache) - before
+    if plan.aspects is not None:
+        labels = plan.aspects.cache()
+        before = len(labels)
+        labels.score(list(texts), aspect_labeler(plan.aspects, plan.tracking_uri).label_new)
+        new = max(new, len(labels) - before)
+    return new

@@ -18,7 +18,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from batch.plan import SentimentSource
+from batch.plan import AspectSource, SentimentSource
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +29,7 @@ _churn_models: dict[tuple[str, str, str], Any] = {}
 _sentiment_models: dict[str, Any] = {}
 _phrase_finders: dict[str, Any] = {}
 _aspect_models: dict[str, Any] = {}
+_aspect_labelers: dict[str, Any] = {}
 _state = {"in_worker": False}
 
 
@@ -100,6 +101,21 @@ def sentiment_scorer(source: SentimentSource, tracking_uri: str | None = None) -
             source.lineage, num_threads=threads, batch_size=64
         )
     return scorer
+
+
+def aspect_labeler(source: AspectSource, tracking_uri: str | None = None) -> Any:
+    """The `models.aspect_scoring.CachedAspectLabeler` of `source.lineage`, one per process (its model loads on
+    the first text the cache lacks, digest checked)."""
+    labeler = _aspect_labelers.get(source.lineage.scoring_id)
+    if labeler is None:
+        if tracking_uri:
+            set_tracking_uri(tracking_uri)
+        from models.aspect_scoring import CachedAspectLabeler
+
+        labeler = _aspect_labelers[source.lineage.scoring_id] = CachedAspectLabeler(
+            source.lineage, source.cache_dir
+        )
+    return labeler
 
 
 def aspect_model(uri: str, tracking_uri: str | None = None) -> Any:

@@ -110,6 +110,15 @@ def train_churn_command(
             "scores are cached per normalised text and model digest (CHURNSENSE_CACHE_DIR)",
         ),
     ] = None,
+    aspect_model: Annotated[
+        str | None,
+        typer.Option(
+            "--aspect-model",
+            help="with --sentiment-model: say what each text is about with this aspect model (e.g. "
+            "models:/churnsense-aspects@champion) and add, per aspect, the negative texts about it in the longest "
+            "window; the churn model records it (the Bento carries exactly that model; batch uses it)",
+        ),
+    ] = None,
 ) -> None:
     """Train calibrated boosted trees (and a logistic baseline) on churn labels from the spec; log and register."""
     set_defaults(SCORING)  # before sklearn loads OpenMP: no spinning on 2 cores
@@ -120,7 +129,16 @@ def train_churn_command(
         from models.text_scoring import CachedTextScorer, sentiment_lineage
 
         scorer = CachedTextScorer(sentiment_lineage(sentiment_model))
-    result = train_churn(spec, config, sentiment_scorer=scorer)
+    labeler = None
+    if aspect_model:
+        if not sentiment_model:
+            raise UserError(
+                "--aspect-model: aspect features count negative texts; give --sentiment-model too"
+            )
+        from models.aspect_scoring import CachedAspectLabeler
+
+        labeler = CachedAspectLabeler.from_uri(aspect_model)
+    result = train_churn(spec, config, sentiment_scorer=scorer, aspect_labeler=labeler)
     if summary is not None:
         write_summary(result, summary)
     typer.echo(result.render())

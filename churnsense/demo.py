@@ -89,16 +89,20 @@ def run_demo(out: Path, customers: int, seed: int, sentiment_steps: int) -> None
     print(f"({time.perf_counter() - started:.1f}s)")
 
     started = _banner(
-        "5. train the churn model (event texts scored by the sentiment champion) and promote it"
+        "5. train the churn model (event texts scored by the sentiment champion, labelled by the aspect "
+        "champion) and promote it"
     )
-    from models.catalog import SENTIMENT_MODEL, champion_uri
+    from models.aspect_scoring import CachedAspectLabeler
+    from models.catalog import ASPECT_MODEL, SENTIMENT_MODEL, champion_uri
     from models.text_scoring import CachedTextScorer, sentiment_lineage
     from training.churn import train_churn
     from training.churn_promotion import promote_churn
 
-    # The churn model records this sentiment model: the batch job and the Bento use exactly it for text features.
+    # The churn model records both text models: the batch job and the Bento use exactly them for its features
+    # (sentiment aggregates; texts and negative texts per aspect).
     cached_scores = CachedTextScorer(sentiment_lineage(champion_uri(SENTIMENT_MODEL)))
-    churn_run = train_churn(spec_path, sentiment_scorer=cached_scores)
+    aspects = CachedAspectLabeler.from_uri(champion_uri(ASPECT_MODEL))
+    churn_run = train_churn(spec_path, sentiment_scorer=cached_scores, aspect_labeler=aspects)
     print(churn_run.render())
     print(promote_churn().render())
     print(f"({time.perf_counter() - started:.1f}s)")

@@ -28,7 +28,7 @@ from features.columns import (
 from features.text_features import (
     DAY_NS,
     aspect_block,
-    aspect_feature_name,
+    aspect_feature_names,
     sentiment_block,
 )
 
@@ -51,7 +51,8 @@ class FeatureSchema:
         lifetime: add features of the whole history before as_of (see `lifetime_feature_names`), for sparse
             histories that windows alone describe poorly. Off in schemas stored before they existed.
         aspects: what texts can be about (an aspect model's names, `models.aspects`): each gets the count of
-            negative texts about it in the longest window, from the `aspect` event column. Needs sentiment.
+            texts about it in the longest window and of the negative ones among them, from the `aspect` event
+            column. Needs sentiment.
     """
 
     event_types: tuple[str, ...] = ()
@@ -114,7 +115,7 @@ class FeatureSchema:
                 f"sentiment_share_negative_{longest}d",
                 "sentiment_last",
             ]
-            names += [aspect_feature_name(aspect, longest) for aspect in self.aspects]
+            names += [name for aspect in self.aspects for name in aspect_feature_names(aspect, longest)]
         return names
 
     def lifetime_feature_names(self) -> list[str]:

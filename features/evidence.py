@@ -25,7 +25,7 @@ import pandas as pd
 from features.columns import ASPECT, CUSTOMER_ID, EVENT_TYPE, SENTIMENT, TEXT, TIMESTAMP
 from features.engine import FeatureSchema, to_timestamp_ns
 from features.text import normalise_text
-from features.text_features import DAY_NS, NEGATIVE_SENTIMENT, aspect_feature_name
+from features.text_features import DAY_NS, NEGATIVE_SENTIMENT, aspect_feature_names
 
 SHOWN_EVENTS = 3  # events listed per reason (the newest; `total` says how many there are)
 
@@ -83,9 +83,9 @@ def rules_for(schema: FeatureSchema) -> dict[str, Rule]:
         )
         rules["sentiment_last"] = Rule(needs=SENTIMENT, single=True)
         for aspect in schema.aspects:
-            rules[aspect_feature_name(aspect, longest)] = Rule(
-                window=longest, needs=SENTIMENT, negative_only=True, about=aspect
-            )
+            texts, negative = aspect_feature_names(aspect, longest)
+            rules[texts] = Rule(window=longest, needs=SENTIMENT, about=aspect)
+            rules[negative] = Rule(window=longest, needs=SENTIMENT, negative_only=True, about=aspect)
     return rules
 
 

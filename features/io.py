@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from features.columns import (
+    ASPECT,
     CHURN_DATE,
     CHURNED,
     CUSTOMER_ID,
@@ -307,7 +308,8 @@ UNKNOWN_CUSTOMER = "customer id not in the customers table (or its customer row 
 
 def load_events(spec: DatasetSpec, with_text: bool = True, known_ids: pd.Index | None = None) -> Loaded:
     """Events with canonical names: `customer_id` and `event_type` (categoricals), `timestamp`
-    (datetime64[ns], naive UTC), the declared value columns (float64), and `text` / `sentiment` when declared.
+    (datetime64[ns], naive UTC), the declared value columns (float64), and `text` / `sentiment` / `aspect` when
+    declared.
 
     Rows without an id or type, with an unparseable timestamp or a non-numeric value go to rejects, and so do
     rows of customers not in `known_ids` when it is given (the loaded customers table: their events could
@@ -321,6 +323,8 @@ def load_events(spec: DatasetSpec, with_text: bool = True, known_ids: pd.Index |
         columns.append(es.text)
     if es.sentiment:
         columns.append(es.sentiment)
+    if es.sentiment and es.aspect:
+        columns.append(es.aspect)
     columns = list(dict.fromkeys(columns))
     frame = read_table(
         spec, es, columns=columns, string_columns=(es.id, es.type), dictionary_columns=(es.id, es.type)
@@ -357,6 +361,8 @@ def load_events(spec: DatasetSpec, with_text: bool = True, known_ids: pd.Index |
         columns[TEXT] = frame[es.text].astype("string")
     if es.sentiment:
         columns[SENTIMENT] = pd.to_numeric(frame[es.sentiment], errors="coerce").astype("float64")
+    if es.sentiment and es.aspect:
+        columns[ASPECT] = frame[es.aspect].astype("str")
     out = pd.DataFrame(columns, copy=False)
     keep = np.ones(len(out), dtype=bool)
     for mask, column, reason in checks:

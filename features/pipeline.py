@@ -19,7 +19,7 @@ import pandas as pd
 
 from churnsense.errors import UserError
 from churnsense.files import atomic_write_parquet
-from features.columns import AS_OF, CHURNED, CUSTOMER_ID, SENTIMENT, TEXT
+from features.columns import AS_OF, ASPECT, CHURNED, CUSTOMER_ID, SENTIMENT, TEXT
 from features.engine import FeatureSchema, build_customer_features, infer_schema
 from features.io import empty_rejects, load_customers, load_events
 from features.labels import label_snapshots
@@ -30,6 +30,8 @@ from features.text import normalise_texts
 logger = logging.getLogger(__name__)
 
 SentimentScorer = Callable[[Sequence[str]], np.ndarray]  # texts -> scores in [-1, 1]
+# texts -> what each is about (a name of the labeler's `names`, or its "none"); `names`: the aspects proper.
+AspectLabeler = Callable[[Sequence[str]], list[str | None]]
 
 
 @dataclass
@@ -40,6 +42,7 @@ class SpecData:
     customers: pd.DataFrame | None
     events: pd.DataFrame | None
     rejects: pd.DataFrame
+    aspects: tuple[str, ...] = ()  # the aspects the events' `aspect` column names (an aspect labeler's)
 
 
 def add_sentiment(events: pd.DataFrame, scorer: SentimentScorer) -> pd.DataFrame:
@@ -60,16 +63,30 @@ def add_sentiment(events: pd.DataFrame, scorer: SentimentScorer) -> pd.DataFrame
     return out
 
 
+def add_aspects(events: pd.DataFrame, labeler: AspectLabeler) -> pd.DataFrame:
+    """Fill the `aspect` column for events with text (missing elsewhere), as `add_sentiment` sees texts."""
+    if TEXT not in events.columns or events[TEXT].isna().all():
+        return events.assign(**{ASPECT: pd.array([None] * len(events), dtype="str")})
+    texts = normalise_texts(events[TEXT].to_numpy(dtype=object))
+    has_text = has_text_mask(texts)
+    about = np.full(len(events), None, dtype=object)
+    if has_text.any():
+        about[has_text] = labeler([t for t in texts if t is not None])
+    return events.assign(**{ASPECT: pd.array(about, dtype="str")})
+
+
 def load_data(
     spec: DatasetSpec,
     sentiment_scorer: SentimentScorer | None = None,
     with_text: bool = True,
     numeric_columns: Sequence[str] = (),
+    aspect_labeler: AspectLabeler | None = None,
 ) -> SpecData:
     """Load customers and events (whichever the spec declares); optionally score event texts.
 
     `numeric_columns`: profile columns a model reads as numbers (its schema's `profile_numeric`); a customer
-    whose value there is not a number is rejected, as the service answers 400 for it.
+    whose value there is not a number is rejected, as the service answers 400 for it. `aspect_labeler` (with
+    `sentiment_scorer`): each text also gets its aspect, and the data its `aspects` (the labeler's `names`).
     """
     customers = events = None
     rejects = [empty_rejects()]
@@ -82,8 +99,11 @@ def load_data(
         rejects.append(bad)
         if sentiment_scorer is not None and spec.events.sentiment is None:
             events = add_sentiment(events, sentiment_scorer)
+            if aspect_labeler is not None:
+                events = add_aspects(events, aspect_labeler)
     rejects = [r for r in rejects if len(r)] or [empty_rejects()]
-    return SpecData(spec, customers, events, pd.concat(rejects, ignore_index=True))
+    aspects = tuple(getattr(aspect_labeler, "names", ())) if events is not None and ASPECT in events else ()
+    return SpecData(spec, customers, events, pd.concat(rejects, ignore_index=True), aspects)
 
 
 def schema_for(spec: DatasetSpec, data: SpecData, windows: tuple[int, ...] = (7, 30, 90)) -> FeatureSchema:
@@ -96,6 +116,7 @@ def schema_for(spec: DatasetSpec, data: SpecData, windows: tuple[int, ...] = (7,
         value_columns=tuple(values),
         windows=windows,
         exclude_event_types=(churn_event,) if churn_event else (),
+        aspects=data.aspects,
     )
 
 

@@ -74,6 +74,11 @@ class EventsSpec(TableSpec):
     values: tuple[str, ...] = Field((), description="numeric columns aggregated per window")
     churn_event: str | None = Field(None, description="event type that means the customer left")
     sentiment: str | None = Field(None, description="precomputed sentiment score column in [-1, 1]")
+    aspect: str | None = Field(
+        None,
+        description="precomputed aspect column (what each text is about, as the churn model's aspect model names "
+        "it); read only with `sentiment`, by a churn model that counts negative texts per aspect",
+    )
     event_id: str | None = Field(
         None, description="unique event id column: `churnsense ingest` keys events by it (else by content)"
     )

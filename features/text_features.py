@@ -17,13 +17,13 @@ DAY_NS = 86_400 * 1_000_000_000
 NEGATIVE_SENTIMENT = -0.3  # a text with score below this counts as negative in `share_negative`
 
 
-def aspect_feature_name(aspect: str, window: int) -> str:
-    """`n_negative_about_<aspect>_<window>d`, the aspect's name in lower case with runs of anything but letters
-    and digits as one `_` ("Late Flight" -> `late_flight`)."""
+def aspect_feature_names(aspect: str, window: int) -> tuple[str, str]:
+    """(`n_texts_about_<aspect>_<window>d`, `n_negative_about_<aspect>_<window>d`): the aspect's name in lower
+    case with runs of anything but letters and digits as one `_` ("Late Flight" -> `late_flight`)."""
     slug = re.sub(r"[^0-9a-z]+", "_", aspect.lower()).strip("_")
     if not slug:
         raise ValueError(f"aspect {aspect!r}: its name needs a letter or a digit to name a feature")
-    return f"n_negative_about_{slug}_{window}d"
+    return f"n_texts_about_{slug}_{window}d", f"n_negative_about_{slug}_{window}d"
 
 
 def sentiment_block(
@@ -80,17 +80,18 @@ def aspect_block(
         raise ValueError(
             "this feature schema needs an `aspect` column on the events (the aspect of each text)"
         )
-    about = events[ASPECT]
-    missing = about.isna().to_numpy()
-    code = pd.Index(aspects).get_indexer(about.astype(str)).astype(np.int64)
+    named = events[ASPECT]
+    missing = named.isna().to_numpy()
+    code = pd.Index(aspects).get_indexer(named.astype(str)).astype(np.int64)
     code[missing] = -1
     code = code[keep]
     score = events[SENTIMENT].to_numpy(dtype="float64")[keep]
-    counted = (code >= 0) & (score < NEGATIVE_SENTIMENT) & (age <= longest * DAY_NS)  # NaN scores: never
-    table = np.bincount(
-        customer[counted] * len(aspects) + code[counted], minlength=n_customers * len(aspects)
-    ).reshape(n_customers, len(aspects))
-    return {
-        aspect_feature_name(aspect, longest): table[:, j].astype("float64")
-        for j, aspect in enumerate(aspects)
-    }
+    about = (code >= 0) & ~np.isnan(score) & (age <= longest * DAY_NS)
+    out = {}
+    for which, counted in enumerate((about, about & (score < NEGATIVE_SENTIMENT))):
+        table = np.bincount(
+            customer[counted] * len(aspects) + code[counted], minlength=n_customers * len(aspects)
+        ).reshape(n_customers, len(aspects))
+        for j, aspect in enumerate(aspects):
+            out[aspect_feature_names(aspect, longest)[which]] = table[:, j].astype("float64")
+    return out

@@ -96,6 +96,9 @@ class ZeroShotAspects:
         self.names, self.descriptions = list(names), list(descriptions)
         self.threshold, self.none_label = float(threshold), none_label
         self.max_length, self.quantized, self.source = int(max_length), bool(quantize), source
+        self.digest: str | None = (
+            None  # the saved folder's `models.lineage.artifact_digest`, when loaded from one
+        )
         self.labels = [*self.names, self.none_label]
         self.encoder = invariant_encoder(model.eval(), self.quantized)
         self._targets = self.embed(self.descriptions)
@@ -155,8 +158,10 @@ class ZeroShotAspects:
     @classmethod
     def from_folder(cls, folder: Path, quantize: bool = True) -> ZeroShotAspects:
         """A folder `save` wrote."""
+        from models.lineage import artifact_digest
+
         spec = json.loads((folder / ASPECTS_FILE).read_text(encoding="utf-8"))
-        return cls.from_encoder(
+        model = cls.from_encoder(
             folder,
             list(spec["names"]),
             list(spec["descriptions"]),
@@ -166,6 +171,8 @@ class ZeroShotAspects:
             quantize=quantize,
             source=str(folder),
         )
+        model.digest = artifact_digest(folder)
+        return model
 
 
 class TrainedAspects:
@@ -178,6 +185,7 @@ class TrainedAspects:
         self.names = list(classifier.labels)
         self.labels = self.names
         self.source = classifier.source
+        self.digest, self.quantized = classifier.digest, classifier.quantized
 
     def predict(self, texts: list[str | None]) -> AspectPredictions:
         proba = self.classifier.predict_proba(list(texts)).astype(np.float64)

@@ -170,6 +170,8 @@ class ChurnModel:
         # The sentiment model that built the text features it was trained on (None: no text features, or a
         # model trained before lineage was recorded). Set by `load` from the model's metadata.
         self.sentiment_lineage: Any = None
+        # The aspect model that labelled the texts its `n_negative_about_*` features count (`AspectLineage`).
+        self.aspect_lineage: Any = None
         self._encode = pipeline[:-1]
         calibrated = pipeline[-1]
         pair = calibrated.calibrated_classifiers_[0]
@@ -266,6 +268,10 @@ class ChurnModel:
             from models.lineage import SentimentLineage
 
             model.sentiment_lineage = SentimentLineage.from_dict(metadata["sentiment_model"])
+        if metadata.get("aspect_model"):
+            from models.lineage import AspectLineage
+
+            model.aspect_lineage = AspectLineage.from_dict(metadata["aspect_model"])
         logger.info(
             "loaded churn model %s (version %s, %s calibration)", uri, model.version, model.calibration
         )

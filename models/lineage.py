@@ -1,8 +1,9 @@
-"""A sentiment model's identity: what its scores are a function of, and what a churn model records of it.
+"""A text model's identity (sentiment, aspects): what its answers are a function of, and what a churn model
+records of it.
 
 Text scores are a function of the normalised text, the model's saved files and the inference arithmetic
 (`models.text_encoder`). `artifact_digest` hashes the files, `scoring_id` adds the arithmetic, and
-`SentimentLineage` carries both with the registry name and version. No torch here: batch workers unpickle
+`SentimentLineage` (`AspectLineage`) carries both with the registry name and version. No torch here: batch workers unpickle
 lineages without loading a model.
 """
 
@@ -94,8 +95,9 @@ class SentimentLineage:
         )
 
 
-def check_lineage(expected: SentimentLineage, classifier: Any, what: str) -> None:
-    """Raise `LineageError` unless `classifier` scores exactly as the model `expected` describes."""
+def check_lineage(expected: SentimentLineage | AspectLineage, classifier: Any, what: str) -> None:
+    """Raise `LineageError` unless `classifier` (a sentiment or an aspect model) answers exactly as the model
+    `expected` describes."""
     if classifier.digest != expected.artifact_digest or classifier.quantized != expected.quantized:
         got = (
             f"digest {str(classifier.digest)[:12]}, {'int8' if classifier.quantized else 'fp32'}"
@@ -105,4 +107,58 @@ def check_lineage(expected: SentimentLineage, classifier: Any, what: str) -> Non
         raise LineageError(
             f"{what}: expected {expected.describe()}, found {got}; its text scores would differ from the ones "
             "the churn model was trained on"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class AspectLineage:
+    """Which aspect model says what texts are about, precisely enough to reproduce its answers bit for bit.
+
+    Attributes:
+        model_uri / artifact_digest / quantized / name / version: as in `SentimentLineage`.
+        labels: every answer the model gives, in its order (the aspect names, then its "none" for a zero-shot
+            model): caches store a text's aspect as its position here, so a warm cache needs no model.
+        names: the aspects proper (what the churn features count), a prefix of `labels`.
+    """
+
+    model_uri: str
+    artifact_digest: str
+    quantized: bool
+    labels: tuple[str, ...]
+    names: tuple[str, ...]
+    name: str | None = None
+    version: str | None = None
+
+    @property
+    def scoring_id(self) -> str:
+        return "aspects-" + scoring_id(self.artifact_digest, self.quantized)
+
+    def describe(self) -> str:
+        where = f"{self.name} v{self.version}" if self.version else self.model_uri
+        return f"{where} ({'int8' if self.quantized else 'fp32'}, digest {self.artifact_digest[:12]})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) | {"scoring_id": self.scoring_id}
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> AspectLineage:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in raw.items() if k in fields}
+        return cls(**values | {k: tuple(values[k]) for k in ("labels", "names")})
+
+    @classmethod
+    def of(cls, model: Any, model_uri: str | None = None) -> AspectLineage:
+        """The lineage of a loaded aspect model (`models.aspects`; it must have been loaded from files)."""
+        if not getattr(model, "digest", None):
+            raise LineageError("aspect model: loaded from memory, it has no artifact digest to record")
+        uri = model_uri or str(model.source or "")
+        pinned = registry_name_version(uri)
+        return cls(
+            model_uri=uri,
+            artifact_digest=model.digest,
+            quantized=bool(model.quantized),
+            labels=tuple(model.labels),
+            names=tuple(model.names),
+            name=pinned[0] if pinned else None,
+            version=pinned[1] if pinned else None,
         )

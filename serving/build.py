@@ -120,6 +120,38 @@ def coupled_sentiment_version(churn_version: Any) -> Any:
     return sentiment
 
 
+def coupled_aspect_version(churn_version: Any) -> Any:
+    """The aspect registry version to serve beside a churn version: the one its aspect features came from (not
+    necessarily the champion), else the aspect champion if any (it then only annotates evidence and /sentiment).
+
+    Raises:
+        UserError: the churn model records an aspect model that is not a registered version.
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import get_model_info
+
+    from models.lineage import AspectLineage
+
+    metadata = get_model_info(f"models:/{CHURN_MODEL}/{churn_version.version}").metadata or {}
+    if not metadata.get("aspect_model"):
+        return champion_version(ASPECT_MODEL)
+    lineage = AspectLineage.from_dict(metadata["aspect_model"])
+    if lineage.name != ASPECT_MODEL or lineage.version is None:
+        raise UserError(
+            f"{CHURN_MODEL} v{churn_version.version} counts negative texts per aspect by {lineage.describe()}, "
+            f"which is not a version of {ASPECT_MODEL}: the Bento can only carry a registered one; retrain with "
+            f"--aspect-model models:/{ASPECT_MODEL}@champion"
+        )
+    try:
+        return MlflowClient().get_model_version(ASPECT_MODEL, str(lineage.version))
+    except MlflowException:
+        raise UserError(
+            f"{CHURN_MODEL} v{churn_version.version} was trained with {lineage.describe()}, which the registry "
+            f"({tracking_uri()}) no longer has"
+        ) from None
+
+
 def import_champion(name: str, version: Any = None) -> ImportedModel:
     """Copy a registered MLflow model version (default: the `champion`) into the BentoML model store.
 
@@ -210,8 +242,8 @@ def build_bento(bentofile: Path = BENTOFILE, version: str | None = None) -> str:
     churn = _champion(CHURN_MODEL)
     sentiment = coupled_sentiment_version(churn)  # refuses a pair that was not trained together
     models = [import_champion(CHURN_MODEL, churn), import_champion(SENTIMENT_MODEL, sentiment)]
-    aspects = champion_version(ASPECT_MODEL)
-    if aspects is not None:  # optional: /sentiment then says what each text is about
+    aspects = coupled_aspect_version(churn)  # the churn model's own, else the champion (optional)
+    if aspects is not None:  # /sentiment then says what each text is about, and evidence too
         models.append(import_champion(ASPECT_MODEL, aspects))
     with tempfile.TemporaryDirectory(prefix="churnsense-build-") as folder:
         pinned_file = Path(folder) / "bentofile.yaml"

@@ -23,7 +23,7 @@ from features.columns import CUSTOMER_ID, EVENT_TYPE, SIGNUP_DATE, TEXT, TIMESTA
 from features.engine import FeatureSchema, build_customer_features
 from features.evidence import EvidenceFinder
 from features.io import not_a_number_text
-from features.pipeline import add_sentiment
+from features.pipeline import add_aspects, add_sentiment
 from features.text import normalise_texts
 from serving.schemas import (
     ChurnRiskRequest,
@@ -171,6 +171,7 @@ def score_requests(
     now: dt.datetime | None = None,
     check: bool = True,
     evidence: EvidenceFinder | None = None,
+    aspects: Mapping[str, str] | None = None,
 ) -> list[ChurnRiskResponse]:
     """Churn risk for validated requests, in request order; requests without `as_of` are scored as of `now`.
 
@@ -184,9 +185,13 @@ def score_requests(
         check: run `check_against_schema` first (the service has already run it, before scoring texts).
         evidence: finds the events behind each reason of the requests that ask for it (built from `schema`
             when not given: the service keeps one).
+        aspects: what every (normalised) event text is about, by the churn model's aspect model; needed when
+            `schema.aspects` is not empty.
     """
     if check:
         check_against_schema(requests, schema)
+    if schema.aspects and aspects is None:
+        raise ValueError("this churn model counts texts per aspect: give `aspects` (what each text is about)")
     evidence = evidence or EvidenceFinder(schema)
 
     def polarity(texts: Sequence[str]) -> np.ndarray:
@@ -203,6 +208,8 @@ def score_requests(
         # and the engine gives one row per key. With `customers` given, its rows come out in this order.
         keys = [str(k) for k in range(len(group))]
         events = add_sentiment(events_frame(group, schema, keys), polarity)
+        if schema.aspects:
+            events = add_aspects(events, lambda texts: [aspects[text] for text in texts])
         features = build_customer_features(
             events, as_of, schema, customers=customers_frame(group, schema, keys)
         )

@@ -136,12 +136,17 @@ class ChurnSense:
         )
         self.aspects = None
         self.aspect_version = None
+        aspect_lineage = self.churn_model.aspect_lineage
         if self.aspects_ref is not None:
             from models.aspects import AspectCache, load_aspect_model
 
-            self.aspects = load_aspect_model(self.aspects_ref.path_of(MLFLOW_MODEL_FOLDER))
+            self.aspects = load_aspect_model(
+                self.aspects_ref.path_of(MLFLOW_MODEL_FOLDER),
+                quantize=aspect_lineage.quantized if aspect_lineage is not None else None,
+            )
             self.aspect_cache = AspectCache(self.aspects)  # evidence quotes the same texts again and again
             self.aspect_version = _mlflow_version(self.aspects_ref)
+        _check_aspects(self.churn_model, self.aspects)
         publish_model_fields(self.churn_model.schema)  # /docs.json lists the fields the model reads
         self.store = EventStore.from_environment()
         self.versions = ModelVersions(
@@ -348,7 +353,14 @@ class ChurnSense:
         check_against_schema(requests, self.churn_model.schema)
         distinct = list(dict.fromkeys(text for request in requests for text in request_texts(request)))
         scored = dict(zip(distinct, await self._classify_batched(distinct), strict=True))
-        answers = list(await asyncio.gather(*(self._churn_batcher.submit((r, scored)) for r in requests)))
+        about: dict[str, str] = {}
+        if self.churn_model.schema.aspects and distinct:  # the churn features count negative texts per aspect
+            about = dict(
+                zip(distinct, await asyncio.to_thread(self._evidence_aspects, distinct), strict=True)
+            )
+        answers = list(
+            await asyncio.gather(*(self._churn_batcher.submit((r, scored, about)) for r in requests))
+        )
         await self._annotate_evidence(answers, [bool(r.phrases) for r in requests])
         return answers
 
@@ -393,7 +405,7 @@ class ChurnSense:
                 event.aspect = aspect
 
     def _score_batch(
-        self, items: list[tuple[ChurnRiskRequest, dict[str, TextSentiment]]]
+        self, items: list[tuple[ChurnRiskRequest, dict[str, TextSentiment], dict[str, str]]]
     ) -> list[ChurnRiskResponse]:
         """Worker thread: concurrent requests (those sharing an as_of, and all without one) scored together."""
         from serving.scoring import score_requests
@@ -401,16 +413,19 @@ class ChurnSense:
 
         limit_this_thread(self.settings.threads)
         scored: dict[str, TextSentiment] = {}
-        for _, texts in items:
+        about: dict[str, str] = {}
+        for _, texts, aspects in items:
             scored.update(texts)
+            about.update(aspects)
         return score_requests(
-            [request for request, _ in items],
+            [request for request, _, _ in items],
             self.churn_model.schema,
             lambda features: self.churn_model.score(features, top_k=self.settings.top_reasons),
             scored,
             self.versions,
             check=False,  # `_score` checked these requests before their texts were scored
             evidence=self.evidence,
+            aspects=about,
         )
 
     def _warm_up(self) -> None:
@@ -419,6 +434,7 @@ class ChurnSense:
         as_of = dt.datetime.now(dt.UTC)
         texts = ["thanks, that fixed it", "still broken and nobody answers"]
         scored = dict(zip(texts, self._classify(texts), strict=True))
+        about = dict(zip(texts, self._evidence_aspects(texts), strict=True)) if schema.aspects else {}
         profile = {name: None for name in (*schema.profile_numeric, *schema.profile_categorical)}
         types = [*schema.event_types, "other"]
         events = [
@@ -430,7 +446,7 @@ class ChurnSense:
             {"customer": {"customer_id": "warm-up", **profile}, "events": events, "as_of": as_of}
         )
         for _ in range(3):
-            self._score_batch([(request, scored)])
+            self._score_batch([(request, scored, about)])
 
 
 # Connections opened in a burst land unevenly on the workers and stay there: even them out (serving.connections).
@@ -468,6 +484,22 @@ def _check_coupled(churn_model: object, sentiment_model: object) -> None:
             "sentiment model built them; retrain it (churnsense train churn --sentiment-model ...)"
         )
     check_lineage(churn_model.sentiment_lineage, sentiment_model, what="the Bento's sentiment model")
+
+
+def _check_aspects(churn_model: object, aspects: object) -> None:
+    """Refuse to count negative texts per aspect with any aspect model but the one the churn model was trained
+    with (`churnsense build` imports that one)."""
+    from models.lineage import LineageError, check_lineage
+
+    lineage = churn_model.aspect_lineage
+    if lineage is None:
+        return
+    if aspects is None:
+        raise LineageError(
+            f"churn model v{churn_model.version} counts negative texts per aspect, but the Bento has no aspect "
+            f"model; build it again (churnsense build imports {lineage.describe()})"
+        )
+    check_lineage(lineage, aspects, what="the Bento's aspect model")
 
 
 def _mlflow_version(stored: bentoml.Model) -> str:

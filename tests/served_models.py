@@ -54,10 +54,8 @@ def trained(demo_data: Path, session_tmp: Path) -> dict:
     from models.sentiment import SentimentClassifier
 
     scorer = SentimentClassifier.load("models:/churnsense-sentiment@champion")  # int8, as served
-    # A short search: what is served does not depend on how the trees were chosen.
-    train_churn(demo_data, ChurnConfig(search={"max_trials": 3}), sentiment_scorer=scorer)
-    promote_churn(force=True)
-    # A zero-shot aspect model on the tiny encoder: the Bento then answers /sentiment with aspects.
+    # A zero-shot aspect model on the tiny encoder: the churn model counts negative texts per aspect with it,
+    # and the Bento answers /sentiment with aspects.
     from training.aspects import load_aspect_config, promote_aspects, train_zero_shot
 
     taxonomy = session_tmp / "aspects.yaml"
@@ -75,6 +73,16 @@ def trained(demo_data: Path, session_tmp: Path) -> dict:
     )
     train_zero_shot(load_aspect_config(taxonomy))
     promote_aspects(force=True)
+    from models.aspect_scoring import CachedAspectLabeler
+
+    labeler = CachedAspectLabeler.from_uri(
+        "models:/churnsense-aspects@champion", session_tmp / "aspect_cache"
+    )
+    # A short search: what is served does not depend on how the trees were chosen.
+    train_churn(
+        demo_data, ChurnConfig(search={"max_trials": 3}), sentiment_scorer=scorer, aspect_labeler=labeler
+    )
+    promote_churn(force=True)
     # Other test modules share the session store and register versions too: ask which ones are champion.
     from mlflow import MlflowClient
 
@@ -155,11 +163,14 @@ def offline_score(models, customers, events, customer_id, as_of) -> pd.Series:
     """The batch path for one customer: the engine on the loaded tables, then ChurnModel.score."""
     from features.columns import CUSTOMER_ID
     from features.engine import build_customer_features
-    from features.pipeline import add_sentiment
+    from features.pipeline import add_aspects, add_sentiment
+    from models.aspect_scoring import CachedAspectLabeler
 
     churn, sentiment = models
     mine = events[events[CUSTOMER_ID] == customer_id]
     scored = add_sentiment(mine, sentiment)
+    if churn.aspect_lineage is not None:
+        scored = add_aspects(scored, CachedAspectLabeler(churn.aspect_lineage))
     one = customers[customers[CUSTOMER_ID] == customer_id]
     features = build_customer_features(scored, as_of, churn.schema, customers=one)
     return churn.score(features, top_k=current_settings().top_reasons).loc[customer_id]

@@ -32,11 +32,10 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 from sklearn.pipeline import Pipeline
 
-from churnsense.errors import UserError
 from churnsense.files import atomic_write_text
 from features.columns import AS_OF, CHURNED, CUSTOMER_ID, TIMESTAMP
 from features.engine import FEATURE_VERSION, FeatureSchema
-from features.pipeline import SentimentScorer, SpecData
+from features.pipeline import AspectLabeler, SentimentScorer, SpecData
 from features.spec import DatasetSpec, load_spec
 from models.churn import ChurnModel, RiskCutoffs, prepare_features, risk_band
 from training import plots
@@ -54,6 +53,7 @@ from training.churn_fit import (
     fit_baseline,
     fit_calibrated,
 )
+from training.churn_lineage import lineage_tags, text_aspect_lineage, text_sentiment_lineage
 
 logger = logging.getLogger(__name__)
 
@@ -170,11 +170,14 @@ def model_metadata(
     choice: ChurnChoice,
     pipeline: Pipeline,
     sentiment: dict[str, Any] | None = None,
+    aspects: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What `ChurnModel.load` checks and needs: feature version, schema JSON, column order, cut-offs, and the
-    sentiment model that scored the event texts (`models.text_scoring.SentimentLineage`), if any."""
+    sentiment model that scored the event texts (`models.lineage.SentimentLineage`) and the aspect model that
+    labelled them (`AspectLineage`), if any."""
     return {
         "sentiment_model": sentiment,
+        "aspect_model": aspects,
         "feature_version": FEATURE_VERSION,
         "feature_schema": schema.to_json(),
         "feature_columns": schema.feature_names(),
@@ -262,6 +265,7 @@ def log_churn_run(
     evaluation: Evaluation,
     workdir: Path,
     sentiment: dict[str, Any] | None = None,
+    aspects: dict[str, Any] | None = None,
 ) -> tuple[str, str, str]:
     """Log params, metrics, plots, config, spec, fingerprints, the validation frame, the rows `final` was
     fitted on and both models to the active run; register `final`. Returns (run id, version, model URI)."""
@@ -310,7 +314,7 @@ def log_churn_run(
             "spec": str(spec.source or ""),
             "data_sha256": str(fingerprints["training_frame"]["sha256"]),
         }
-        | _lineage_tags(sentiment)
+        | lineage_tags(sentiment, aspects)
     )
     mlflow.log_text(config.to_yaml(), "config/churn.yaml")
     mlflow.log_text(_spec_yaml(spec), "spec/spec.yaml")
@@ -346,7 +350,7 @@ def log_churn_run(
         input_example=example,
         pip_requirements=pip_requirements(),
         pyfunc_predict_fn="predict_proba",
-        metadata=model_metadata(schema, config.risk_bands.cutoffs(), choice, final, sentiment),
+        metadata=model_metadata(schema, config.risk_bands.cutoffs(), choice, final, sentiment, aspects),
         skops_trusted_types=skops_trusted_types(final),
         registered_model_name=config.registered_model_name,
     )
@@ -368,39 +372,9 @@ def log_churn_run(
         "calibration": choice.calibration,
         "validation_roc_auc": f"{evaluation.metrics['roc_auc']:.4f}",
         "code_version": code_version(),
-    }.items() | _lineage_tags(sentiment).items():
+    }.items() | lineage_tags(sentiment, aspects).items():
         client.set_model_version_tag(config.registered_model_name, version, key, value)
     return run.info.run_id, version, f"models:/{config.registered_model_name}/{version}"
-
-
-def _lineage_tags(sentiment: dict[str, Any] | None) -> dict[str, str]:
-    if not sentiment:
-        return {}
-    return {
-        "sentiment_model": f"{sentiment.get('name') or sentiment['model_uri']}",
-        "sentiment_model_version": str(sentiment.get("version") or ""),
-        "sentiment_scoring_id": str(sentiment["scoring_id"]),
-    }
-
-
-def text_sentiment_lineage(
-    spec: DatasetSpec, sentiment_scorer: SentimentScorer | None
-) -> dict[str, Any] | None:
-    """The lineage a churn model records for its text features: that of the scorer when event texts are scored
-    (None when there are none, or the spec brings its own sentiment column). An anonymous scorer is refused:
-    nobody could reproduce its scores at serving time."""
-    from models.text_scoring import lineage_of_scorer
-
-    if sentiment_scorer is None or spec.events is None or spec.events.sentiment or not spec.events.text:
-        return None
-    lineage = lineage_of_scorer(sentiment_scorer)
-    if lineage is None:
-        raise UserError(
-            "sentiment scorer: it does not say which model it is, so the service and batch jobs could not "
-            "reproduce the churn model's text features; pass a models.text_scoring.CachedTextScorer or a "
-            "SentimentClassifier loaded from a registered model or folder"
-        )
-    return lineage.to_dict()
 
 
 # --- the whole chain ---------------------------------------------------------------------------------------
@@ -418,6 +392,7 @@ def train_churn(
     config: ChurnConfig | str | Path | None = None,
     sentiment_scorer: SentimentScorer | None = None,
     run_name: str | None = None,
+    aspect_labeler: AspectLabeler | None = None,
 ) -> ChurnRunResult:
     """Train, evaluate, log and register a churn model from a dataset spec.
 
@@ -426,6 +401,8 @@ def train_churn(
         config: a `ChurnConfig`, the path of a config YAML file, or None for the defaults.
         sentiment_scorer: scores event texts in [-1, 1] (adds sentiment features) when the spec has text.
         run_name: MLflow run name (default: "churn <spec file name>").
+        aspect_labeler: says what each scored text is about (`models.aspect_scoring.CachedAspectLabeler`):
+            adds negative texts per aspect to the features; the model records which aspect model it was.
     Raises:
         UserError: bad spec or config, data that does not validate, labels that cannot train a model.
     """
@@ -440,8 +417,9 @@ def train_churn(
     if not isinstance(config, ChurnConfig):
         config = load_config(config)
     sentiment = text_sentiment_lineage(spec, sentiment_scorer)
+    aspects = text_aspect_lineage(spec, sentiment, aspect_labeler)
     with _timed(timings, "load"):
-        data = load_training_data(spec, sentiment_scorer)
+        data = load_training_data(spec, sentiment_scorer, aspect_labeler)
     with _timed(timings, "label_and_features"):
         frame, schema = label_training_data(data, config.min_positives)
     with _timed(timings, "split"):
@@ -482,6 +460,7 @@ def train_churn(
                 evaluation=evaluation,
                 workdir=workdir,
                 sentiment=sentiment,
+                aspects=aspects,
             )
         timings["total"] = round(time.perf_counter() - started, 3)
         mlflow.log_metrics({f"time_{k}_s": v for k, v in timings.items()})

@@ -19,7 +19,7 @@ from churnsense.errors import UserError
 from features.columns import AS_OF, CHURNED, CUSTOMER_ID, TIMESTAMP
 from features.engine import FeatureSchema
 from features.labels import MIN_POSITIVES, censored_as_of
-from features.pipeline import SentimentScorer, SpecData, load_data, schema_for, training_frame
+from features.pipeline import AspectLabeler, SentimentScorer, SpecData, load_data, schema_for, training_frame
 from features.spec import DatasetSpec
 
 logger = logging.getLogger(__name__)
@@ -32,7 +32,11 @@ class ChurnDataError(UserError):
 # --- load, validate, label -------------------------------------------------------------------------------
 
 
-def load_training_data(spec: DatasetSpec, sentiment_scorer: SentimentScorer | None = None) -> SpecData:
+def load_training_data(
+    spec: DatasetSpec,
+    sentiment_scorer: SentimentScorer | None = None,
+    aspect_labeler: AspectLabeler | None = None,
+) -> SpecData:
     """Validate the files a spec names (refusing on errors) and load customers and events in canonical form.
 
     Raises:
@@ -52,7 +56,12 @@ def load_training_data(spec: DatasetSpec, sentiment_scorer: SentimentScorer | No
         listed = "; ".join(problem.render() for problem in errors[:5])
         more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
         raise UserError(f"{spec.source or 'spec'} does not validate: {listed}{more}")
-    return load_data(spec, sentiment_scorer=sentiment_scorer, with_text=sentiment_scorer is not None)
+    return load_data(
+        spec,
+        sentiment_scorer=sentiment_scorer,
+        with_text=sentiment_scorer is not None,
+        aspect_labeler=aspect_labeler,
+    )
 
 
 def check_label_windows(data: SpecData) -> None:

@@ -462,3 +462,27 @@ def test_two_first_trainings_at_once_on_a_new_store_both_succeed(demo_spec, tmp_
 
     versions = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"]).search_model_versions(f"name = '{NAME}'")
     assert sorted(int(v.version) for v in versions) == [1, 2]
+
+
+def test_aspect_features_need_scored_texts(demo_spec, tmp_path, monkeypatch, capsys):
+    """An aspect model counts negative texts per aspect: without a sentiment model there are none to count, and
+    the command says so (exit 2) before loading anything; so does the Python API."""
+    from churnsense import cli
+
+    argv = [
+        "churnsense",
+        "train",
+        "churn",
+        "--spec",
+        str(demo_spec),
+        "--aspect-model",
+        str(tmp_path / "none"),
+    ]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --aspect-model") and "--sentiment-model" in err
+    with pytest.raises(UserError, match="needs event texts scored by a sentiment model"):
+        train_churn(demo_spec, aspect_labeler=lambda texts: ["billing"] * len(texts))

@@ -285,6 +285,9 @@ def test_online_scoring_in_process_equalsoffline_score(models, canonical):
         t: TextSentiment(label="x", score=0.0, scores={}, polarity=float(p))
         for t, p in zip(texts, polarity, strict=True)
     }
+    from models.aspect_scoring import CachedAspectLabeler
+
+    about = dict(zip(texts, CachedAspectLabeler(churn.aspect_lineage)(texts), strict=True))
     # Per customer (one request each, as the service gets them), and all three in one vectorised call.
     for cid, request in zip(ids, requests, strict=True):
         own = {t: scored[t] for t in request_texts(request)}
@@ -294,22 +297,23 @@ def test_online_scoring_in_process_equalsoffline_score(models, canonical):
             churn.score,
             own,
             ModelVersions(churn="1", sentiment="1", sentiment_scoring_id="test"),
+            aspects=about,
         )
         offline = offline_score(models, customers, events, cid, as_of)
         assert math.isclose(answer.churn_risk, float(offline["churn_risk"]), rel_tol=0, abs_tol=1e-9)
         assert answer.risk_band == offline["risk_band"]
     versions = ModelVersions(churn="1", sentiment="1", sentiment_scoring_id="test")
-    together = score_requests(requests, churn.schema, churn.score, scored, versions)
+    together = score_requests(requests, churn.schema, churn.score, scored, versions, aspects=about)
     assert [a.customer_id for a in together] == ids
     # Concurrent requests about the same customer, and one without as_of (scored as of `now`), in one batch.
     now = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
     undated = requests[1].model_copy(update={"as_of": None})
     mixed = score_requests(
-        [requests[0], requests[0], undated], churn.schema, churn.score, scored, versions, now
+        [requests[0], requests[0], undated], churn.schema, churn.score, scored, versions, now, aspects=about
     )
     assert mixed[0] == mixed[1] == together[0]
     dated = requests[1].model_copy(update={"as_of": now})
-    (alone,) = score_requests([dated], churn.schema, churn.score, scored, versions)
+    (alone,) = score_requests([dated], churn.schema, churn.score, scored, versions, aspects=about)
     assert mixed[2] == alone and alone.as_of == now
 
 

@@ -28,7 +28,6 @@ from tests.served_models import pick_customers, request_for
 pytestmark = pytest.mark.slow
 
 N_SERVED = 12  # customers per as_of sent over HTTP (each in three ways)
-ASPECTS = "models:/churnsense-aspects@champion"
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +40,17 @@ def truth(trained, models, tmp_path_factory) -> dict:
 
     churn, _ = models
     spec = load_spec(trained["spec"])
-    scorer = CachedTextScorer(churn.sentiment_lineage, tmp_path_factory.mktemp("skew_cache"))
-    data = load_training_data(spec, scorer)
+    from models.aspect_scoring import CachedAspectLabeler
+
+    cache = tmp_path_factory.mktemp("skew_cache")
+    scorer = CachedTextScorer(churn.sentiment_lineage, cache)
+    assert churn.aspect_lineage is not None, "the served churn model counts negative texts per aspect"
+    data = load_training_data(spec, scorer, CachedAspectLabeler(churn.aspect_lineage, cache))
     frame, schema = label_training_data(data, ChurnConfig().min_positives)
     assert schema == churn.schema  # the frame is built exactly as the model's was
+    # Texts per aspect (the tiny sentiment model is never negative enough for `n_negative_about_*`).
+    about = [f for f in schema.feature_names() if f.startswith("n_texts_about_")]
+    assert about and frame[about].to_numpy().sum() > 0, "the aspect features compared below are not all zero"
     from features.evidence import EvidenceFinder
 
     scores, evidence = {}, {}
@@ -68,7 +74,7 @@ def truth(trained, models, tmp_path_factory) -> dict:
     classifier = scorer.classifier
     finder = PhraseFinder(classifier.labels)
     aspects = AspectCache(
-        load_aspect_model(ASPECTS)
+        load_aspect_model(churn.aspect_lineage.model_uri)
     )  # the Bento's aspect model names what quoted texts are about
     for found in evidence.values():
         quoted = [item for rows in found.values() for item in rows]
@@ -231,10 +237,8 @@ def _assert_batch_equals(
         assert row["other_contribution"] == want["other_contribution"], customer_id
     assert (got["model_version"] == str(churn.version)).all()
     assert (got["sentiment_scoring_id"] == churn.sentiment_lineage.scoring_id).all()
-    if truth is not None:  # with evidence and --aspect-model: the pinned aspect model on every row
-        assert got["aspect_model"].str.startswith("models:/churnsense-aspects/").all()
-    else:
-        assert got["aspect_model"].isna().all()
+    # The aspect model behind the aspect features (and the evidence's aspects), pinned, on every row.
+    assert (got["aspect_model"] == churn.aspect_lineage.model_uri).all()
 
 
 @pytest.mark.parametrize("engine", ["local", pytest.param("spark", marks=pytest.mark.spark)])
@@ -256,7 +260,7 @@ def test_batch_engines_equal_the_training_frame(engine, truth, models, tmp_path:
             chunk_customers=150,
             master="local[2]",
             evidence=True,
-            aspect_model=ASPECTS,
+            aspect_model=churn.aspect_lineage.model_uri,  # its own (another is refused)
             phrases=True,
         )
         assert summary.n_buckets > 2
@@ -312,3 +316,24 @@ def test_batch_from_the_postgres_store_equals_the_training_frame(
         chunk_customers=150,
     )
     _assert_batch_equals(_batch_rows(out), truth["scores"][as_of], churn)
+
+
+def test_batch_refuses_another_aspect_model_than_the_churn_models_own(models, trained, tmp_path: Path):
+    """The churn model's aspect features (and the aspects of its evidence) come from its own aspect model:
+    another one is refused before anything is scored."""
+    from batch import score_customers
+    from batch.plan import BatchError
+    from models.aspects import ZeroShotAspects
+
+    churn, _ = models
+    encoder = trained["spec"].parent.parent / "service_sentiment" / "tiny_bert"
+    other = ZeroShotAspects.from_encoder(encoder, ["billing"], ["my bill was wrong"], threshold=0.0)
+    folder = other.save(tmp_path / "other_aspects", encoder)
+    common = dict(
+        model_uri=f"models:/churnsense-churn/{churn.version}", cache_dir=tmp_path / "cache", evidence=True
+    )
+    with pytest.raises(BatchError, match="is not the aspect model churn model"):
+        score_customers(
+            trained["spec"], "2024-11-01", tmp_path / "out.parquet", aspect_model=str(folder), **common
+        )
+    assert not (tmp_path / "out.parquet").exists()

@@ -445,8 +445,11 @@ def test_negative_texts_are_counted_per_aspect_in_the_longest_window(dtype):
     )
     features = build_customer_features(events, AS_OF, schema)
     assert features.loc["a", "n_negative_about_billing_90d"] == 2
+    assert features.loc["a", "n_texts_about_billing_90d"] == 4  # and the positive and the -0.3 ones
     assert features.loc["a", "n_negative_about_late_flight_90d"] == 1
-    assert features.loc["b", ["n_negative_about_billing_90d", "n_negative_about_late_flight_90d"]].sum() == 0
+    assert features.loc["a", "n_texts_about_late_flight_90d"] == 1
+    about = [n for n in schema.feature_names() if "_about_" in n]
+    assert len(about) == 4 and features.loc["b", about].sum() == 0
     # One customer alone gets the same numbers as in the batch (the online path).
     alone = build_customer_features(events[events[CUSTOMER_ID] == "a"], AS_OF, schema)
     pd.testing.assert_series_equal(alone.loc["a"], features.loc["a"])
