@@ -30,8 +30,12 @@ QUIET: Mapping[str, str] = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DO_NOT_TRACK": "true",
     "TOKENIZERS_PARALLELISM": "false",
+    # numexpr's own default cap, said out loud: unset, numexpr (pandas loads it) logs an INFO line on import,
+    # which would land in every command's stderr.
+    "NUMEXPR_MAX_THREADS": "16",
 }
-"""No telemetry from MLflow, BentoML or anything honouring DO_NOT_TRACK; no tokenizer thread pools."""
+"""No telemetry from MLflow, BentoML or anything honouring DO_NOT_TRACK; no tokenizer thread pools; no
+import-time chatter."""
 
 OFFLINE: Mapping[str, str] = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 """No Hugging Face hub look-ups. Left out only by training with a hub id as backbone (a deliberate download)."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -62,6 +62,12 @@ class CustomersSpec(TableSpec):
     churn_date: str | None = Field(None, description="date the customer left; empty = still a customer")
     signup_date: str | None = Field(None, description="date the customer joined (for tenure)")
     drop: tuple[str, ...] = Field((), description="columns that must not become features (free text, leaks)")
+    duration: str | None = Field(
+        None,
+        description="one-table data with `label`: how long each customer has been (or was) a customer, the time "
+        "to churn of a survival model (`churnsense train survival`), which then does not read it as a feature",
+    )
+    duration_unit: Literal["days", "weeks", "months"] = Field("days", description="the unit of `duration`")
 
 
 class EventsSpec(TableSpec):

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from churnsense.errors import UserError, read_yaml_file
 from features.labels import MIN_POSITIVES
 from models.churn import RiskCutoffs
+from training.survival_config import SurvivalConfig
 
 
 class ConfigError(UserError):
@@ -202,6 +203,7 @@ class ChurnConfig(_Frozen):
     search: SearchConfig = SearchConfig()
     risk_bands: RiskBandConfig = RiskBandConfig()
     promotion: PromotionConfig = PromotionConfig()
+    survival: SurvivalConfig = SurvivalConfig()
     registered_model_name: str = Field("churnsense-churn", min_length=1)
     experiment_name: str = Field("churnsense-churn", min_length=1)
 

@@ -114,3 +114,40 @@ def importance_plot(
     ax.barh([names[i] for i in order], np.asarray(importance)[order])
     ax.set(xlabel=xlabel, title="Feature importance (validation)")
     return _save(figure, path)
+
+
+def survival_by_band(model, train, valid, path: Path) -> Path:  # noqa: ANN001
+    """Predicted survival (mean curve) against the Kaplan-Meier curve of the same customers, for four groups of
+    validation customers by the model's risk (quartiles): where the curves part, the model is off."""
+    from sksurv.nonparametric import kaplan_meier_estimator
+
+    from features.survival import DURATION, EVENT
+
+    risk = model.risk(valid)
+    edges = np.quantile(risk, [0.25, 0.5, 0.75])
+    group = np.searchsorted(edges, risk, side="right")
+    days = np.linspace(0, float(min(train[DURATION].max(), valid[DURATION].max())), 100)
+    curves = model.curves(valid, days)
+    figure = Figure(figsize=(7, 5))
+    ax = figure.subplots()
+    for g, name in enumerate(("lowest risk", "second", "third", "highest risk")):
+        mine = group == g
+        if mine.sum() < 2:
+            continue
+        (line,) = ax.plot(days, curves[mine].mean(axis=0), label=f"{name}: predicted")
+        times, survival = kaplan_meier_estimator(
+            valid[EVENT].to_numpy()[mine].astype(bool), valid[DURATION].to_numpy()[mine]
+        )
+        ax.step(
+            times,
+            survival,
+            where="post",
+            linestyle="--",
+            color=line.get_color(),
+            label=f"{name}: Kaplan-Meier",
+        )
+    ax.set(
+        xlabel="days after as_of", ylabel="still a customer", title="survival by risk quartile (validation)"
+    )
+    ax.legend(fontsize=7)
+    return _save(figure, path)
