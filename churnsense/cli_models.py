@@ -245,3 +245,20 @@ def train_survival_command(
 
     scorer, labeler = _text_models(sentiment_model, aspect_model)
     typer.echo(train_survival(spec, config, sentiment_scorer=scorer, aspect_labeler=labeler).render())
+
+
+@promote_app.command("survival")
+def promote_survival_command(
+    config: ChurnConfigOption = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="promote even if the challenger is not better")
+    ] = False,
+) -> None:
+    """Compare the newest survival version with the champion on its validation rows (concordance, then the
+    integrated Brier score within a tolerance); exit 0 promoted, 1 refused."""
+    set_defaults(SCORING)
+    from training.survival_promotion import promote_survival
+
+    decision = promote_survival(force=force, config=config)
+    typer.echo(decision.render())
+    raise typer.Exit(code=0 if decision.promoted else 1)

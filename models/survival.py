@@ -29,12 +29,20 @@ from models.churn import prepare_features
 logger = logging.getLogger(__name__)
 
 
+def missing_as_nan(values: Any) -> np.ndarray:
+    """Categorical input with every missing value as NaN: `prepare_features` gives None for a column that is
+    all missing (one customer online) and pandas NaN in a column with text, and the imputer must see both."""
+    out = np.array(values, dtype=object)
+    out[pd.isna(out)] = np.nan
+    return out
+
+
 def survival_design(schema: FeatureSchema) -> Any:
     """The pipeline's first step: the schema's prepared features -> a dense float matrix for survival models."""
     from sklearn.compose import ColumnTransformer
     from sklearn.impute import SimpleImputer
     from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+    from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
     categorical = list(schema.profile_categorical)
     numeric = [c for c in schema.feature_names() if c not in set(categorical)]
@@ -42,10 +50,19 @@ def survival_design(schema: FeatureSchema) -> Any:
         SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True), StandardScaler()
     )
     categories = make_pipeline(
+        FunctionTransformer(missing_as_nan, feature_names_out="one-to-one"),
         SimpleImputer(strategy="constant", fill_value="(missing)", keep_empty_features=True),
         OneHotEncoder(handle_unknown="ignore", sparse_output=False),
     )
     return ColumnTransformer([("numbers", numbers, numeric), ("categories", categories, categorical)])
+
+
+def single_threaded(estimator: Any) -> Any:
+    """A fitted forest predicts tree by tree in order (one job): with several, trees' curves are added in the
+    order threads finish, and a customer's curve would differ from one call to the next in the last bits."""
+    if hasattr(estimator, "n_jobs"):
+        estimator.n_jobs = 1
+    return estimator
 
 
 class SurvivalModel:

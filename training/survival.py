@@ -29,13 +29,14 @@ from features.engine import FEATURE_VERSION, FeatureSchema
 from features.pipeline import AspectLabeler, SentimentScorer
 from features.spec import DatasetSpec, load_spec
 from features.survival import DURATION, EVENT, survival_columns, survival_frame
-from models.survival import SurvivalModel, survival_design
+from models.survival import SurvivalModel, single_threaded, survival_design
 from training.churn_config import ChurnConfig, load_config
 from training.churn_data import label_training_data, load_training_data, split_train_validation
 from training.churn_lineage import lineage_tags, text_aspect_lineage, text_sentiment_lineage
 from training.survival_config import SurvivalConfig
 
 logger = logging.getLogger(__name__)
+VALIDATION_FOLDER = "validation"
 
 
 @dataclass
@@ -76,10 +77,11 @@ def survival_schema(schema: FeatureSchema, exclude: tuple[str, ...]) -> FeatureS
 
 def make_estimator(kind: str, config: SurvivalConfig, seed: int) -> Any:
     from sksurv.ensemble import GradientBoostingSurvivalAnalysis, RandomSurvivalForest
-    from sksurv.linear_model import CoxPHSurvivalAnalysis
+
+    from models.survival_cox import InvariantCox
 
     if kind == "cox":
-        return CoxPHSurvivalAnalysis(alpha=config.cox_alpha)
+        return InvariantCox(alpha=config.cox_alpha)
     if kind == "gbsa":
         return GradientBoostingSurvivalAnalysis(
             n_estimators=config.gbsa_trees,
@@ -147,7 +149,27 @@ def fit_survival(frame: pd.DataFrame, schema: FeatureSchema, kind: str, config: 
 
     pipeline = make_pipeline(survival_design(schema), make_estimator(kind, config.survival, config.seed))
     pipeline.fit(prepare_features(frame, schema), outcome(frame))
+    single_threaded(pipeline[-1])
     return SurvivalModel(pipeline, schema, config.survival.report_days, float(frame[DURATION].max()))
+
+
+def choose_survival(
+    train: pd.DataFrame, valid: pd.DataFrame, schema: FeatureSchema, config: ChurnConfig
+) -> tuple[str, dict[str, dict[str, float]], SurvivalModel]:
+    """Fit every candidate on `train`, judge it on `valid`; returns the best concordance's name, every
+    candidate's scores and the winner (fitted on `train`)."""
+    train_y = outcome(train)
+    days = evaluation_days(train_y, outcome(valid))
+    candidates: dict[str, dict[str, float]] = {}
+    fitted: dict[str, SurvivalModel] = {}
+    for kind in config.survival.candidates:
+        started = time.perf_counter()
+        fitted[kind] = fit_survival(train, schema, kind, config)
+        seconds = time.perf_counter() - started
+        candidates[kind] = judge(fitted[kind], train_y, valid, days) | {"fit_seconds": seconds}
+        logger.info("survival %s: %s", kind, candidates[kind])
+    chosen = max(candidates, key=lambda k: candidates[k]["concordance"])
+    return chosen, candidates, fitted[chosen]
 
 
 def train_survival(
@@ -172,20 +194,11 @@ def train_survival(
         frame, spec.labels.horizon_days, config.split.validation_fraction, config.split.validation_snapshots,
         config.seed,
     )  # fmt: skip
+    chosen, candidates, heldout = choose_survival(split.train, split.valid, schema, config)
     train_y = outcome(split.train)
     days = evaluation_days(train_y, outcome(split.valid))
-    candidates: dict[str, dict[str, float]] = {}
-    for kind in settings.candidates:
-        started = time.perf_counter()
-        model = fit_survival(split.train, schema, kind, config)
-        seconds = time.perf_counter() - started
-        candidates[kind] = judge(model, train_y, split.valid, days) | {"fit_seconds": seconds}
-        logger.info("survival %s: %s", kind, candidates[kind])
-    chosen = max(candidates, key=lambda k: candidates[k]["concordance"])
-    heldout = fit_survival(split.train, schema, chosen, config)
-    metrics = dict(candidates[chosen]) | {
-        "km_integrated_brier": kaplan_meier_brier(train_y, split.valid, days)
-    }
+    metrics = dict(candidates[chosen])
+    metrics["km_integrated_brier"] = kaplan_meier_brier(train_y, split.valid, days)
     metrics |= horizon_agreement(heldout, split.valid, spec.labels.horizon_days)
     final = fit_survival(frame, schema, chosen, config)
     run_id, version, uri = log_survival_run(
@@ -249,6 +262,12 @@ def log_survival_run(
         )
         figure = survival_by_band(heldout, split.train, split.valid, Path(tmp) / "survival_by_band.png")
         mlflow.log_artifact(str(figure), "plots")
+        # What `promote survival` judges two versions on: this run's validation rows (features, durations) and
+        # the training rows' outcomes (the Brier score's censoring weights).
+        split.valid.to_parquet(Path(tmp) / "validation.parquet", index=False)
+        split.train[[DURATION, EVENT]].to_parquet(Path(tmp) / "train_outcome.parquet", index=False)
+        mlflow.log_artifact(str(Path(tmp) / "validation.parquet"), VALIDATION_FOLDER)
+        mlflow.log_artifact(str(Path(tmp) / "train_outcome.parquet"), VALIDATION_FOLDER)
         mlflow.log_dict(json.loads(schema.to_json()), "model_contract/feature_schema.json")
         info = mlflow.sklearn.log_model(
             final.pipeline,

@@ -76,7 +76,7 @@ def test_the_registered_model_answers_with_consistent_curves(trained, demo_spec)
     assert np.corrcoef(risk, s90)[0, 1] < -0.5
     # One customer alone is scored as in the whole table.
     alone = model.summary(features.iloc[[3]])
-    pd.testing.assert_frame_equal(alone, summary.iloc[[3]])
+    pd.testing.assert_frame_equal(alone, summary.iloc[[3]], check_exact=True)
 
 
 def _assert_medians_cross_one_half(model, features, summary) -> int:
@@ -115,7 +115,11 @@ def test_one_table_data_takes_durations_from_its_tenure_column(tmp_path):
         "customers: {path: customers.csv, id: id, label: Churn, positive: 'Yes', duration: tenure, "
         "duration_unit: months}\n"
     )
-    result = train_survival(spec, parse_config(SMALL | {"split": {"validation_fraction": 0.3}}))
+    own = {"registered_model_name": f"{NAME}-one-table", "experiment_name": f"{NAME}-one-table"}
+    result = train_survival(
+        spec,
+        parse_config(SMALL | {"split": {"validation_fraction": 0.3}, "survival": SMALL["survival"] | own}),
+    )
     from models.survival import SurvivalModel
 
     model = SurvivalModel.load(result.model_uri)
@@ -133,3 +137,30 @@ def test_one_table_data_takes_durations_from_its_tenure_column(tmp_path):
     without.write_text("customers: {path: customers.csv, id: id, label: Churn, positive: 'Yes'}\n")
     with pytest.raises(UserError, match="customers.duration"):
         train_survival(without, parse_config(SMALL))
+
+
+def test_promotion_keeps_the_better_concordance_and_force_overrides(trained, demo_spec):
+    """The first version becomes champion; a crippled challenger (one forest leaf: the same curve for everyone,
+    concordance 0.5) is refused on the challenger's own validation rows; --force promotes it anyway."""
+    from mlflow import MlflowClient
+
+    from training.survival import train_survival
+    from training.survival_promotion import promote_survival
+
+    config = parse_config(SMALL)
+    first = promote_survival(config=config)
+    assert first.promoted and str(first.challenger) == trained.version
+    crippled = parse_config(
+        SMALL
+        | {"survival": SMALL["survival"] | {"candidates": ["rsf"], "rsf_trees": 1, "rsf_min_leaf": 100_000}}
+    )
+    worse = train_survival(demo_spec, crippled)
+    assert worse.metrics["concordance"] == 0.5
+    refused = promote_survival(config=config)
+    assert not refused.promoted and "concordance" in refused.reason
+    assert refused.champion_metrics["concordance"] > refused.challenger_metrics["concordance"]
+    client = MlflowClient()
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == trained.version
+    forced = promote_survival(force=True, config=config)
+    assert forced.promoted and forced.forced
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == worse.version

@@ -1,0 +1,52 @@
+"""The survival model's answers: a customer's curve is the same alone, in any batch, in any order, for every
+kind of model (the Cox model's batch-invariant predictor, forests predicting tree by tree)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.engine import FeatureSchema
+from features.survival import DURATION, EVENT
+from training.churn_config import parse_config
+from training.survival import fit_survival
+
+SCHEMA = FeatureSchema(profile_numeric=("usage", "price"), profile_categorical=("plan",), use_events=False)
+
+
+@pytest.fixture(scope="module")
+def frame() -> pd.DataFrame:
+    rng = np.random.default_rng(3)
+    n = 500
+    plan = rng.choice(["monthly", "yearly", None], n)
+    usage = rng.gamma(2.0, 10.0, n)
+    usage[rng.random(n) < 0.1] = np.nan  # missing values take the imputer's path
+    price = rng.normal(50, 10, n)
+    hazard = np.exp(-3.5 + 0.8 * (plan == "monthly") - 0.02 * np.nan_to_num(usage, nan=20))
+    time = np.ceil(rng.exponential(1 / hazard))
+    censor = rng.integers(20, 200, n)
+    return pd.DataFrame(
+        {
+            "usage": usage,
+            "price": price,
+            "plan": pd.array(plan, dtype="str"),
+            DURATION: np.minimum(time, censor).astype("float64"),
+            EVENT: (time <= censor).astype("int8"),
+        },
+        index=pd.Index([f"c{i}" for i in range(n)], name="customer_id"),
+    )
+
+
+@pytest.mark.parametrize("kind", ["cox", "gbsa", "rsf"])
+def test_a_customer_is_answered_the_same_alone_or_in_any_batch(frame, kind):
+    config = parse_config({"survival": {"gbsa_trees": 20, "rsf_trees": 20, "threads": 2}})
+    model = fit_survival(frame, SCHEMA, kind, config)
+    together = model.summary(frame)
+    assert together["survival_90d"].std() > 0.01  # the model tells customers apart
+    shuffled = model.summary(frame.sample(frac=1.0, random_state=1)).loc[frame.index]
+    pd.testing.assert_frame_equal(shuffled, together, check_exact=True)
+    for i in range(0, len(frame), 37):
+        alone = model.summary(frame.iloc[[i]])
+        pd.testing.assert_frame_equal(alone, together.iloc[[i]], check_exact=True)
+    np.testing.assert_array_equal(model.risk(frame.iloc[:7]), model.risk(frame)[:7])
