@@ -142,15 +142,31 @@ def kaplan_meier_brier(train_y: np.ndarray, valid: pd.DataFrame, days: np.ndarra
     return float(integrated_brier_score(train_y, outcome(valid), np.tile(curve, (len(valid), 1)), days))
 
 
-def fit_survival(frame: pd.DataFrame, schema: FeatureSchema, kind: str, config: ChurnConfig) -> SurvivalModel:
-    from sklearn.pipeline import make_pipeline
+def fit_survival(
+    frame: pd.DataFrame,
+    schema: FeatureSchema,
+    kind: str,
+    config: ChurnConfig,
+    fitted: dict[str, SurvivalModel] | None = None,
+) -> SurvivalModel:
+    """A `kind` ("cox", ..., or members joined by "+": their curves averaged) fitted on `frame`. Members found
+    in `fitted` (models of single kinds already fitted on the same rows) are reused, not fitted again."""
+    from sklearn.pipeline import Pipeline, make_pipeline
 
     from models.churn import prepare_features
+    from models.survival_ensemble import AveragedSurvival
 
+    fitted = dict(fitted or {})
+    followup = float(frame[DURATION].max())
+    if "+" in kind:
+        members = [fitted.get(k) or fit_survival(frame, schema, k, config) for k in kind.split("+")]
+        average = AveragedSurvival().use_fitted([m.pipeline[-1] for m in members])
+        pipeline = Pipeline([*members[0].pipeline.steps[:-1], ("averagedsurvival", average)])
+        return SurvivalModel(pipeline, schema, config.survival.report_days, followup)
     pipeline = make_pipeline(survival_design(schema), make_estimator(kind, config.survival, config.seed))
     pipeline.fit(prepare_features(frame, schema), outcome(frame))
     single_threaded(pipeline[-1])
-    return SurvivalModel(pipeline, schema, config.survival.report_days, float(frame[DURATION].max()))
+    return SurvivalModel(pipeline, schema, config.survival.report_days, followup)
 
 
 def choose_survival(
@@ -164,7 +180,7 @@ def choose_survival(
     fitted: dict[str, SurvivalModel] = {}
     for kind in config.survival.candidates:
         started = time.perf_counter()
-        fitted[kind] = fit_survival(train, schema, kind, config)
+        fitted[kind] = fit_survival(train, schema, kind, config, fitted)
         seconds = time.perf_counter() - started
         candidates[kind] = judge(fitted[kind], train_y, valid, days) | {"fit_seconds": seconds}
         logger.info("survival %s: %s", kind, candidates[kind])
@@ -250,7 +266,10 @@ def log_survival_run(
         mlflow.log_params(
             {"chosen": chosen, **{f"survival.{k}": str(v) for k, v in settings.model_dump().items()}}
         )
-        mlflow.log_metrics(metrics | {f"{k}_{m}": v for k, s in candidates.items() for m, v in s.items()})
+        mlflow.log_metrics(
+            metrics
+            | {f"{k.replace('+', '_and_')}_{m}": v for k, s in candidates.items() for m, v in s.items()}
+        )
         mlflow.set_tags(
             {
                 "code_version": code_version(),

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SurvivalKind = Literal["cox", "gbsa", "rsf"]
+SurvivalKind = Literal["cox", "gbsa", "rsf", "cox+gbsa", "cox+rsf", "gbsa+rsf", "cox+gbsa+rsf"]
 
 
 class SurvivalConfig(BaseModel):
@@ -16,10 +16,10 @@ class SurvivalConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     candidates: tuple[SurvivalKind, ...] = Field(
-        ("cox", "gbsa", "rsf"),
+        ("cox", "gbsa", "rsf", "cox+gbsa", "cox+rsf"),
         min_length=1,
         description="cox: ridge Cox proportional hazards; gbsa: gradient-boosted Cox trees; rsf: random "
-        "survival forest (scikit-survival)",
+        "survival forest (scikit-survival); a+b: their curves averaged (models.survival_ensemble)",
     )
     cox_alpha: float = Field(
         1.0, ge=0, description="ridge penalty of the Cox model (on standardised features)"

@@ -18,7 +18,7 @@ NAME = "test-survival"
 SMALL = {
     "split": {"validation_fraction": 0.4},
     "survival": {
-        "candidates": ["cox", "rsf", "gbsa"],
+        "candidates": ["cox", "rsf", "gbsa", "cox+rsf"],
         "rsf_trees": 10,
         "gbsa_trees": 10,
         "registered_model_name": NAME,
@@ -46,7 +46,7 @@ def trained(demo_spec):
 def test_every_candidate_is_judged_and_the_best_concordance_is_registered(trained):
     from mlflow import MlflowClient
 
-    assert set(trained.candidates) == {"cox", "rsf", "gbsa"}
+    assert set(trained.candidates) == {"cox", "rsf", "gbsa", "cox+rsf"}
     best = max(trained.candidates.values(), key=lambda s: s["concordance"])
     assert trained.metrics["concordance"] == best["concordance"]
     assert trained.metrics["concordance"] > 0.6  # the simulator's churners are foreseeable

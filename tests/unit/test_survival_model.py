@@ -38,7 +38,7 @@ def frame() -> pd.DataFrame:
     )
 
 
-@pytest.mark.parametrize("kind", ["cox", "gbsa", "rsf"])
+@pytest.mark.parametrize("kind", ["cox", "gbsa", "rsf", "cox+gbsa", "cox+gbsa+rsf"])
 def test_a_customer_is_answered_the_same_alone_or_in_any_batch(frame, kind):
     config = parse_config({"survival": {"gbsa_trees": 20, "rsf_trees": 20, "threads": 2}})
     model = fit_survival(frame, SCHEMA, kind, config)
@@ -50,3 +50,19 @@ def test_a_customer_is_answered_the_same_alone_or_in_any_batch(frame, kind):
         alone = model.summary(frame.iloc[[i]])
         pd.testing.assert_frame_equal(alone, together.iloc[[i]], check_exact=True)
     np.testing.assert_array_equal(model.risk(frame.iloc[:7]), model.risk(frame)[:7])
+
+
+def test_an_average_is_the_mean_of_its_members_curves_and_ranks_by_area(frame):
+    config = parse_config({"survival": {"gbsa_trees": 20}})
+    cox = fit_survival(frame, SCHEMA, "cox", config)
+    gbsa = fit_survival(frame, SCHEMA, "gbsa", config)
+    both = fit_survival(frame, SCHEMA, "cox+gbsa", config, {"cox": cox, "gbsa": gbsa})
+    days = [1, 5, 17.5, 40, 90, 500]
+    np.testing.assert_allclose(
+        both.curves(frame, days), (cox.curves(frame, days) + gbsa.curves(frame, days)) / 2, rtol=0, atol=1e-12
+    )
+    # The risk is minus the area under the averaged curve: a customer whose curve is everywhere lower is riskier.
+    grid = both.pipeline[-1].unique_times_
+    curves = both.curves(frame, grid)
+    lower = np.flatnonzero((curves <= curves[0]).all(axis=1) & (curves < curves[0]).any(axis=1))
+    assert lower.size and (both.risk(frame)[lower] > both.risk(frame)[0]).all()
