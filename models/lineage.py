@@ -46,8 +46,20 @@ class LineageError(UserError):
     """A churn model and a sentiment model that were not trained together."""
 
 
+class _Described:
+    """What both lineages say of themselves (their dataclass fields: model_uri, artifact_digest, quantized, name,
+    version, and a `scoring_id`)."""
+
+    def describe(self) -> str:
+        where = f"{self.name} v{self.version}" if self.version else self.model_uri
+        return f"{where} ({'int8' if self.quantized else 'fp32'}, digest {self.artifact_digest[:12]})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) | {"scoring_id": self.scoring_id}
+
+
 @dataclasses.dataclass(frozen=True)
-class SentimentLineage:
+class SentimentLineage(_Described):
     """Which sentiment model scores texts, precisely enough to reproduce its scores bit for bit.
 
     Attributes:
@@ -66,13 +78,6 @@ class SentimentLineage:
     @property
     def scoring_id(self) -> str:
         return scoring_id(self.artifact_digest, self.quantized)
-
-    def describe(self) -> str:
-        where = f"{self.name} v{self.version}" if self.version else self.model_uri
-        return f"{where} ({'int8' if self.quantized else 'fp32'}, digest {self.artifact_digest[:12]})"
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self) | {"scoring_id": self.scoring_id}
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> SentimentLineage:
@@ -111,7 +116,7 @@ def check_lineage(expected: SentimentLineage | AspectLineage, classifier: Any, w
 
 
 @dataclasses.dataclass(frozen=True)
-class AspectLineage:
+class AspectLineage(_Described):
     """Which aspect model says what texts are about, precisely enough to reproduce its answers bit for bit.
 
     Attributes:
@@ -132,13 +137,6 @@ class AspectLineage:
     @property
     def scoring_id(self) -> str:
         return "aspects-" + scoring_id(self.artifact_digest, self.quantized)
-
-    def describe(self) -> str:
-        where = f"{self.name} v{self.version}" if self.version else self.model_uri
-        return f"{where} ({'int8' if self.quantized else 'fp32'}, digest {self.artifact_digest[:12]})"
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self) | {"scoring_id": self.scoring_id}
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> AspectLineage:
