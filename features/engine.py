@@ -29,6 +29,7 @@ from features.text_features import (
     DAY_NS,
     aspect_block,
     aspect_feature_names,
+    check_aspect_names,
     sentiment_block,
 )
 
@@ -72,6 +73,7 @@ class FeatureSchema:
             raise ValueError(f"windows must be at least two ascending day counts, got {self.windows}")
         if OTHER_EVENT_TYPE in self.event_types:
             raise ValueError(f"{OTHER_EVENT_TYPE!r} is reserved for unseen event types")
+        check_aspect_names(self.aspects)
         if self.aspects and not self.use_sentiment:
             raise ValueError("aspect features count negative texts: they need sentiment (use_sentiment)")
         names = self.feature_names()

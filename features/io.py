@@ -327,7 +327,11 @@ def load_events(spec: DatasetSpec, with_text: bool = True, known_ids: pd.Index |
         columns.append(es.aspect)
     columns = list(dict.fromkeys(columns))
     frame = read_table(
-        spec, es, columns=columns, string_columns=(es.id, es.type), dictionary_columns=(es.id, es.type)
+        spec,
+        es,
+        columns=columns,
+        string_columns=tuple(c for c in (es.id, es.type, es.aspect) if c),
+        dictionary_columns=(es.id, es.type),
     )
     file = str(spec.resolve(es.path))
     row_problems = _pop_row_problems(frame)
@@ -362,7 +366,7 @@ def load_events(spec: DatasetSpec, with_text: bool = True, known_ids: pd.Index |
     if es.sentiment:
         columns[SENTIMENT] = pd.to_numeric(frame[es.sentiment], errors="coerce").astype("float64")
     if es.sentiment and es.aspect:
-        columns[ASPECT] = frame[es.aspect].astype("str")
+        columns[ASPECT] = aspect_names(frame[es.aspect], es.aspect)
     out = pd.DataFrame(columns, copy=False)
     keep = np.ones(len(out), dtype=bool)
     for mask, column, reason in checks:
@@ -372,6 +376,18 @@ def load_events(spec: DatasetSpec, with_text: bool = True, known_ids: pd.Index |
     if not keep.all():
         out = out[keep].reset_index(drop=True)
     return Loaded(out, _concat_rejects(rejects))
+
+
+def aspect_names(values: pd.Series, column: str) -> pd.Series:
+    """A precomputed aspect column as names: stripped text, blank as missing. Numbers are refused: a column of
+    coded aspects read as floats would turn "1" into "1.0" and count nowhere."""
+    if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+        raise DataLoadError(
+            f"events.aspect: column {column!r} holds numbers ({values.dtype}); aspects are names, as the aspect "
+            "model gives them: store them as text"
+        )
+    text = values.astype("string").str.strip()
+    return text.mask(text == "").astype("str")
 
 
 def _concat_rejects(parts: list[pd.DataFrame]) -> pd.DataFrame:

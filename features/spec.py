@@ -89,6 +89,14 @@ class EventsSpec(TableSpec):
         None, description="unique event id column: `churnsense ingest` keys events by it (else by content)"
     )
 
+    @model_validator(mode="after")
+    def _aspect_beside_sentiment(self) -> EventsSpec:
+        if self.aspect and not self.sentiment:
+            raise ValueError(
+                "aspect: a precomputed aspect column is read beside a precomputed `sentiment` column"
+            )
+        return self
+
 
 class ReviewsSpec(TableSpec):
     """Labelled text for the sentiment model: either class labels or 1-5 star ratings."""

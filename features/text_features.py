@@ -7,6 +7,7 @@ customer; each returns whole columns, one value per customer, so they are as bat
 from __future__ import annotations
 
 import re
+import unicodedata
 
 import numpy as np
 import pandas as pd
@@ -19,11 +20,30 @@ NEGATIVE_SENTIMENT = -0.3  # a text with score below this counts as negative in 
 
 def aspect_feature_names(aspect: str, window: int) -> tuple[str, str]:
     """(`n_texts_about_<aspect>_<window>d`, `n_negative_about_<aspect>_<window>d`): the aspect's name in lower
-    case with runs of anything but letters and digits as one `_` ("Late Flight" -> `late_flight`)."""
-    slug = re.sub(r"[^0-9a-z]+", "_", aspect.lower()).strip("_")
+    case, accents dropped, with runs of anything but ASCII letters and digits as one `_` ("Late Flight" ->
+    `late_flight`, "Frühstück" -> `fruhstuck`)."""
+    if not isinstance(aspect, str):
+        raise ValueError(f"aspect {aspect!r}: aspect names are text")
+    ascii_name = unicodedata.normalize("NFKD", aspect).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^0-9a-z]+", "_", ascii_name.lower()).strip("_")
     if not slug:
-        raise ValueError(f"aspect {aspect!r}: its name needs a letter or a digit to name a feature")
+        raise ValueError(
+            f"aspect {aspect!r}: a feature name needs a Latin letter or a digit in it; rename the aspect in its "
+            "taxonomy (e.g. a romanised name)"
+        )
     return f"n_texts_about_{slug}_{window}d", f"n_negative_about_{slug}_{window}d"
+
+
+def check_aspect_names(aspects: tuple[str, ...]) -> None:
+    """Raise `ValueError` unless every aspect names its own features (text, sluggable, no two alike)."""
+    if isinstance(aspects, str):
+        raise ValueError(f"aspects: a list of names, not the one string {aspects!r}")
+    seen: dict[str, str] = {}
+    for aspect in aspects:
+        name = aspect_feature_names(aspect, 0)[0]
+        if name in seen:
+            raise ValueError(f"aspects {seen[name]!r} and {aspect!r} would make the same feature names")
+        seen[name] = aspect
 
 
 def sentiment_block(

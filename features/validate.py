@@ -399,7 +399,7 @@ def _check_events(spec: DatasetSpec, customers: pd.DataFrame | None, report: Rep
     named.update(
         {
             f"events.{key}": column
-            for key, column in (("text", es.text), ("sentiment", es.sentiment))
+            for key, column in (("text", es.text), ("sentiment", es.sentiment), ("aspect", es.aspect))
             if column
         }
     )
@@ -415,6 +415,7 @@ def _check_events(spec: DatasetSpec, customers: pd.DataFrame | None, report: Rep
         update={
             "text": es.text if es.text not in missing else None,
             "sentiment": es.sentiment if es.sentiment not in missing else None,
+            "aspect": es.aspect if es.aspect not in missing and es.sentiment not in missing else None,
             "values": tuple(v for v in es.values if v not in missing),
         }
     )

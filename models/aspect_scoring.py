@@ -22,7 +22,7 @@ import numpy as np
 
 from features.text import normalise_texts
 from models.catalog import resolve_model_uri
-from models.lineage import AspectLineage, check_lineage
+from models.lineage import AspectLineage, LineageError, check_lineage
 from models.text_scoring import default_cache_dir
 
 
@@ -86,9 +86,22 @@ class CachedAspectLabeler:
     def labels_of(self, codes: np.ndarray) -> list[str | None]:
         """Cached positions -> names (NaN, no text, -> None)."""
         labels = self.lineage.labels
+        bad = [c for c in codes if not np.isnan(c) and not (0 <= c < len(labels) and c == int(c))]
+        if bad:
+            raise LineageError(
+                f"aspect cache {self.lineage.scoring_id}: position {bad[0]!r} is none of the {len(labels)} labels "
+                f"of {self.lineage.describe()}; delete that cache folder under {self.cache_dir}"
+            )
         return [None if np.isnan(code) else labels[int(code)] for code in codes]
 
     def label_new(self, texts: Sequence[str]) -> np.ndarray:
         """Label texts with the model: each answer's position in `lineage.labels` (what the cache stores)."""
         position = {label: i for i, label in enumerate(self.lineage.labels)}
-        return np.array([position[a] for a in self.model.predict(list(texts)).aspects], dtype="float64")
+        answers = self.model.predict(list(texts)).aspects
+        unknown = sorted({a for a in answers if a not in position})
+        if unknown:
+            raise LineageError(
+                f"aspect model {self.lineage.describe()} answered {unknown}, none of its recorded labels "
+                f"{list(self.lineage.labels)}"
+            )
+        return np.array([position[a] for a in answers], dtype="float64")

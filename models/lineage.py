@@ -103,6 +103,12 @@ class SentimentLineage(_Described):
 def check_lineage(expected: SentimentLineage | AspectLineage, classifier: Any, what: str) -> None:
     """Raise `LineageError` unless `classifier` (a sentiment or an aspect model) answers exactly as the model
     `expected` describes."""
+    labels = getattr(expected, "labels", None)  # an aspect model must also answer with the same names
+    if labels is not None and tuple(getattr(classifier, "labels", ())) != tuple(labels):
+        raise LineageError(
+            f"{what}: answers {list(getattr(classifier, 'labels', []))}, but {expected.describe()} answers "
+            f"{list(labels)}"
+        )
     if classifier.digest != expected.artifact_digest or classifier.quantized != expected.quantized:
         got = (
             f"digest {str(classifier.digest)[:12]}, {'int8' if classifier.quantized else 'fp32'}"
@@ -133,6 +139,14 @@ class AspectLineage(_Described):
     names: tuple[str, ...]
     name: str | None = None
     version: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.labels, str) or isinstance(self.names, str):
+            raise LineageError("aspect lineage: labels and names are lists of names, not one string")
+        if not self.names or tuple(self.labels[: len(self.names)]) != tuple(self.names):
+            raise LineageError(
+                f"aspect lineage: names {list(self.names)} must be the first of its labels {list(self.labels)}"
+            )
 
     @property
     def scoring_id(self) -> str:

@@ -33,11 +33,18 @@ def text_aspect_lineage(
             "aspect model: its features count negative texts per aspect, so it needs event texts scored by a "
             "sentiment model (--sentiment-model, and a spec whose events have `text` and no `sentiment`)"
         )
+    from features.text_features import check_aspect_names
+    from models.lineage import AspectLineage
+
     lineage = getattr(aspect_labeler, "lineage", None)
-    if lineage is None or not hasattr(lineage, "labels"):
+    if not isinstance(lineage, AspectLineage):
         raise UserError(
             "aspect labeler: it does not say which model it is; pass a models.aspect_scoring.CachedAspectLabeler"
         )
+    try:  # before any text is labelled: names that cannot become features fail now
+        check_aspect_names(lineage.names)
+    except ValueError as error:
+        raise UserError(f"aspect model {lineage.describe()}: {error}") from None
     return lineage.to_dict()
 
 

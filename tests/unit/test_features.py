@@ -460,9 +460,29 @@ def test_negative_texts_are_counted_per_aspect_in_the_longest_window(dtype):
 def test_aspect_schemas_refuse_what_would_break_their_features():
     with pytest.raises(ValueError, match="need sentiment"):
         FeatureSchema(event_types=("ticket",), aspects=("billing",))
-    with pytest.raises(ValueError, match="made twice"):
+    with pytest.raises(ValueError, match="same feature names"):
         FeatureSchema(event_types=("ticket",), use_sentiment=True, aspects=("Late flight", "late-flight"))
     with pytest.raises(ValueError, match="letter or a digit"):
         FeatureSchema(event_types=("ticket",), use_sentiment=True, aspects=("??",))
+    with pytest.raises(ValueError, match="made twice"):  # an aspect's features against an event type's
+        FeatureSchema(event_types=("texts_about_billing",), use_sentiment=True, aspects=("billing",))
     stored = FeatureSchema(event_types=("ticket",), use_sentiment=True, aspects=("billing",))
     assert FeatureSchema.from_json(stored.to_json()) == stored
+
+
+def test_aspect_names_become_ascii_feature_names_or_a_clear_error():
+    from features.text_features import aspect_feature_names
+
+    assert aspect_feature_names("Frühstück", 90) == (
+        "n_texts_about_fruhstuck_90d",
+        "n_negative_about_fruhstuck_90d",
+    )
+    assert aspect_feature_names("Can't Tell", 30)[1] == "n_negative_about_can_t_tell_30d"
+    with pytest.raises(ValueError, match="Latin letter or a digit.*rename"):
+        aspect_feature_names("配送", 90)
+    with pytest.raises(ValueError, match="not the one string"):
+        FeatureSchema(event_types=("ticket",), use_sentiment=True, aspects="abc")
+    with pytest.raises(ValueError, match="are text"):
+        FeatureSchema(event_types=("ticket",), use_sentiment=True, aspects=(1,))
+    with pytest.raises(ValueError, match="same feature names"):
+        FeatureSchema(event_types=("ticket",), use_sentiment=True, aspects=("Billing", "billing"))

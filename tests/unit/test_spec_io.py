@@ -8,7 +8,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from features.columns import CHURN_DATE, CHURNED, CUSTOMER_ID, EVENT_TYPE, SIGNUP_DATE, TEXT, TIMESTAMP
+from features.columns import (
+    ASPECT,
+    CHURN_DATE,
+    CHURNED,
+    CUSTOMER_ID,
+    EVENT_TYPE,
+    SIGNUP_DATE,
+    TEXT,
+    TIMESTAMP,
+)
 from features.io import (
     DataLoadError,
     load_customers,
@@ -45,6 +54,7 @@ def _spec(folder: Path, text: str) -> Path:
         ),
         ("labels: {horizon_days: 30}\n", "names no data"),
         ("customers: {path: '  '}\n", "customers.path"),
+        ("events: {path: e.csv, id: c, time: t, type: k, aspect: a}\n", "beside a precomputed `sentiment`"),
     ],
 )
 def test_spec_errors_name_the_key(tmp_path, text, named):
@@ -167,6 +177,31 @@ def test_load_events_strips_ids_and_rejects_blank_ones(tmp_path, suffix):
         4: "timestamp is missing or not a date",
         5: "event type is empty",
     }
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_precomputed_aspects_are_names_stripped_and_numbers_are_refused(tmp_path, suffix):
+    raw = pd.DataFrame(
+        {
+            "cid": ["c1"] * 5,
+            "at": ["2024-01-01", "2024-01-02", "2024-01-03", "2024-01-04", "2024-01-05"],
+            "kind": ["ticket"] * 5,
+            "score": ["-0.5"] * 5,
+            "about": ["1", " billing ", "", "Billing", None],
+        }
+    )
+    _write_events(tmp_path / f"e{suffix}", raw)
+    line = f"events: {{path: e{suffix}, id: cid, time: at, type: kind, sentiment: score, aspect: about}}\n"
+    frame, _ = load_events(load_spec(_spec(tmp_path, line)))
+    about = frame[ASPECT].tolist()
+    # A coded aspect stays "1" (not "1.0"), spaces go, blank is no aspect, case is the model's to decide.
+    assert about[:2] == ["1", "billing"] and about[3] == "Billing"
+    assert pd.isna(about[2]) and pd.isna(about[4])
+    numbers = raw.assign(about=[1, 2, None, 1, 2])
+    numbers.to_parquet(tmp_path / "n.parquet")
+    line = "events: {path: n.parquet, id: cid, time: at, type: kind, sentiment: score, aspect: about}\n"
+    with pytest.raises(DataLoadError, match="events.aspect: column 'about' holds numbers"):
+        load_events(load_spec(_spec(tmp_path, line)))
 
 
 def test_load_events_rejects_non_numeric_values(tmp_path):

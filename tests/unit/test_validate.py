@@ -170,6 +170,18 @@ def test_every_missing_column_in_every_section_is_reported(tmp_path, data):
     assert "signup" in missing[(str(tmp_path / "customers.csv"), "joined")]  # lists what the file has
 
 
+def test_a_missing_precomputed_aspect_column_is_named_and_the_other_checks_still_run(tmp_path, data):
+    data.events["score"] = -0.5
+    data.events.loc[0, "kind"] = " "  # an empty event type: still found
+    data.spec = SPEC.replace("churn_event: cancel}", "churn_event: cancel, sentiment: score, aspect: about}")
+    report = _validate(tmp_path, data)
+    missing = {(p.file, p.column): p.message for p in report.errors}
+    assert missing[(str(tmp_path / "events.csv"), "about")].startswith(
+        "column not found (spec key events.aspect)"
+    )
+    assert any("empty" in p.message and p.column == "kind" for p in report.problems), report.render()
+
+
 def test_missing_key_columns_skip_the_checks_that_need_them(tmp_path, data):
     data.events = data.events.rename(columns={"at": "when"})
     data.events.loc[0, "cid"] = None  # would be an empty-id error, but the table cannot be loaded
