@@ -130,6 +130,7 @@ def main() -> None:
     set_defaults(QUIET, SCORING)
     from sksurv.metrics import concordance_index_censored, integrated_brier_score
 
+    from features.survival import censor_at
     from training.churn_config import ChurnConfig
     from training.survival import choose_survival, evaluation_days, fit_survival, kaplan_meier_brier, outcome
 
@@ -143,6 +144,7 @@ def main() -> None:
                 continue
             spec, frame, schema, churn_schema = loaded
             train, test, description = split(spec, frame)
+            train = censor_at(train, test["as_of"].min())  # no training outcome inside the test period
             inner_train, inner_valid = by_customer(train)
             print(
                 f"{name}: {description}; inner split for the choice: {len(inner_train):,} / {len(inner_valid):,}"

@@ -5,9 +5,10 @@
 For each eligible customer at each `as_of` (the rows `features.labels.label_snapshots` labels): the days from
 `as_of` to the customer's first churn at or after it (its churn date, or its first churn event), `event` 1; a
 customer who has not churned by the end of the data is **censored** there (`event` 0, the days from `as_of` to
-the newest event or churn date). Days are whole, counted up (a churn during the first day after `as_of` is day
-1): so a label of horizon H is exactly `event == 1 and duration_days <= H`, and survival models see few distinct
-times (a random survival forest stores a curve over them in every leaf). Features still read only what happened before `as_of`; durations read only
+the newest event or churn date). Days are whole: day k is [k - 1, k) days after `as_of` (a churn in the first
+day is day 1, one exactly 60 days on is day 61), so a label of the half-open horizon [as_of, as_of + H) is
+exactly `event == 1 and duration_days <= H`, and survival models see few distinct times (a random survival
+forest stores a curve over them in every leaf). Features still read only what happened before `as_of`; durations read only
 what happened from it on, exactly as labels do.
 
 One-table data (no events, a static label) gives durations from a tenure column instead
@@ -109,7 +110,7 @@ def survival_snapshots(
         first = first_churn_ns(ids, customers, events, start, churn_event)
         event = first <= end_ns
         stop = np.where(event, first, end_ns)
-        days = np.maximum(-(-(stop - start) // DAY_NS), 1).astype("float64")  # whole days, counted up
+        days = np.maximum((stop - start) // DAY_NS + 1, 1).astype("float64")  # day k is [k - 1, k)
         out.append(
             pd.DataFrame(
                 {CUSTOMER_ID: ids.to_numpy(), AS_OF: as_of, DURATION: days, EVENT: event.astype("int8")},
@@ -126,10 +127,10 @@ def tenure_durations(customers: pd.DataFrame, column: str, unit: str) -> pd.Data
     if CHURNED not in customers.columns:
         raise SurvivalDataError("customers.duration: needs customers.label (whether each customer churned)")
     raw = pd.to_numeric(customers[column], errors="coerce").to_numpy(dtype="float64")
-    bad = np.flatnonzero(np.isnan(raw) | (raw < 0))
+    bad = np.flatnonzero(~np.isfinite(raw) | (raw < 0))
     if bad.size:
         raise SurvivalDataError(
-            f"customers.duration: {bad.size} customer(s) without a non-negative number in {column!r} (first: "
+            f"customers.duration: {bad.size} customer(s) without a finite non-negative number in {column!r} (first: "
             f"{customers[CUSTOMER_ID].iloc[bad[0]]})"
         )
     return pd.DataFrame(
@@ -151,6 +152,11 @@ def survival_frame(data: SpecData, frame: pd.DataFrame) -> pd.DataFrame:
     `churned`, row for row."""
     spec = data.spec
     if spec.labels.as_of_dates():
+        if spec.customers is not None and spec.customers.duration:
+            raise SurvivalDataError(
+                "customers.duration: for one-table data without labels.as_of; with snapshots, durations come "
+                "from churn dates or churn events"
+            )
         durations = survival_snapshots(
             data.customers,
             data.events,
@@ -171,4 +177,19 @@ def survival_frame(data: SpecData, frame: pd.DataFrame) -> pd.DataFrame:
     out = frame.copy()
     out[DURATION] = values[:, 0].astype("float64")
     out[EVENT] = values[:, 1].astype("int8")
+    return out
+
+
+def censor_at(frame: pd.DataFrame, when: pd.Timestamp) -> pd.DataFrame:
+    """The rows as if the data ended at `when` (midnight): a churn on or after it, or a follow-up past it, is
+    censored there, in `survival_snapshots`' days. The trainer censors its training rows at the first
+    validation date, so no training outcome reaches into the period it is judged on."""
+    if frame[AS_OF].isna().all():
+        return frame  # one-table data: no dates to censor at
+    limit = to_timestamp_ns(when) - pd.to_datetime(frame[AS_OF]).to_numpy("datetime64[ns]").view("int64")
+    limit = limit // DAY_NS  # whole days from as_of to `when`
+    past = frame[DURATION].to_numpy() > limit
+    out = frame.copy()
+    out.loc[past, DURATION] = (limit[past] + 1).astype("float64")
+    out.loc[past, EVENT] = 0
     return out

@@ -24,11 +24,11 @@ import numpy as np
 import pandas as pd
 
 from churnsense.errors import UserError
-from features.columns import CHURNED
+from features.columns import AS_OF, CHURNED, CUSTOMER_ID
 from features.engine import FEATURE_VERSION, FeatureSchema
 from features.pipeline import AspectLabeler, SentimentScorer
 from features.spec import DatasetSpec, load_spec
-from features.survival import DURATION, EVENT, survival_columns, survival_frame
+from features.survival import DURATION, EVENT, censor_at, survival_columns, survival_frame
 from models.survival import SurvivalModel, single_threaded, survival_design
 from training.churn_config import ChurnConfig, load_config
 from training.churn_data import label_training_data, load_training_data, split_train_validation
@@ -37,6 +37,9 @@ from training.survival_config import SurvivalConfig
 
 logger = logging.getLogger(__name__)
 VALIDATION_FOLDER = "validation"
+HELDOUT_MODEL = (
+    "heldout_model"  # the chosen candidate fitted on the training rows only (what promotion judges)
+)
 
 
 @dataclass
@@ -210,6 +213,8 @@ def train_survival(
         frame, spec.labels.horizon_days, config.split.validation_fraction, config.split.validation_snapshots,
         config.seed,
     )  # fmt: skip
+    # No training outcome may reach into the period the candidates are judged on.
+    split = dataclasses.replace(split, train=censor_at(split.train, split.valid[AS_OF].min()))
     chosen, candidates, heldout = choose_survival(split.train, split.valid, schema, config)
     train_y = outcome(split.train)
     days = evaluation_days(train_y, outcome(split.valid))
@@ -281,32 +286,54 @@ def log_survival_run(
         )
         figure = survival_by_band(heldout, split.train, split.valid, Path(tmp) / "survival_by_band.png")
         mlflow.log_artifact(str(figure), "plots")
-        # What `promote survival` judges two versions on: this run's validation rows (features, durations) and
-        # the training rows' outcomes (the Brier score's censoring weights).
+        # What `promote survival` judges two versions on: this run's validation rows (features, durations), the
+        # training rows' outcomes (the Brier score's censoring weights) and keys, and the held-out model (fitted
+        # on the training rows only: the registered one has seen the validation rows).
         split.valid.to_parquet(Path(tmp) / "validation.parquet", index=False)
         split.train[[DURATION, EVENT]].to_parquet(Path(tmp) / "train_outcome.parquet", index=False)
-        mlflow.log_artifact(str(Path(tmp) / "validation.parquet"), VALIDATION_FOLDER)
-        mlflow.log_artifact(str(Path(tmp) / "train_outcome.parquet"), VALIDATION_FOLDER)
+        split.train[[CUSTOMER_ID, AS_OF]].astype({CUSTOMER_ID: str}).to_parquet(
+            Path(tmp) / "train_rows.parquet"
+        )
+        for file in ("validation.parquet", "train_outcome.parquet", "train_rows.parquet"):
+            mlflow.log_artifact(str(Path(tmp) / file), VALIDATION_FOLDER)
+        mlflow.sklearn.log_model(
+            heldout.pipeline,
+            name=HELDOUT_MODEL,
+            serialization_format="cloudpickle",
+            pip_requirements=[*pip_requirements(), f"scikit-survival=={_version('scikit-survival')}"],
+            metadata=survival_metadata(schema, heldout, chosen, sentiment, aspects),
+        )
         mlflow.log_dict(json.loads(schema.to_json()), "model_contract/feature_schema.json")
         info = mlflow.sklearn.log_model(
             final.pipeline,
             name="model",
             serialization_format="cloudpickle",
             pip_requirements=[*pip_requirements(), f"scikit-survival=={_version('scikit-survival')}"],
-            metadata={
-                "feature_version": FEATURE_VERSION,
-                "feature_schema": schema.to_json(),
-                "feature_columns": schema.feature_names(),
-                "report_days": json.dumps(list(final.report_days)),
-                "followup_days": str(final.followup_days),
-                "sentiment_model": sentiment,
-                "aspect_model": aspects,
-                "kind": chosen,
-            },
+            metadata=survival_metadata(schema, final, chosen, sentiment, aspects),
             registered_model_name=settings.registered_model_name,
         )
         version = str(info.registered_model_version)
         return run.info.run_id, version, f"models:/{settings.registered_model_name}/{version}"
+
+
+def survival_metadata(
+    schema: FeatureSchema,
+    model: SurvivalModel,
+    kind: str,
+    sentiment: dict[str, Any] | None,
+    aspects: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """What `SurvivalModel.load` needs (schema, report days, follow-up) and the text models behind it."""
+    return {
+        "feature_version": FEATURE_VERSION,
+        "feature_schema": schema.to_json(),
+        "feature_columns": schema.feature_names(),
+        "report_days": json.dumps(list(model.report_days)),
+        "followup_days": str(model.followup_days),
+        "sentiment_model": sentiment,
+        "aspect_model": aspects,
+        "kind": kind,
+    }
 
 
 def _version(package: str) -> str:

@@ -164,3 +164,24 @@ def test_promotion_keeps_the_better_concordance_and_force_overrides(trained, dem
     forced = promote_survival(force=True, config=config)
     assert forced.promoted and forced.forced
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == worse.version
+
+
+def test_promotion_judges_held_out_models_so_an_overfitted_champion_does_not_win(demo_spec):
+    """Each version is judged by the model it fitted on its training rows only: the registered one has seen the
+    validation rows, where a forest of one-row leaves looks nearly perfect (0.97 concordance, seen in review)."""
+    from training.survival import train_survival
+    from training.survival_promotion import promote_survival
+
+    own = {"registered_model_name": f"{NAME}-heldout", "experiment_name": f"{NAME}-heldout"}
+    forest = parse_config(
+        SMALL | {"survival": own | {"candidates": ["rsf"], "rsf_trees": 3, "rsf_min_leaf": 1, "threads": 1}}
+    )
+    cox = parse_config(SMALL | {"survival": own | {"candidates": ["cox"]}})
+    overfitted = train_survival(demo_spec, forest)
+    assert promote_survival(config=forest).promoted  # the first version
+    better = train_survival(demo_spec, cox)
+    assert better.metrics["concordance"] > overfitted.metrics["concordance"]  # held out, at training
+    decision = promote_survival(config=cox)
+    assert decision.champion_metrics["concordance"] == pytest.approx(overfitted.metrics["concordance"])
+    assert decision.challenger_metrics["concordance"] == pytest.approx(better.metrics["concordance"])
+    assert decision.promoted, decision.render()

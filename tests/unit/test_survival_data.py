@@ -46,7 +46,7 @@ def test_customers_still_active_are_censored_at_the_end_of_the_data(simulated):
     _, data, _, frame = simulated
     end = max(data.events[TIMESTAMP].max(), data.customers[CHURN_DATE].max())
     censored = frame[frame[EVENT] == 0]
-    expected = np.ceil((end - pd.to_datetime(censored[AS_OF])) / pd.Timedelta(days=1))
+    expected = np.floor((end - pd.to_datetime(censored[AS_OF])) / pd.Timedelta(days=1)) + 1
     np.testing.assert_array_equal(censored[DURATION].to_numpy(), expected.to_numpy(dtype="float64"))
     # Of the rows of one customer, a later as_of never has a longer time to the same end.
     for _, rows in censored.groupby(CUSTOMER_ID):
@@ -80,25 +80,36 @@ def test_durations_by_hand():
     )
     events = pd.DataFrame(
         {
-            CUSTOMER_ID: ["dated", "event", "both", "stays", "stays"],
+            CUSTOMER_ID: ["dated", "event", "event", "both", "both", "stays", "stays"],
             TIMESTAMP: pd.to_datetime(
                 [
                     "2024-02-01 00:00",
+                    "2024-02-15 00:00",
                     "2024-03-05 12:00",
+                    "2024-02-20 00:00",
                     "2024-03-20 00:00",
                     "2024-02-10 00:00",
                     "2024-05-31 08:00",
                 ]
             ),
-            EVENT_TYPE: ["login", "cancel", "cancel", "login", "login"],
+            EVENT_TYPE: ["login", "login", "cancel", "login", "cancel", "login", "login"],
         }
     )
     labels = pd.DataFrame({CUSTOMER_ID: ["dated", "event", "both", "stays"], AS_OF: as_of})
     got = survival_snapshots(customers, events, labels, churn_event="cancel").set_index(CUSTOMER_ID)
-    assert got.loc["dated", [DURATION, EVENT]].tolist() == [10, 1]
-    assert got.loc["event", [DURATION, EVENT]].tolist() == [5, 1]  # 4.5 days: counted up
-    assert got.loc["both", [DURATION, EVENT]].tolist() == [19, 1]  # the earlier of the two
+    # Day k is [k - 1, k) after as_of: a churn exactly 10 days on is in day 11, as the horizon label's
+    # half-open window [as_of, as_of + H) has it (churned within 10 days: no).
+    assert got.loc["dated", [DURATION, EVENT]].tolist() == [11, 1]
+    assert got.loc["event", [DURATION, EVENT]].tolist() == [5, 1]  # 4.5 days: day 5
+    assert got.loc["both", [DURATION, EVENT]].tolist() == [20, 1]  # the earlier of the two (19 days on)
     assert got.loc["stays", [DURATION, EVENT]].tolist() == [92, 0]  # censored at the newest event (91.3 days)
+    # A churn exactly at the horizon: not churned within it, so its duration is past it.
+    from features.labels import label_snapshot
+
+    labelled = label_snapshot(customers, events, as_of, horizon_days=10, churn_event="cancel")
+    timed = survival_snapshots(customers, events, labelled, churn_event="cancel")
+    within = ((timed[EVENT] == 1) & (timed[DURATION] <= 10)).astype(int).to_numpy()
+    assert (within == labelled[CHURNED].to_numpy()).all() and labelled[CHURNED].sum() == 1  # "event" only
 
 
 def test_what_cannot_be_timed_is_refused():
@@ -118,5 +129,47 @@ def test_tenure_durations_convert_units_and_name_bad_values():
     assert got[DURATION].tolist() == [61.0, 1.0] and got[EVENT].tolist() == [1, 0]
     with pytest.raises(SurvivalDataError, match="'tenure'.*first: b"):
         tenure_durations(customers.assign(tenure=["3", "-1"]), "tenure", "days")
+    with pytest.raises(SurvivalDataError, match="'tenure'.*first: a"):
+        tenure_durations(customers.assign(tenure=["inf", "2"]), "tenure", "days")
     with pytest.raises(SurvivalDataError, match="not in the customers table"):
         tenure_durations(customers, "months", "days")
+
+
+def test_training_rows_are_censored_where_validation_begins(simulated):
+    """No training outcome reaches into the period the model is judged on: censored at the cut, every churn
+    before it kept, and the same durations as if the data had ended there."""
+    from features.survival import censor_at
+
+    _, data, _, frame = simulated
+    first, last = sorted(frame[AS_OF].unique())[:2]
+    early = frame[frame[AS_OF] == first]
+    cut = censor_at(early, pd.Timestamp(last))
+    span = (pd.Timestamp(last) - pd.Timestamp(first)).days
+    assert (cut[DURATION] <= span + 1).all()
+    kept = early[DURATION] <= span
+    pd.testing.assert_frame_equal(cut[kept.to_numpy()], early[kept.to_numpy()])  # churns before the cut stay
+    assert (cut.loc[~kept.to_numpy(), EVENT] == 0).all() and (~kept).sum() > 0
+    # ... the durations the data would give if it ended at the cut.
+    ended_events = data.events[data.events[TIMESTAMP] < pd.Timestamp(last)]
+    ended_customers = data.customers.assign(
+        **{CHURN_DATE: data.customers[CHURN_DATE].where(lambda d: d < pd.Timestamp(last))}
+    )
+    again = survival_snapshots(ended_customers, ended_events, early, "cancellation")
+    # Censoring in `again` happens at its newest event (just before the cut): at most one day apart.
+    assert (np.abs(again[DURATION].to_numpy() - cut[DURATION].to_numpy()) <= 1).all()
+    np.testing.assert_array_equal(again[EVENT].to_numpy(), cut[EVENT].to_numpy())
+
+
+def test_a_tenure_column_on_snapshot_data_and_bad_report_days_are_refused(simulated):
+    from training.churn_config import ConfigError, parse_config
+
+    spec, data, _, frame = simulated
+    with_tenure = spec.model_copy(
+        update={"customers": spec.customers.model_copy(update={"duration": "plan"})}
+    )
+    with pytest.raises(SurvivalDataError, match="customers.duration: for one-table data"):
+        survival_frame(type(data)(with_tenure, data.customers, data.events, data.rejects), frame)
+    for days in ([0, 30], [30, 30], [-30]):
+        with pytest.raises(ConfigError, match="report_days"):
+            parse_config({"survival": {"report_days": days}})
+    assert parse_config({"survival": {"report_days": [90, 30]}}).survival.report_days == (30, 90)
