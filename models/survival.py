@@ -92,13 +92,17 @@ class SurvivalModel:
 
     def risk(self, features: pd.DataFrame) -> np.ndarray:
         """The estimator's risk score (higher: churns sooner), what concordance is computed from."""
+        if len(features) == 0:
+            return np.zeros(0)
         return np.asarray(self.pipeline.predict(self._input(features)), dtype=np.float64)
 
     def curves(self, features: pd.DataFrame, days: Sequence[float]) -> np.ndarray:
         """S(t) for each customer (rows) at each of `days` (columns): 1 before the first churn the model knows,
         its last value after the follow-up."""
-        functions = self.pipeline.predict_survival_function(self._input(features))
         days = np.asarray(days, dtype=np.float64)
+        if len(features) == 0:
+            return np.zeros((0, len(days)))
+        functions = self.pipeline.predict_survival_function(self._input(features))
         out = np.empty((len(functions), len(days)))
         for i, function in enumerate(functions):
             times, values = function.x, function.y
@@ -108,6 +112,8 @@ class SurvivalModel:
 
     def medians(self, features: pd.DataFrame) -> np.ndarray:
         """The first day each curve reaches 0.5 (NaN when it stays above it for the whole follow-up)."""
+        if len(features) == 0:
+            return np.zeros(0)
         functions = self.pipeline.predict_survival_function(self._input(features))
         out = np.full(len(functions), np.nan)
         for i, function in enumerate(functions):

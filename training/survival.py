@@ -221,6 +221,12 @@ def train_survival(
     metrics = dict(candidates[chosen])
     metrics["km_integrated_brier"] = kaplan_meier_brier(train_y, split.valid, days)
     metrics |= horizon_agreement(heldout, split.valid, spec.labels.horizon_days)
+    if metrics["integrated_brier"] > metrics["km_integrated_brier"]:
+        logger.warning(
+            "survival: the chosen %s ranks best (concordance %.4f) but its curves are worse than one Kaplan-Meier "
+            "curve for everyone (integrated Brier %.4f vs %.4f): check its calibration before relying on the days",
+            chosen, metrics["concordance"], metrics["integrated_brier"], metrics["km_integrated_brier"],
+        )  # fmt: skip
     final = fit_survival(frame, schema, chosen, config)
     run_id, version, uri = log_survival_run(
         config, spec, schema, frame, split, heldout, final, chosen, candidates, metrics, sentiment, aspects

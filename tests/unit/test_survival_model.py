@@ -66,3 +66,10 @@ def test_an_average_is_the_mean_of_its_members_curves_and_ranks_by_area(frame):
     curves = both.curves(frame, grid)
     lower = np.flatnonzero((curves <= curves[0]).all(axis=1) & (curves < curves[0]).any(axis=1))
     assert lower.size and (both.risk(frame)[lower] > both.risk(frame)[0]).all()
+
+
+def test_no_customers_get_empty_answers(frame):
+    model = fit_survival(frame, SCHEMA, "cox", parse_config({}))
+    empty = model.summary(frame.iloc[:0])
+    assert len(empty) == 0 and list(empty.columns) == list(model.summary(frame.iloc[:1]).columns)
+    assert model.risk(frame.iloc[:0]).shape == (0,) and model.curves(frame.iloc[:0], [30, 60]).shape == (0, 2)
