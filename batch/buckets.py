@@ -33,7 +33,14 @@ from batch.plan import (
 )
 from batch.read import cast_column, raw_schema, read_file_batches
 from batch.texts import text_aspects, text_sentiment
-from batch.workers import aspect_model, churn_model, phrase_finder, sentiment_scorer
+from batch.workers import (
+    aspect_labeler,
+    aspect_model,
+    churn_model,
+    phrase_finder,
+    sentiment_scorer,
+    survival_model,
+)
 from churnsense.files import atomic_path
 from features.engine import build_customer_features
 from features.evidence import EvidenceFinder
@@ -285,9 +292,15 @@ def score_bucket(plan: BatchPlan, customers_file: Path | None, events_file: Path
         if plan.phrases and plan.sentiment is not None:  # quoted texts: the phrase that drove their sentiment
             classifier = sentiment_scorer(plan.sentiment, plan.tracking_uri)
             annotate(quoted, phrase_finder(plan.sentiment, classifier.labels), classifier.predict_proba)
-        if plan.aspect_model is not None:  # ... and what they are about
+        if plan.aspects is not None:  # ... and what they are about: the churn model's own aspect model (the
+            # only one `make_plan` accepts then), through the cache its features were just labelled from
+            annotate_aspects(quoted, aspect_labeler(plan.aspects, plan.tracking_uri))
+        elif plan.aspect_model is not None:
             annotate_aspects(quoted, aspect_model(plan.aspect_model, plan.tracking_uri))
-    return BucketResult(result_table(scored, plan, eligible, why_not), rejects, rows_in)
+    survival = survival_model(plan)
+    times = survival.summary(features) if survival is not None else None
+    table = result_table(scored, plan, eligible, why_not, times, plan.survival_version)
+    return BucketResult(table, rejects, rows_in)
 
 
 def _source_rejects(

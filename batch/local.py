@@ -44,8 +44,7 @@ from batch.plan import CUSTOMERS, EVENTS, SLEEP_HOOK_ENV, BatchError, BatchPlan
 from batch.read import raw_schema
 from batch.texts import score_new_texts, unscored_texts
 from batch.workers import (
-    churn_model,
-    install_churn_model,
+    install_models,
     limit_threads,
     mark_worker,
     model_bytes,
@@ -73,7 +72,7 @@ def _init_worker(plan: BatchPlan, model_file: str, model_sha256: str, parent_pid
     blob = Path(model_file).read_bytes()
     if hashlib.sha256(blob).hexdigest() != model_sha256:
         raise BatchError(f"{model_file}: not the model file this run wrote; refusing to unpickle it")
-    install_churn_model(plan.model_uri, plan.tracking_uri, plan.model_digest, blob)
+    install_models(plan, blob)
     limit_threads()
 
 
@@ -158,7 +157,7 @@ def run_local(
     todo = [b for b in range(plan.n_buckets) if b not in done]
     # A file, not an initarg: spawn writes initargs into a pipe and would block until each worker has started.
     model_file = work / "model.pkl"
-    blob = model_bytes(churn_model(plan.model_uri, plan.tracking_uri, plan.model_digest))
+    blob = model_bytes(plan)
     atomic_write_bytes(blob, model_file)
     context = multiprocessing.get_context("spawn")
     bars = _Bars(progress)
@@ -211,6 +210,7 @@ def run_local(
         ineligible_by_reason=ineligible,
         ineligible=plan.ineligible,
         rows_in=rows_in,
+        survival_version=plan.survival_version,
     )
 
 

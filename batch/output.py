@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from batch.plan import CUSTOMERS, EVENTS, BatchPlan
 from features.columns import AS_OF
 from features.io import REJECT_COLUMNS
+from models.survival import ANSWER_COLUMNS
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,9 @@ RESULT_SCHEMA = pa.schema(
         # The aspect model behind the aspect features (the churn model's own) or that named evidence texts'
         # aspects (--aspect-model).
         ("aspect_model", pa.string()),
+        # Time to churn (`models.survival`), null without a survival model (or for a customer it cannot answer).
+        *[(name, pa.float64()) for name in ANSWER_COLUMNS],
+        ("survival_model", pa.string()),  # its registry version (or run id), if any
     ]
 )
 RESULT_COLUMNS = RESULT_SCHEMA.names
@@ -65,10 +69,16 @@ assert list(REJECT_SCHEMA.names) == REJECT_COLUMNS
 
 
 def result_table(
-    scored: pd.DataFrame, plan: BatchPlan, eligible: np.ndarray, why_not: np.ndarray
+    scored: pd.DataFrame,
+    plan: BatchPlan,
+    eligible: np.ndarray,
+    why_not: np.ndarray,
+    times: pd.DataFrame | None = None,
+    survival_version: str | None = None,
 ) -> pa.Table:
     """`ChurnModel.score` output (indexed by customer_id) as an Arrow table with `RESULT_SCHEMA`; ineligible
-    customers keep their row (the engines drop or flag them) with no risk or band and empty reasons."""
+    customers keep their row (the engines drop or flag them) with no risk or band and empty reasons. `times`:
+    `SurvivalModel.summary` of the same rows, by `survival_version`, or None."""
     n = len(scored)
     ids = pd.Index(scored.index).astype(str)
     lineage = plan.sentiment.lineage if plan.sentiment is not None else None
@@ -98,6 +108,14 @@ def result_table(
                 [lineage.scoring_id if lineage is not None else None] * n, pa.string()
             ),
             "aspect_model": pa.array([plan.aspect_model] * n, pa.string()),
+            **{
+                name: scored_only(
+                    times[name].to_numpy(dtype="float64") if times is not None else np.full(n, np.nan),
+                    pa.float64(),
+                )
+                for name in ANSWER_COLUMNS
+            },
+            "survival_model": pa.array([survival_version] * n, pa.string()),
         },
         schema=RESULT_SCHEMA,
     )
@@ -186,6 +204,8 @@ class BatchSummary:
     ineligible: str = "exclude"
     rows_in: dict[str, int] = dataclasses.field(default_factory=dict)
     """Input rows read, by table (`customers`, `events`)."""
+    survival_version: str | None = None
+    """The survival model behind the time-to-churn columns (None: they are empty)."""
 
     def rejected_rows(self, table: str) -> int:
         return sum(n for key, n in self.rejected_by_reason.items() if key.startswith(f"{table}: "))
@@ -210,6 +230,12 @@ class BatchSummary:
         lines = [
             f"scored {self.n_customers:,} customers as of {self.as_of} with churn model v{self.model_version} "
             f"({self.engine} engine) in {self.seconds:.1f}s ({self.customers_per_second:,.0f} customers/s)",
+            "  time to churn: "
+            + (
+                f"survival model v{self.survival_version}"
+                if self.survival_version
+                else "none (no survival model)"
+            ),
         ]
         for band in order:
             count = self.band_counts[band]
@@ -255,13 +281,15 @@ class BatchSummary:
 
 
 def top_risk(path: str | Path, n: int = 10) -> pd.DataFrame:
-    """The `n` highest `churn_risk` rows of a scores file (or Spark output folder), ties broken by id."""
+    """The `n` highest `churn_risk` rows of a scores file (or Spark output folder), ties broken by id, with
+    `expected_days_to_churn`."""
     dataset = pq.ParquetDataset(str(path))
     head = dataset.read(columns=["customer_id", "churn_risk"])
     risk = head.column("churn_risk").fill_null(-1.0).to_numpy()  # ineligible (flagged) rows last
     ids = head.column("customer_id").to_numpy(zero_copy_only=False)
     order = np.lexsort((ids, -risk))[:n]
-    table = dataset.read(columns=["customer_id", "churn_risk", "risk_band", "reasons"]).take(pa.array(order))
+    columns = ["customer_id", "churn_risk", "risk_band", "expected_days_to_churn", "reasons"]
+    table = dataset.read(columns=columns).take(pa.array(order))
     frame = table.to_pandas()
     frame["reasons"] = [
         "; ".join(f"{r['feature']}={_readable(r['value'])} ({r['contribution']:+.3f})" for r in reasons)

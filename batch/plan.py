@@ -21,7 +21,7 @@ from features.engine import FEATURE_VERSION
 from features.io import resolve_files
 from features.raw import is_parquet, parquet_file
 from features.spec import DatasetSpec
-from models.catalog import CHURN_MODEL, absolute_tracking_uri, champion_uri
+from models.catalog import CHURN_MODEL, SURVIVAL_MODEL, absolute_tracking_uri, champion_uri, resolve_model_uri
 from models.lineage import AspectLineage, SentimentLineage
 
 logger = logging.getLogger(__name__)
@@ -31,7 +31,9 @@ DEFAULT_CHURN_MODEL = champion_uri(CHURN_MODEL)
 DEFAULT_CHUNK_CUSTOMERS = 50_000
 READ_BATCH_ROWS = 1_000_000
 # Bumped when the work-dir layout or the bucket format changes, so a resume never mixes formats.
-BATCH_FORMAT = "4"  # 2: reasons carry `evidence`; 3: `aspect_model`; 4: phrases only with `phrases`
+BATCH_FORMAT = (
+    "5"  # 2: reasons carry `evidence`; 3: `aspect_model`; 4: phrases only with `phrases`; 5: time to churn
+)
 # Test hook: seconds a worker sleeps after each bucket it completes (lets a test kill a run between buckets).
 SLEEP_HOOK_ENV = "CHURNSENSE_BATCH_SLEEP_AFTER_BUCKET"
 
@@ -103,6 +105,8 @@ class BatchPlan:
             `text_column` is set.
         aspects: the churn model's aspect model and cache, when it counts negative texts per aspect and
             `text_column` is set (the texts' aspects then become `ASPECT`).
+        survival_uri / survival_version: the survival model (a concrete URI) that adds time to churn from the
+            same features, or None (`choose_survival`).
         n_buckets: customer buckets (local engine: files on disk; Spark: groups).
         top_k: reasons per customer.
         evidence: list the events behind each reason (`features.evidence`); event texts are then read too.
@@ -128,6 +132,8 @@ class BatchPlan:
     aspect_model: str | None = None
     phrases: bool = False
     aspects: AspectSource | None = None
+    survival_uri: str | None = None
+    survival_version: str | None = None
 
     def fingerprint(self) -> str:
         """A key for the work dir: input files (path, size, mtime), spec, model, date, bucketing, formats."""
@@ -152,6 +158,7 @@ class BatchPlan:
             "aspect_model": self.aspect_model,
             "phrases": self.phrases,
             "aspects": [self.aspects.lineage.scoring_id, self.aspects.cache_dir] if self.aspects else None,
+            "survival": [self.survival_uri, self.survival_version],
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -234,6 +241,42 @@ def check_evidence_options(evidence: bool, aspect_model: str | None, phrases: bo
         raise BatchError("--phrases explains evidence texts: it needs --evidence")
 
 
+NO_SURVIVAL = "none"
+
+
+def survival_source(churn: Any, requested: str | None) -> tuple[str | None, str | None]:
+    """(concrete URI, version) of the survival model that adds time to churn, or (None, None).
+
+    Default (`requested` None): the registry's survival champion, if there is one and it fits the churn model
+    (`SurvivalModel.check_fits`), as `churnsense build` chooses for the Bento; "none": no time to churn.
+
+    Raises:
+        BatchError: a named model that cannot answer beside the churn model.
+    """
+    from models.churn import ModelContractError
+    from models.survival import SurvivalModel
+
+    if requested == NO_SURVIVAL:
+        return None, None
+    try:
+        uri, version = resolve_model_uri(requested or champion_uri(SURVIVAL_MODEL))
+    except UserError:
+        if requested is None:
+            logger.info("no %s champion: the output has no time to churn", SURVIVAL_MODEL)
+            return None, None
+        raise
+    try:
+        SurvivalModel.load(uri).check_fits(
+            churn, what="--survival-model" if requested else "the survival champion"
+        )
+    except ModelContractError as error:
+        if requested is not None:
+            raise BatchError(str(error)) from None
+        logger.warning("%s; the output has no time to churn (retrain it: churnsense train survival)", error)
+        return None, None
+    return uri, version or uri
+
+
 def make_plan(
     spec: DatasetSpec,
     as_of: dt.date,
@@ -247,6 +290,7 @@ def make_plan(
     evidence: bool = False,
     aspect_model: str | None = None,
     phrases: bool = False,
+    survival: tuple[str | None, str | None] = (None, None),
 ) -> BatchPlan:
     """Resolve the input files, decide whether texts must be scored, and size the buckets.
 
@@ -257,6 +301,7 @@ def make_plan(
         sentiment_model: where to load the churn model's own sentiment model from (default: where it was).
         aspect_model: a concrete aspect model URI: texts quoted as evidence also say what they are about.
         phrases: texts quoted as evidence also carry the phrase that drove their sentiment (`models.phrases`).
+        survival: (concrete URI, version) of the survival model (`survival_source`), or (None, None).
     """
     check_evidence_options(evidence, aspect_model, phrases)
     if spec.customers is None and spec.events is None:
@@ -336,4 +381,6 @@ def make_plan(
         phrases=phrases,
         aspects=aspects,
         model_digest=folder_digest(Path(model_uri)) if Path(model_uri).exists() else "",
+        survival_uri=survival[0],
+        survival_version=survival[1],
     )

@@ -20,6 +20,7 @@ from batch.plan import (
     folder_digest,
     make_plan,
     parse_as_of,
+    survival_source,
 )
 from batch.workers import churn_model, sentiment_scorer_in_use, set_tracking_uri
 from features.engine import to_timestamp_ns
@@ -53,6 +54,7 @@ def score_customers(
     evidence: bool = False,
     aspect_model: str | None = None,
     phrases: bool = False,
+    survival_model: str | None = None,
 ) -> BatchSummary:
     """Score every customer of a spec as of a date and write one Parquet row per customer.
 
@@ -85,6 +87,9 @@ def score_customers(
             model (an alias is pinned to its version now).
         phrases: with `evidence`, each quoted text also carries the phrase that drove its sentiment (about 20
             extra sentiment passes per distinct text).
+        survival_model: the survival model that adds time to churn (`expected_days_to_churn`, `survival_30d`,
+            ...): default the registry champion if it fits the churn model (as `churnsense build` chooses);
+            "none" for no time to churn; a named model that does not fit is refused.
     Returns:
         A `BatchSummary`; `.render()` prints it, `.top_risk(10)` lists the riskiest customers with reasons.
     """
@@ -112,6 +117,7 @@ def score_customers(
         evidence=evidence,
         aspect_model=resolve_model_uri(aspect_model)[0] if aspect_model else None,
         phrases=phrases,
+        survival=survival_source(model, survival_model),
     )
     injected = text_scorer is not None and plan.sentiment is not None
     if injected:
@@ -124,11 +130,12 @@ def score_customers(
 
             check_lineage(plan.sentiment.lineage, text_scorer, what="text_scorer")
     logger.info(
-        "scoring %s as of %s with %s (v%s): %d bucket(s), engine %s",
+        "scoring %s as of %s with %s (v%s; time to churn: %s): %d bucket(s), engine %s",
         spec.source,
         as_of_date,
         uri,
         plan.model_version,
+        plan.survival_uri or "none",
         plan.n_buckets,
         engine,
     )

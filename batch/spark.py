@@ -48,8 +48,9 @@ from batch.output import REJECT_SCHEMA, RESULT_COLUMNS, RESULT_SCHEMA, BatchSumm
 from batch.plan import CUSTOMERS, EVENTS, SOURCE_ROW, BatchError, BatchPlan
 from batch.read import raw_schema
 from batch.texts import score_new_texts, unscored_texts
-from batch.workers import churn_model, install_churn_model, limit_threads, mark_worker, model_bytes
+from batch.workers import install_models, limit_threads, mark_worker, model_bytes
 from churnsense.files import atomic_write_text
+from models.survival import ANSWER_COLUMNS
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,8 @@ OUTPUT_DDL = (
     "reasons array<struct<feature:string,value:string,contribution:double,evidence:string>>, base_value double, "
     "other_contribution double, eligible boolean, ineligible_reason string, as_of date, model_version string, "
     "sentiment_model_version string, sentiment_scoring_id string, aspect_model string, "
+    + "".join(f"{name} double, " for name in ANSWER_COLUMNS)
+    + "survival_model string, "
     "table string, file string, row long, column string, reason string"
 )
 _SEQ_FILE_SHIFT = 40  # seq = file index << 40 | first source row of the slice: source order within a bucket
@@ -233,16 +236,16 @@ def score_group(plan: BatchPlan, key: tuple, slices: pa.Table) -> pa.Table:
     return _union(results, rejects, rows_in)
 
 
-_ready_workers: set[tuple[str, str, str]] = set()
+_ready_workers: set[tuple[str, str, str, str | None]] = set()
 
 
 def score_group_with_model(plan: BatchPlan, model: Any, key: tuple, slices: pa.Table) -> pa.Table:
     """`score_group` after making sure this Python worker has the broadcast model and one OpenMP thread
     (Spark runs one task per core; more threads per task would fight over the cores)."""
-    key = (plan.tracking_uri, plan.model_uri, plan.model_digest)
+    key = (plan.tracking_uri, plan.model_uri, plan.model_digest, plan.survival_uri)
     if key not in _ready_workers:
         mark_worker()
-        install_churn_model(plan.model_uri, plan.tracking_uri, plan.model_digest, model.value)
+        install_models(plan, model.value)
         limit_threads()
         _ready_workers.add(key)
     return score_group(plan, key, slices)
@@ -308,9 +311,7 @@ def run_spark(
             _score_new_texts(spark, plan, [s for s in splits if s.kind == EVENTS])
 
         # The driver's contract-checked model, unpickled once per Python worker (no MLflow load per worker).
-        model = spark.sparkContext.broadcast(
-            model_bytes(churn_model(plan.model_uri, plan.tracking_uri, plan.model_digest))
-        )
+        model = spark.sparkContext.broadcast(model_bytes(plan))
 
         # Plain closures, not functools.partial: PySpark inspects the function's type hints. They only call
         # module functions: a closure is pickled by value, with any module global it names (a model cache
@@ -371,6 +372,7 @@ def run_spark(
         ineligible_by_reason=ineligible,
         ineligible=plan.ineligible,
         rows_in=rows_in,
+        survival_version=plan.survival_version,
     )
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from batch.plan import AspectSource, SentimentSource
+from batch.plan import AspectSource, BatchPlan, SentimentSource
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 # --- models: loaded once per process ----------------------------------------------------------------------------
 
 _churn_models: dict[tuple[str, str, str], Any] = {}
+_survival_models: dict[tuple[str, str], Any] = {}
 _sentiment_models: dict[str, Any] = {}
 _phrase_finders: dict[str, Any] = {}
 _aspect_models: dict[str, Any] = {}
@@ -72,19 +73,37 @@ def churn_model(uri: str, tracking_uri: str | None = None, digest: str = "") -> 
     return model
 
 
-def model_bytes(model: Any) -> bytes:
-    """The loaded (contract-checked) churn model pickled for the workers: they unpickle it instead of loading
-    it from MLflow again, which would import mlflow, skops and torch in every process (~15 s each)."""
-    return pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def install_churn_model(uri: str, tracking_uri: str | None, digest: str, blob: bytes) -> Any:
-    """Make `churn_model(uri, tracking_uri, digest)` return the model pickled in `blob` (once per process)."""
-    key = _model_key(uri, tracking_uri, digest)
-    model = _churn_models.get(key)
+def survival_model(plan: BatchPlan) -> Any:
+    """The plan's survival model (`models.survival.SurvivalModel`), or None; loaded once per process."""
+    if plan.survival_uri is None:
+        return None
+    key = (plan.tracking_uri, plan.survival_uri)
+    model = _survival_models.get(key)
     if model is None:
-        model = _churn_models[key] = pickle.loads(blob)
+        set_tracking_uri(plan.tracking_uri)
+        from models.survival import SurvivalModel
+
+        model = _survival_models[key] = SurvivalModel.load(plan.survival_uri)
     return model
+
+
+def model_bytes(plan: BatchPlan) -> bytes:
+    """The plan's loaded (contract-checked) churn and survival models pickled for the workers: they unpickle them
+    instead of loading from MLflow again, which would import mlflow, skops and torch in every process (~15 s
+    each)."""
+    models = (churn_model(plan.model_uri, plan.tracking_uri, plan.model_digest), survival_model(plan))
+    return pickle.dumps(models, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def install_models(plan: BatchPlan, blob: bytes) -> None:
+    """Make `churn_model(...)` and `survival_model(plan)` return the models pickled in `blob` (once per process)."""
+    key = _model_key(plan.model_uri, plan.tracking_uri, plan.model_digest)
+    survival_key = (plan.tracking_uri, plan.survival_uri or "")
+    if key not in _churn_models or (plan.survival_uri is not None and survival_key not in _survival_models):
+        churn, survival = pickle.loads(blob)
+        _churn_models.setdefault(key, churn)
+        if plan.survival_uri is not None:
+            _survival_models.setdefault(survival_key, survival)
 
 
 def sentiment_scorer(source: SentimentSource, tracking_uri: str | None = None) -> Any:

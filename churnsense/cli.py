@@ -189,9 +189,19 @@ def score(
             "(occlusion: about 20 extra sentiment passes per distinct text)",
         ),
     ] = False,
+    survival_model: Annotated[
+        str | None,
+        typer.Option(
+            "--survival-model",
+            help="time to churn (expected_days_to_churn, survival_30d/60d/90d) by this survival model; default "
+            "the churnsense-survival champion if it fits the churn model (as churnsense build chooses); none: "
+            "leave those columns empty",
+        ),
+    ] = None,
     store: StoreOption = None,
 ) -> None:
-    """Score every customer as of a date (churn_risk, risk_band, reasons); rejected input rows go beside --out.
+    """Score every customer as of a date (churn_risk, risk_band, reasons, time to churn); rejected input rows go
+    beside --out.
 
     Reads the files of --spec, or everything in the event store of --store.
     """
@@ -216,6 +226,7 @@ def score(
         evidence=evidence,
         aspect_model=aspect_model,
         phrases=phrases,
+        survival_model=survival_model,
     )
     typer.echo(summary.render())
 

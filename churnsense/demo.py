@@ -3,7 +3,8 @@
     python -m churnsense.demo --out demo_out [--customers 3000]
 
 generate data -> validate -> feature table -> train + promote sentiment (short MiniLM fine-tune) -> train +
-promote churn (with the sentiment of event texts as features) -> batch-score everyone -> load the event store ->
+promote churn (with the sentiment of event texts as features) -> train + promote time to churn (survival) ->
+batch-score everyone -> load the event store ->
 build the Bento, serve it briefly and send one /churn_risk (in full, then by id) and one /sentiment request.
 Everything goes under --out (data, MLflow store, BentoML home, sentiment cache), so the demo never touches
 your own stores. Open the runs with `mlflow ui --backend-store-uri sqlite:///demo_out/mlflow.db`.
@@ -105,6 +106,17 @@ def run_demo(out: Path, customers: int, seed: int, sentiment_steps: int) -> None
     churn_run = train_churn(spec_path, sentiment_scorer=cached_scores, aspect_labeler=aspects)
     print(churn_run.render())
     print(promote_churn().render())
+    print(f"({time.perf_counter() - started:.1f}s)")
+
+    started = _banner(
+        "5b. train the time-to-churn (survival) model on the same snapshots and features; promote it"
+    )
+    from training.survival import train_survival
+    from training.survival_promotion import promote_survival
+
+    # Every churn answer (batch and Bento) then says when, too: expected days to churn, survival at 30/60/90 days.
+    print(train_survival(spec_path, sentiment_scorer=cached_scores, aspect_labeler=aspects).render())
+    print(promote_survival().render())
     print(f"({time.perf_counter() - started:.1f}s)")
 
     started = _banner(f"6. batch-score every customer as of {as_of} (local engine)")

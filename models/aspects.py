@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -222,14 +223,16 @@ class AspectCache:
         return [known[t] for t in texts]
 
 
-def annotate_aspects(evidence: Any, cache: AspectCache) -> None:
+def annotate_aspects(evidence: Any, cache: AspectCache | Callable[[list[str]], list]) -> None:
     """Adds `aspect` (what the text is about) to every evidence event quoting a scored text, in place (the
-    events `models.phrases.quoted_texts` finds)."""
+    events `models.phrases.quoted_texts` finds). `cache`: an `AspectCache`, or any texts -> aspects function
+    of the same model (e.g. `models.aspect_scoring.CachedAspectLabeler`, which reads the on-disk cache)."""
     from models.phrases import quoted_texts
 
+    label = cache.aspects if isinstance(cache, AspectCache) else cache
     events = quoted_texts(evidence)
     if events:
-        for event, aspect in zip(events, cache.aspects([e["text"] for e in events]), strict=True):
+        for event, aspect in zip(events, label([e["text"] for e in events]), strict=True):
             event["aspect"] = aspect
 
 

@@ -18,6 +18,7 @@ from churnsense.errors import UserError
 CHURN_MODEL = "churnsense-churn"
 SENTIMENT_MODEL = "churnsense-sentiment"
 ASPECT_MODEL = "churnsense-aspects"
+SURVIVAL_MODEL = "churnsense-survival"
 CHAMPION = "champion"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 

@@ -1,19 +1,28 @@
 """A time-to-churn model: each customer's survival curve from the same features as the churn model.
 
     model = SurvivalModel.load("models:/churnsense-survival@champion")
-    model.summary(features)      # survival_30d, survival_60d, survival_90d, expected_days_to_churn
+    model.check_fits(churn_model)   # the churn model's features are enough to answer (and mean the same)
+    model.summary(features)         # survival_30d, survival_60d, survival_90d, expected_days_to_churn, ...
     model.curves(features, [7, 30, 365])
 
 The model is a scikit-learn pipeline (`survival_design`: median-imputed, standardised numbers with missing
 flags, one-hot categories; then a scikit-survival estimator: ridge Cox, gradient-boosted Cox trees or a random
 survival forest) over the columns of its own `FeatureSchema` (the churn schema less the columns it must not
-read, such as a tenure that is its target). `expected_days_to_churn` is the median survival time: the first day
-the curve reaches 0.5, or missing when it stays above 0.5 for as long as the training data followed customers
-(`followup_days`: answer "more than that").
+read, such as a tenure that is its target). Every path that answers churn risk answers time to churn from the
+same feature rows, so the two agree customer by customer.
+
+`summary` answers, per customer, from `as_of` on:
+- `survival_30d`, `survival_60d`, `survival_90d`: the probability of not having churned that many days later;
+- `expected_days_to_churn`: the median, the first day the curve reaches 0.5, or missing when it stays above
+  0.5 for as long as training followed customers; then `expected_days_more_than` says for how many days.
+
+A model trained on one-table data (durations are tenures: `customers.duration`) answers for a customer who has
+already stayed their current tenure t: S(t + d) / S(t), the curve given they are still here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Sequence
@@ -24,9 +33,15 @@ import pandas as pd
 
 from churnsense.errors import UserError
 from features.engine import FeatureSchema
-from models.churn import prepare_features
+from features.survival import UNIT_DAYS
+from models.churn import ModelContractError, prepare_features
 
 logger = logging.getLogger(__name__)
+
+REPORT_DAYS = (30, 60, 90)  # every answer's survival probabilities: `survival_30d`, ...
+SURVIVAL_COLUMNS = tuple(f"survival_{d}d" for d in REPORT_DAYS)
+EXPECTED_DAYS, MORE_THAN = "expected_days_to_churn", "expected_days_more_than"
+ANSWER_COLUMNS = (*SURVIVAL_COLUMNS, EXPECTED_DAYS, MORE_THAN)
 
 
 def missing_as_nan(values: Any) -> np.ndarray:
@@ -66,22 +81,31 @@ def single_threaded(estimator: Any) -> Any:
 
 
 class SurvivalModel:
-    """A fitted survival pipeline with its feature schema and the days its answers report."""
+    """A fitted survival pipeline with its feature schema and how long training followed customers.
+
+    Attributes:
+        followup_days: the longest time training followed a customer: the curve is unknown beyond it.
+        tenure: (column, unit) of a one-table model's durations: answers are conditional on the customer's
+            current tenure in that (churn feature) column. None for snapshot data: answers start at `as_of`.
+        sentiment_lineage / aspect_lineage: the text models behind its text features (None without).
+    """
 
     def __init__(
         self,
         pipeline: Any,
         schema: FeatureSchema,
-        report_days: Sequence[int] = (30, 60, 90),
         followup_days: float = float("nan"),
         version: str | None = None,
         uri: str | None = None,
+        tenure: tuple[str, str] | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.schema = schema
-        self.report_days = tuple(int(d) for d in report_days)
-        self.followup_days = float(followup_days)  # the longest time training followed a customer
+        self.followup_days = float(followup_days)
         self.version, self.uri = version, uri
+        self.tenure = tenure
+        self.sentiment_lineage: Any = None
+        self.aspect_lineage: Any = None
 
     @property
     def kind(self) -> str:
@@ -97,46 +121,119 @@ class SurvivalModel:
         return np.asarray(self.pipeline.predict(self._input(features)), dtype=np.float64)
 
     def curves(self, features: pd.DataFrame, days: Sequence[float]) -> np.ndarray:
-        """S(t) for each customer (rows) at each of `days` (columns): 1 before the first churn the model knows,
-        its last value after the follow-up."""
+        """S(t) for each customer (rows) at each of `days` (columns) since the start of its duration (`as_of`, or
+        signup for tenures): 1 before the first churn the model knows, its last value after the follow-up."""
         days = np.asarray(days, dtype=np.float64)
         if len(features) == 0:
             return np.zeros((0, len(days)))
         functions = self.pipeline.predict_survival_function(self._input(features))
-        out = np.empty((len(functions), len(days)))
-        for i, function in enumerate(functions):
-            times, values = function.x, function.y
-            index = np.searchsorted(times, days, side="right") - 1  # the step at or before each day
-            out[i] = np.where(index < 0, 1.0, values[np.clip(index, 0, len(values) - 1)])
-        return out
+        return np.stack([_at(function, days) for function in functions])
+
+    def summary(self, features: pd.DataFrame) -> pd.DataFrame:
+        """Per customer (the index of `features`): `ANSWER_COLUMNS`. A customer the model cannot answer for (a
+        missing or negative tenure, or one past the follow-up) gets missing values, not a guess."""
+        n = len(features)
+        out = np.full((n, len(ANSWER_COLUMNS)), np.nan)
+        if n:
+            start = self.start_days(features)
+            functions = self.pipeline.predict_survival_function(self._input(features))
+            for i, function in enumerate(functions):
+                out[i] = self._answer(function, start[i])
+        return pd.DataFrame(out, index=features.index, columns=list(ANSWER_COLUMNS))
+
+    def start_days(self, features: pd.DataFrame) -> np.ndarray:
+        """Days each customer has already survived: 0 from `as_of`, or its current tenure (whole days, as the
+        training durations were counted; NaN when missing or negative)."""
+        if self.tenure is None:
+            return np.zeros(len(features))
+        column, unit = self.tenure
+        if column not in features.columns:
+            raise ModelContractError(
+                f"survival model {self.uri or self.version}: answers given the current tenure, but the features "
+                f"lack its column {column!r}"
+            )
+        raw = pd.to_numeric(features[column], errors="coerce").to_numpy(dtype="float64")
+        days = np.ceil(raw * UNIT_DAYS[unit])
+        days[~np.isfinite(days) | (days < 0)] = np.nan
+        return days
+
+    def _answer(self, function: Any, start: float) -> np.ndarray:
+        """One customer's row of `ANSWER_COLUMNS` from its step function, given `start` days survived."""
+        answer = np.full(len(ANSWER_COLUMNS), np.nan)
+        if np.isnan(start) or start >= max(self.followup_days, 1.0):
+            return answer  # beyond what training saw: no answer is better than the flat end of a curve
+        base = float(_at(function, np.asarray([start]))[0])
+        if base <= 0.0:
+            return answer
+        answer[: len(REPORT_DAYS)] = _at(function, start + np.asarray(REPORT_DAYS, dtype=np.float64)) / base
+        later = function.x > start
+        below = np.flatnonzero(later & (function.y <= 0.5 * base))
+        if below.size:
+            answer[-2] = float(function.x[below[0]]) - start
+        elif np.isfinite(self.followup_days):
+            answer[-1] = self.followup_days - start
+        return answer
 
     def medians(self, features: pd.DataFrame) -> np.ndarray:
         """The first day each curve reaches 0.5 (NaN when it stays above it for the whole follow-up)."""
-        if len(features) == 0:
-            return np.zeros(0)
-        functions = self.pipeline.predict_survival_function(self._input(features))
-        out = np.full(len(functions), np.nan)
-        for i, function in enumerate(functions):
-            below = np.flatnonzero(function.y <= 0.5)
-            if below.size:
-                out[i] = float(function.x[below[0]])
-        return out
+        return self.summary(features)[EXPECTED_DAYS].to_numpy()
 
-    def summary(self, features: pd.DataFrame) -> pd.DataFrame:
-        """Per customer: `survival_<d>d` for the report days and `expected_days_to_churn` (the median)."""
-        curves = self.curves(features, self.report_days)
-        columns = {f"survival_{d}d": curves[:, j] for j, d in enumerate(self.report_days)}
-        columns["expected_days_to_churn"] = self.medians(features)
-        return pd.DataFrame(columns, index=features.index)
+    def check_fits(self, churn: Any, what: str = "survival model") -> None:
+        """Refuse to answer beside a churn model whose features mean something else or lack what this model
+        reads: the same event features (types, windows, values, lifetime, aspects), its profile columns among
+        the churn model's, the same sentiment and aspect models (by content), and a tenure column to condition on.
+
+        Raises:
+            ModelContractError: naming every difference.
+        """
+        problems = []
+        mine, theirs = self.schema, churn.schema
+
+        def events_only(schema: FeatureSchema) -> FeatureSchema:
+            return dataclasses.replace(schema, profile_numeric=(), profile_categorical=())
+
+        if events_only(mine) != events_only(theirs):
+            problems.append(
+                "its event and text features are not the churn model's (retrain it on the same spec)"
+            )
+        for kind in ("profile_numeric", "profile_categorical"):
+            missing = [c for c in getattr(mine, kind) if c not in getattr(theirs, kind)]
+            if missing:
+                problems.append(f"it reads {', '.join(missing)}, which the churn model does not ({kind})")
+        if self.tenure is not None and self.tenure[0] not in theirs.profile_numeric:
+            problems.append(
+                f"its answers start at the current tenure {self.tenure[0]!r}, which the churn model does not read"
+            )
+        for name, own, other in (
+            ("sentiment", self.sentiment_lineage, churn.sentiment_lineage),
+            ("aspect", self.aspect_lineage, churn.aspect_lineage),
+        ):
+            if (own is None) != (other is None) or (own is not None and own.scoring_id != other.scoring_id):
+                problems.append(
+                    f"its {name} model is {own.describe() if own else 'none'}, the churn model's "
+                    f"{other.describe() if other else 'none'}"
+                )
+        if problems:
+            raise ModelContractError(
+                f"{what} {self.uri or self.version} cannot answer beside churn model v{churn.version}: "
+                + "; ".join(problems)
+            )
 
     @classmethod
     def load(cls, uri: str) -> SurvivalModel:
-        """From a registry or run URI (or a local MLflow model folder) that `churnsense train survival` logged."""
+        """From a registry or run URI (or a local MLflow model folder) that `churnsense train survival` logged.
+
+        Raises:
+            ModelContractError: it was trained on another feature version.
+            UserError: the URI does not resolve to a churnsense survival model.
+        """
         import mlflow.sklearn
         from mlflow.exceptions import MlflowException
         from mlflow.models import get_model_info
 
+        from features.engine import FEATURE_VERSION
         from models.catalog import resolve_model_uri
+        from models.lineage import AspectLineage, SentimentLineage
 
         concrete, version = resolve_model_uri(uri)
         try:
@@ -148,7 +245,31 @@ class SurvivalModel:
             raise UserError(
                 f"survival model {uri}: no feature schema in its metadata (not a churnsense model)"
             )
+        if str(metadata.get("feature_version")) != FEATURE_VERSION:
+            raise ModelContractError(
+                f"survival model {uri}: trained on features v{metadata.get('feature_version')}, this code builds "
+                f"v{FEATURE_VERSION}; retrain it (churnsense train survival)"
+            )
         schema = FeatureSchema.from_json(metadata["feature_schema"])
-        report = json.loads(metadata.get("report_days", "[30, 60, 90]"))
         followup = float(metadata.get("followup_days", "nan"))
-        return cls(pipeline, schema, report, followup, version=version, uri=concrete)
+        tenure = json.loads(metadata["tenure"]) if metadata.get("tenure") else None
+        model = cls(
+            pipeline,
+            schema,
+            followup,
+            version=version,
+            uri=concrete,
+            tenure=tuple(tenure) if tenure else None,
+        )
+        if metadata.get("sentiment_model"):
+            model.sentiment_lineage = SentimentLineage.from_dict(metadata["sentiment_model"])
+        if metadata.get("aspect_model"):
+            model.aspect_lineage = AspectLineage.from_dict(metadata["aspect_model"])
+        return model
+
+
+def _at(function: Any, days: np.ndarray) -> np.ndarray:
+    """A step function's values at `days`: the step at or before each day, 1 before its first time."""
+    times, values = function.x, function.y
+    index = np.searchsorted(times, days, side="right") - 1
+    return np.where(index < 0, 1.0, values[np.clip(index, 0, len(values) - 1)])

@@ -27,7 +27,7 @@ from typing import Any
 
 from churnsense.environment import SERVER
 from churnsense.errors import UserError
-from models.catalog import ASPECT_MODEL, CHAMPION, CHURN_MODEL, SENTIMENT_MODEL, tracking_uri
+from models.catalog import ASPECT_MODEL, CHAMPION, CHURN_MODEL, SENTIMENT_MODEL, SURVIVAL_MODEL, tracking_uri
 
 logger = logging.getLogger(__name__)
 
@@ -152,8 +152,33 @@ def coupled_aspect_version(churn_version: Any) -> Any:
         ) from None
 
 
-def import_champion(name: str, version: Any = None) -> ImportedModel:
+def coupled_survival_version(churn_version: Any) -> Any:
+    """The survival champion, if there is one and it can answer beside this churn version (the same event and
+    text features, its profile columns among the churn model's: `SurvivalModel.check_fits`); else None, with a
+    warning naming why: the Bento then answers without time to churn."""
+    from models.churn import ChurnModel, ModelContractError
+    from models.survival import SurvivalModel
+
+    survival = champion_version(SURVIVAL_MODEL)
+    if survival is None:
+        return None
+    model = SurvivalModel.load(f"models:/{SURVIVAL_MODEL}/{survival.version}")
+    try:
+        model.check_fits(ChurnModel.load(f"models:/{CHURN_MODEL}/{churn_version.version}"))
+    except ModelContractError as error:
+        logger.warning(
+            "%s; the Bento answers without time to churn (retrain it: churnsense train survival)", error
+        )
+        return None
+    return survival
+
+
+def import_champion(name: str, version: Any = None, pairs: dict[str, str] | None = None) -> ImportedModel:
     """Copy a registered MLflow model version (default: the `champion`) into the BentoML model store.
+
+    `pairs` (for the churn model): the optional models' versions it is served with ("" for none), kept as
+    labels: the service takes an optional model only when its newest store entry is the one named
+    (`serving.loading.paired`), never a stale one a previous build imported.
 
     Raises:
         UserError: the model has no champion (train and promote it first).
@@ -168,7 +193,7 @@ def import_champion(name: str, version: Any = None) -> ImportedModel:
         "mlflow_version": str(version.version),
         "mlflow_run_id": str(version.run_id),
         "feature_version": _feature_version(model_uri, version),
-    }
+    } | {f"{kind}_version": v for kind, v in (pairs or {}).items()}
     try:
         existing = sorted(bentoml.models.list(name), key=lambda m: m.info.creation_time)
     except NotFound:
@@ -241,10 +266,15 @@ def build_bento(bentofile: Path = BENTOFILE, version: str | None = None) -> str:
 
     churn = _champion(CHURN_MODEL)
     sentiment = coupled_sentiment_version(churn)  # refuses a pair that was not trained together
-    models = [import_champion(CHURN_MODEL, churn), import_champion(SENTIMENT_MODEL, sentiment)]
-    aspects = coupled_aspect_version(churn)  # the churn model's own, else the champion (optional)
-    if aspects is not None:  # /sentiment then says what each text is about, and evidence too
-        models.append(import_champion(ASPECT_MODEL, aspects))
+    # Optional: an aspect model (the churn model's own, else the champion) names what texts are about; a survival
+    # model (the champion, if it fits the churn model) adds time to churn to every churn answer.
+    optional = {
+        ASPECT_MODEL: coupled_aspect_version(churn),
+        SURVIVAL_MODEL: coupled_survival_version(churn),
+    }
+    pairs = {name: str(v.version) if v is not None else "" for name, v in optional.items()}
+    models = [import_champion(CHURN_MODEL, churn, pairs), import_champion(SENTIMENT_MODEL, sentiment)]
+    models += [import_champion(name, v) for name, v in optional.items() if v is not None]
     with tempfile.TemporaryDirectory(prefix="churnsense-build-") as folder:
         pinned_file = Path(folder) / "bentofile.yaml"
         pinned_file.write_text(pinned_bentofile(Path(bentofile)), encoding="utf-8")

@@ -25,18 +25,19 @@ from features.evidence import EvidenceFinder
 from features.io import not_a_number_text
 from features.pipeline import add_aspects, add_sentiment
 from features.text import normalise_texts
-from serving.schemas import (
-    ChurnRiskRequest,
-    ChurnRiskResponse,
-    Event,
-    ModelVersions,
-    Reason,
-    SentimentSummary,
-    TextSentiment,
-)
+from serving.answers import ChurnRiskResponse, ModelVersions, Reason, SentimentSummary, TimeToChurn
+from serving.schemas import ChurnRiskRequest, Event, TextSentiment
 
 # What the churn model offers the service: `score(features, top_k)` -> churn_risk, risk_band, reasons.
 ChurnScorer = Callable[[pd.DataFrame], pd.DataFrame]
+# What the survival model offers: features -> one row per customer of `models.survival.ANSWER_COLUMNS`.
+SurvivalScorer = Callable[[pd.DataFrame], pd.DataFrame]
+
+
+def time_to_churn(answers: pd.DataFrame) -> list[TimeToChurn]:
+    """`SurvivalModel.summary` rows as answers (NaN -> null)."""
+    rows = answers.to_dict(orient="records")
+    return [TimeToChurn(**{k: None if np.isnan(v) else float(v) for k, v in row.items()}) for row in rows]
 
 
 def request_error(title: str, problems: Sequence[tuple[tuple[str | int, ...], str]]) -> ValidationError:
@@ -172,6 +173,7 @@ def score_requests(
     check: bool = True,
     evidence: EvidenceFinder | None = None,
     aspects: Mapping[str, str] | None = None,
+    survival: SurvivalScorer | None = None,
 ) -> list[ChurnRiskResponse]:
     """Churn risk for validated requests, in request order; requests without `as_of` are scored as of `now`.
 
@@ -187,6 +189,8 @@ def score_requests(
             when not given: the service keeps one).
         aspects: what every (normalised) event text is about, by the churn model's aspect model; needed when
             `schema.aspects` is not empty.
+        survival: the same features -> time to churn (`models.survival.SurvivalModel.summary`), when the service
+            has a survival model.
     """
     if check:
         check_against_schema(requests, schema)
@@ -220,6 +224,7 @@ def score_requests(
         wanted = {key: reasons[row] for row, key in enumerate(keys) if group[row].evidence}
         if wanted:
             evidence.attach(events, as_of, wanted)
+        times = time_to_churn(survival(features)) if survival is not None else [None] * len(group)
         base = scored["base_value"].to_numpy(dtype="float64")
         other = scored["other_contribution"].to_numpy(dtype="float64")
         for row, (i, request) in enumerate(zip(positions, group, strict=True)):
@@ -232,6 +237,7 @@ def score_requests(
                 base_value=float(base[row]),
                 other_contribution=float(other[row]),
                 sentiment=sentiment_summary(request, scored_texts),
+                time_to_churn=times[row],
                 model_versions=versions,
             )
     return [answer for answer in answers if answer is not None]

@@ -34,22 +34,22 @@ import time
 import bentoml
 
 from churnsense.environment import OFFLINE, set_defaults
+from serving.answers import ChurnRiskBatchResponse, ChurnRiskResponse
 from serving.batching import MicroBatcher
 from serving.connections import BalanceConnections
 from serving.event_store import EventStore
 from serving.guard import RequestGuard
+from serving.loading import load_served, paired
+from serving.metrics import ServiceMetrics
 from serving.schemas import (
     AspectResult,
     ChurnRiskBatchRequest,
-    ChurnRiskBatchResponse,
     ChurnRiskRequest,
-    ChurnRiskResponse,
     ClassifyTextsRequest,
     Customer,
     Event,
     EventsRequest,
     EventsResponse,
-    ModelVersions,
     SentimentRequest,
     SentimentResponse,
     SentimentResult,
@@ -65,21 +65,10 @@ logger = logging.getLogger(__name__)
 CHURN_MODEL = "churnsense-churn"
 SENTIMENT_MODEL = "churnsense-sentiment"
 ASPECT_MODEL = "churnsense-aspects"
-MLFLOW_MODEL_FOLDER = "mlflow_model"  # where `bentoml.mlflow.import_model` puts the MLflow model
+SURVIVAL_MODEL = "churnsense-survival"
 
 # Decorator arguments are fixed when the class is defined, so these few settings are read then.
 _SETTINGS = current_settings()
-
-
-def _in_store(name: str) -> bool:
-    """Whether the BentoML model store holds `name` (`churnsense build` imports the aspect champion, if any)."""
-    from bentoml.exceptions import NotFound
-
-    try:
-        bentoml.models.get(f"{name}:latest")
-    except NotFound:
-        return False
-    return True
 
 
 @bentoml.service(
@@ -99,13 +88,17 @@ class ChurnSense:
     sentiment_ref = bentoml.models.BentoModel(f"{SENTIMENT_MODEL}:latest")
     # Optional: with an aspect model in the store (and so in the Bento), evidence texts say what they are about
     # and /sentiment answers `"aspects": true`.
-    aspects_ref = bentoml.models.BentoModel(f"{ASPECT_MODEL}:latest") if _in_store(ASPECT_MODEL) else None
+    aspects_ref = (
+        bentoml.models.BentoModel(f"{ASPECT_MODEL}:latest") if paired(CHURN_MODEL, ASPECT_MODEL) else None
+    )
+    # Optional: with a survival model, every churn answer says when the customer is likely to leave.
+    survival_ref = (
+        bentoml.models.BentoModel(f"{SURVIVAL_MODEL}:latest") if paired(CHURN_MODEL, SURVIVAL_MODEL) else None
+    )
 
     def __init__(self) -> None:
         from features.evidence import EvidenceFinder
-        from models.churn import ChurnModel
         from models.phrases import PhraseFinder
-        from models.sentiment import SentimentClassifier
         from serving.threads import limit_this_thread, limit_torch_threads
 
         set_defaults(OFFLINE)
@@ -121,40 +114,28 @@ class ChurnSense:
         limit_this_thread(self.settings.threads)
         started = time.perf_counter()
         # On an instance, a `BentoModel` attribute is the resolved store entry (`bentoml.Model`).
-        churn_stored, sentiment_stored = self.churn_ref, self.sentiment_ref
-        self.churn_model = ChurnModel.load(churn_stored.path_of(MLFLOW_MODEL_FOLDER))
-        self.evidence = EvidenceFinder(self.churn_model.schema)
-        lineage = self.churn_model.sentiment_lineage
-        self.sentiment_model = SentimentClassifier.load(
-            sentiment_stored.path_of(MLFLOW_MODEL_FOLDER),
-            num_threads=self.settings.torch_threads,
-            quantize=lineage.quantized if lineage is not None else None,
+        served = load_served(
+            self.churn_ref,
+            self.sentiment_ref,
+            self.aspects_ref,
+            self.survival_ref,
+            self.settings.torch_threads,
         )
-        _check_coupled(self.churn_model, self.sentiment_model)
+        self.churn_model, self.sentiment_model = served.churn, served.sentiment
+        self.aspects, self.survival, self.versions = served.aspects, served.survival, served.versions
+        self.evidence = EvidenceFinder(self.churn_model.schema)
         self.phrases = (
             PhraseFinder(self.sentiment_model.labels) if self.churn_model.schema.use_sentiment else None
         )
-        self.aspects = None
-        self.aspect_version = None
-        aspect_lineage = self.churn_model.aspect_lineage
-        if self.aspects_ref is not None:
-            from models.aspects import AspectCache, load_aspect_model
+        if self.aspects is not None:
+            from models.aspects import AspectCache
 
-            self.aspects = load_aspect_model(
-                self.aspects_ref.path_of(MLFLOW_MODEL_FOLDER),
-                quantize=aspect_lineage.quantized if aspect_lineage is not None else None,
-            )
             self.aspect_cache = AspectCache(self.aspects)  # evidence quotes the same texts again and again
-            self.aspect_version = _mlflow_version(self.aspects_ref)
-        _check_aspects(self.churn_model, self.aspects)
+        self.aspect_version = self.versions.aspects
         publish_model_fields(self.churn_model.schema)  # /docs.json lists the fields the model reads
+        schema = self.churn_model.schema
+        self.metrics = ServiceMetrics(self.versions, (*schema.profile_numeric, *schema.profile_categorical))
         self.store = EventStore.from_environment()
-        self.versions = ModelVersions(
-            churn=_mlflow_version(churn_stored),
-            sentiment=_mlflow_version(sentiment_stored),
-            sentiment_scoring_id=self.sentiment_model.scoring_id,
-            aspects=self.aspect_version,
-        )
         self._churn_batcher = MicroBatcher(
             self._score_batch,
             max_batch=self.settings.churn_max_batch,
@@ -180,9 +161,11 @@ class ChurnSense:
         gc.collect()
         gc.freeze()
         logger.info(
-            "loaded churn v%s and sentiment v%s in %.1fs",
+            "loaded churn v%s, sentiment v%s, aspects v%s, survival v%s in %.1fs",
             self.versions.churn,
             self.versions.sentiment,
+            self.versions.aspects,
+            self.versions.survival,
             time.perf_counter() - started,
         )
 
@@ -213,6 +196,7 @@ class ChurnSense:
                 [(("aspects",), "this Bento has no aspect model (churnsense train aspects, promote, build)")],
             )
         scored = await self._classify_batched(texts)
+        self.metrics.texts([s.label for s in scored], "sentiment")
         about: list[AspectResult | None] = [None] * len(texts)
         if aspects:
             # In a thread: the loop keeps serving. Each text's aspect is batch invariant (`models.aspects`).
@@ -362,6 +346,8 @@ class ChurnSense:
             await asyncio.gather(*(self._churn_batcher.submit((r, scored, about)) for r in requests))
         )
         await self._annotate_evidence(answers, [bool(r.phrases) for r in requests])
+        self.metrics.churn_answers(requests, answers)
+        self.metrics.texts([scored[t].label for r in requests for t in request_texts(r)], "churn_risk")
         return answers
 
     async def _annotate_evidence(self, answers: list[ChurnRiskResponse], phrases: list[bool]) -> None:
@@ -426,6 +412,7 @@ class ChurnSense:
             check=False,  # `_score` checked these requests before their texts were scored
             evidence=self.evidence,
             aspects=about,
+            survival=self.survival.summary if self.survival is not None else None,
         )
 
     def _warm_up(self) -> None:
@@ -469,39 +456,3 @@ def _overloaded() -> Exception:
     from bentoml.exceptions import ServiceUnavailable
 
     return ServiceUnavailable("the service is overloaded; retry later")
-
-
-def _check_coupled(churn_model: object, sentiment_model: object) -> None:
-    """Refuse to serve churn text features from any sentiment model but the one the churn model was trained with
-    (`churnsense build` checks this too; a hand-made store could still pair the wrong two)."""
-    from models.lineage import LineageError, check_lineage
-
-    if not churn_model.schema.use_sentiment:
-        return
-    if churn_model.sentiment_lineage is None:
-        raise LineageError(
-            f"churn model v{churn_model.version} uses text sentiment features but does not record which "
-            "sentiment model built them; retrain it (churnsense train churn --sentiment-model ...)"
-        )
-    check_lineage(churn_model.sentiment_lineage, sentiment_model, what="the Bento's sentiment model")
-
-
-def _check_aspects(churn_model: object, aspects: object) -> None:
-    """Refuse to count negative texts per aspect with any aspect model but the one the churn model was trained
-    with (`churnsense build` imports that one)."""
-    from models.lineage import LineageError, check_lineage
-
-    lineage = churn_model.aspect_lineage
-    if lineage is None:
-        return
-    if aspects is None:
-        raise LineageError(
-            f"churn model v{churn_model.version} counts negative texts per aspect, but the Bento has no aspect "
-            f"model; build it again (churnsense build imports {lineage.describe()})"
-        )
-    check_lineage(lineage, aspects, what="the Bento's aspect model")
-
-
-def _mlflow_version(stored: bentoml.Model) -> str:
-    """The MLflow registry version recorded when `churnsense build` imported the model (else the tag)."""
-    return str(stored.info.labels.get("mlflow_version") or stored.tag.version)

@@ -235,6 +235,23 @@ def _quoted(text: str | None, phrase: dict[str, Any] | None = None, width: int =
 _EVENT_KEYS = ("timestamp", "type", "text", "sentiment", "phrase", "aspect")
 
 
+def time_to_churn_text(times: dict[str, Any]) -> str:
+    """'expected to leave in about 41 days; still a customer in 30/60/90 days: 71% / 52% / 38%'."""
+    days = times.get("expected_days_to_churn")
+    more = times.get("expected_days_more_than")
+    when = (
+        f"expected to leave in about {days:.0f} days"
+        if days is not None
+        else f"expected to stay more than {more:.0f} days"
+        if more is not None
+        else "time to churn unknown"
+    )
+    odds = [times.get(f"survival_{d}d") for d in (30, 60, 90)]
+    if any(p is None for p in odds):
+        return when
+    return when + "; still a customer in 30/60/90 days: " + " / ".join(f"{p:.0%}" for p in odds)
+
+
 def agent_view(answer: dict[str, Any], shown: int = 3) -> str:
     """A /churn_risk answer as a support agent reads it: risk and band, then each reason with the events
     behind it (newest first, texts quoted, the phrase that drove a text's sentiment between ** marks)."""
@@ -242,6 +259,8 @@ def agent_view(answer: dict[str, Any], shown: int = 3) -> str:
         f"customer {answer['customer_id']} as of {str(answer['as_of'])[:10]}: churn risk "
         f"{answer['churn_risk']:.0%} ({answer['risk_band']})"
     ]
+    if answer.get("time_to_churn"):
+        lines.append("  " + time_to_churn_text(answer["time_to_churn"]))
     for rank, reason in enumerate(answer["reasons"], 1):
         value = reason["value"]
         shown_value = f"{value:.3g}" if isinstance(value, float) else str(value)

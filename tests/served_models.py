@@ -1,8 +1,8 @@
 """Small real models and the real server, shared by the service and the skew ("one truth") tests.
 
-Session fixtures: simulator data, a tiny random BERT sentiment model (int8, as served) and a small churn model
-trained on that data with the sentiment model's text features, both registered and promoted in the session's
-MLflow store; `churnsense build` into the session's BentoML home; a real `bentoml serve` on 127.0.0.1.
+Session fixtures: simulator data, a tiny random BERT sentiment model (int8, as served), a small churn model
+trained on that data with the sentiment model's text features and a survival model on the same features, all
+registered and promoted in the session's MLflow store; `churnsense build` into the session's BentoML home; a real `bentoml serve` on 127.0.0.1.
 Helpers build request bodies from canonical tables and compute the offline answer for one customer.
 """
 
@@ -83,13 +83,24 @@ def trained(demo_data: Path, session_tmp: Path) -> dict:
         demo_data, ChurnConfig(search={"max_trials": 3}), sentiment_scorer=scorer, aspect_labeler=labeler
     )
     promote_churn(force=True)
+    # Time to churn from the same features: every kind of survival model in one average (Cox, boosted trees,
+    # a forest), small, so that every path's answers come from each.
+    from training.churn_config import parse_config
+    from training.survival import train_survival
+    from training.survival_promotion import promote_survival
+
+    survival_config = parse_config(
+        {"survival": {"candidates": ["cox+gbsa+rsf"], "gbsa_trees": 20, "rsf_trees": 10, "threads": 1}}
+    )
+    train_survival(demo_data, survival_config, sentiment_scorer=scorer, aspect_labeler=labeler)
+    promote_survival(force=True, config=survival_config)
     # Other test modules share the session store and register versions too: ask which ones are champion.
     from mlflow import MlflowClient
 
     client = MlflowClient()
     versions = {
         kind: str(client.get_model_version_by_alias(f"churnsense-{kind}", "champion").version)
-        for kind in ("churn", "sentiment", "aspects")
+        for kind in ("churn", "sentiment", "aspects", "survival")
     }
     return {"spec": demo_data, "versions": versions}
 
@@ -181,8 +192,14 @@ def offline_score(models, customers, events, customer_id, as_of) -> pd.Series:
 
 @pytest.fixture(scope="session")
 def bento_tag(trained) -> str:
+    from mlflow import MlflowClient
+
     from serving.build import build_bento
 
+    # The versions trained here are the ones served, whatever another module promoted meanwhile.
+    client = MlflowClient()
+    for kind, version in trained["versions"].items():
+        client.set_registered_model_alias(f"churnsense-{kind}", "champion", version)
     return build_bento()
 
 

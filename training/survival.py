@@ -165,11 +165,11 @@ def fit_survival(
         members = [fitted.get(k) or fit_survival(frame, schema, k, config) for k in kind.split("+")]
         average = AveragedSurvival().use_fitted([m.pipeline[-1] for m in members])
         pipeline = Pipeline([*members[0].pipeline.steps[:-1], ("averagedsurvival", average)])
-        return SurvivalModel(pipeline, schema, config.survival.report_days, followup)
+        return SurvivalModel(pipeline, schema, followup)
     pipeline = make_pipeline(survival_design(schema), make_estimator(kind, config.survival, config.seed))
     pipeline.fit(prepare_features(frame, schema), outcome(frame))
     single_threaded(pipeline[-1])
-    return SurvivalModel(pipeline, schema, config.survival.report_days, followup)
+    return SurvivalModel(pipeline, schema, followup)
 
 
 def choose_survival(
@@ -228,6 +228,9 @@ def train_survival(
             chosen, metrics["concordance"], metrics["integrated_brier"], metrics["km_integrated_brier"],
         )  # fmt: skip
     final = fit_survival(frame, schema, chosen, config)
+    if spec.customers is not None and spec.customers.duration and not spec.labels.as_of_dates():
+        # Durations are tenures: answers are given the tenure a customer has already stayed.
+        final.tenure = heldout.tenure = (spec.customers.duration, spec.customers.duration_unit)
     run_id, version, uri = log_survival_run(
         config, spec, schema, frame, split, heldout, final, chosen, candidates, metrics, sentiment, aspects
     )
@@ -334,7 +337,7 @@ def survival_metadata(
         "feature_version": FEATURE_VERSION,
         "feature_schema": schema.to_json(),
         "feature_columns": schema.feature_names(),
-        "report_days": json.dumps(list(model.report_days)),
+        "tenure": json.dumps(list(model.tenure)) if model.tenure else "",
         "followup_days": str(model.followup_days),
         "sentiment_model": sentiment,
         "aspect_model": aspects,

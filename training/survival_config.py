@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 SurvivalKind = Literal["cox", "gbsa", "rsf", "cox+gbsa", "cox+rsf", "gbsa+rsf", "cox+gbsa+rsf"]
 
@@ -32,15 +32,6 @@ class SurvivalConfig(BaseModel):
     rsf_min_leaf: int = Field(20, ge=1, description="rows per leaf, at least (each leaf stores a curve)")
     rsf_max_samples: float = Field(1.0, gt=0, le=1, description="share of rows each tree is grown on")
     threads: int = Field(2, ge=1, le=256)
-    report_days: tuple[int, ...] = Field((30, 60, 90), min_length=1, description="survival probabilities at")
-
-    @field_validator("report_days")
-    @classmethod
-    def _positive_and_distinct(cls, days: tuple[int, ...]) -> tuple[int, ...]:
-        if any(d < 1 for d in days) or len(set(days)) != len(days):
-            raise ValueError(f"report_days: distinct whole days of at least 1, got {list(days)}")
-        return tuple(sorted(days))
-
     exclude_columns: tuple[str, ...] = Field(
         (), description="profile columns the survival model must not read (e.g. totals that grow with tenure)"
     )

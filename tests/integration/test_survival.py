@@ -67,7 +67,13 @@ def test_the_registered_model_answers_with_consistent_curves(trained, demo_spec)
     spec = load_spec(demo_spec)
     features = feature_table(load_data(spec, with_text=False), model.schema, spec.labels.as_of_dates()[-1])
     summary = model.summary(features)
-    assert list(summary.columns) == ["survival_30d", "survival_60d", "survival_90d", "expected_days_to_churn"]
+    assert list(summary.columns) == [
+        "survival_30d",
+        "survival_60d",
+        "survival_90d",
+        "expected_days_to_churn",
+        "expected_days_more_than",
+    ]
     s30, s60, s90 = (summary[c].to_numpy() for c in ("survival_30d", "survival_60d", "survival_90d"))
     assert ((s30 >= s60) & (s60 >= s90) & (s90 >= 0) & (s30 <= 1)).all()
     _assert_medians_cross_one_half(model, features, summary)
@@ -128,11 +134,26 @@ def test_one_table_data_takes_durations_from_its_tenure_column(tmp_path):
     from features.pipeline import feature_table, load_data
     from features.spec import load_spec
 
-    features = feature_table(load_data(load_spec(spec), with_text=False), model.schema, "2024-01-01")
-    summary = model.summary(features)
+    assert model.tenure == ("tenure", "months")  # answers are given the tenure already stayed
+    import dataclasses
+
+    # The churn model's features: the survival model's and the tenure (a churn feature, not a survival one).
+    churn_schema = dataclasses.replace(
+        model.schema, profile_numeric=(*model.schema.profile_numeric, "tenure")
+    )
+    features = feature_table(load_data(load_spec(spec), with_text=False), churn_schema, "2024-01-01")
+    from_signup = features.assign(tenure=0.0)
     assert (
-        _assert_medians_cross_one_half(model, features, summary) > n // 4
+        _assert_medians_cross_one_half(model, from_signup, model.summary(from_signup)) > n // 4
     )  # monthly plans: a median in sight
+    summary = model.summary(features)
+    stayed = np.ceil(features["tenure"].to_numpy() * 365.25 / 12)
+    for i in range(0, n, 50):
+        if stayed[i] >= model.followup_days:
+            assert summary.iloc[i].isna().all()
+            continue
+        at = model.curves(features.iloc[[i]], stayed[i] + np.array([0, 30, 60, 90]))[0]
+        np.testing.assert_allclose(summary.iloc[i, :3].to_numpy(dtype=float), at[1:] / at[0], rtol=1e-12)
     without = tmp_path / "no_duration.yaml"
     without.write_text("customers: {path: customers.csv, id: id, label: Churn, positive: 'Yes'}\n")
     with pytest.raises(UserError, match="customers.duration"):

@@ -270,7 +270,8 @@ def test_balance_connections_closes_only_the_busier_workers_excess(tmp_path):
 @pytest.mark.slow
 def test_online_scoring_in_process_equalsoffline_score(models, canonical):
     """`serving.scoring` with the real (small) models gives the batch path's numbers for the same customer."""
-    from serving.schemas import ChurnRiskRequest, ModelVersions, TextSentiment
+    from serving.answers import ModelVersions
+    from serving.schemas import ChurnRiskRequest, TextSentiment
     from serving.scoring import request_texts, score_requests
 
     churn, sentiment = models
@@ -318,24 +319,31 @@ def test_online_scoring_in_process_equalsoffline_score(models, canonical):
 
 
 @pytest.mark.slow
-def test_bento_carries_both_models_and_the_aspect_champion(bento_tag: str):
+def test_bento_carries_both_models_and_the_aspect_and_survival_champions(bento_tag: str, trained):
     import bentoml
 
     names = sorted(m.tag.name for m in bentoml.get(bento_tag).info.all_models)
-    assert names == ["churnsense-aspects", "churnsense-churn", "churnsense-sentiment"]
-    for model in bentoml.get(bento_tag).info.all_models:
-        labels = bentoml.models.get(model.tag).info.labels
-        assert labels["mlflow_version"] and labels["mlflow_run_id"]
-    churn = next(m for m in bentoml.get(bento_tag).info.all_models if m.tag.name == "churnsense-churn")
+    assert names == ["churnsense-aspects", "churnsense-churn", "churnsense-sentiment", "churnsense-survival"]
+    labels = {
+        m.tag.name: bentoml.models.get(m.tag).info.labels for m in bentoml.get(bento_tag).info.all_models
+    }
+    for name, found in labels.items():
+        assert found["mlflow_version"] and found["mlflow_run_id"]
+        assert found["mlflow_version"] == trained["versions"][name.removeprefix("churnsense-")]
     from features.engine import FEATURE_VERSION
 
-    assert bentoml.models.get(churn.tag).info.labels["feature_version"] == FEATURE_VERSION
+    churn = labels["churnsense-churn"]
+    assert churn["feature_version"] == FEATURE_VERSION
+    # The optional models the build paired with this churn model: the service serves exactly these.
+    for name in ("churnsense-aspects", "churnsense-survival"):
+        assert churn[f"{name}_version"] == labels[name]["mlflow_version"]
     # Every Python package pinned to the version tested here, and no training code shipped.
     from importlib.metadata import version
 
     bento = bentoml.get(bento_tag)
     requirements = (Path(bento.path) / "env" / "python" / "requirements.txt").read_text().split()
     assert f"torch=={version('torch')}" in requirements and f"bentoml=={version('bentoml')}" in requirements
+    assert f"scikit-survival=={version('scikit-survival')}" in requirements
     assert all("==" in line for line in requirements if line and not line.startswith("#"))
     shipped = {
         p.relative_to(Path(bento.path) / "src").parts[0] for p in (Path(bento.path) / "src").rglob("*.py")
@@ -453,7 +461,7 @@ def test_churn_risk_over_http_equals_offline_score(http, models, canonical, trai
         assert got["contribution"] == pytest.approx(want["contribution"], abs=1e-9)
     assert pd.Timestamp(answer["as_of"]) == pd.Timestamp(as_of, tz="UTC")
     versions = answer["model_versions"]
-    assert {k: versions[k] for k in ("churn", "sentiment", "aspects")} == trained["versions"]
+    assert {k: versions[k] for k in ("churn", "sentiment", "aspects", "survival")} == trained["versions"]
     assert versions["sentiment_scoring_id"] == models[1].scoring_id
     # Reasons reconcile with the risk: base + listed contributions + the rest = logit(risk).
     total = (
@@ -663,3 +671,47 @@ def test_phrases_are_explained_only_when_asked(http, canonical):
     assert explained.json()["churn_risk"] == plain.json()["churn_risk"]
     refused = http.post("/churn_risk", json=body | {"evidence": False, "phrases": True})
     assert refused.status_code == 400 and "phrases" in refused.text
+
+
+def _series(text: str, name: str, **labels: str) -> float:
+    """The value of one Prometheus series on /metrics (0 when absent), matched by name and the given labels."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        found = dict(part.split("=", 1) for part in line[len(name) + 1 : line.index("}")].split(","))
+        if all(found.get(k) == f'"{v}"' for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_metrics_count_answers_per_band_texts_per_label_and_missing_fields(http, canonical, trained):
+    """/metrics carries churnsense's own series: they move by exactly what the requests sent."""
+    customers, events, as_of = canonical
+    (customer_id,) = pick_customers(events, as_of, 1)
+    body = request_for(customers, events, customer_id, as_of)
+    field = next(k for k in body["customer"] if k not in ("customer_id", "signup_date"))
+    body["customer"][field] = None  # one profile field the model reads, missing
+    before = http.get("/metrics").text
+    answer = http.post("/churn_risk", json=body).json()
+    texts = http.post("/sentiment", json={"texts": ["thanks, that fixed it", "still broken"]}).json()
+    after = http.get("/metrics").text
+
+    def moved(name: str, **labels: str) -> float:
+        return _series(after, name, **labels) - _series(before, name, **labels)
+
+    band = answer["risk_band"]
+    assert (
+        moved("churnsense_churn_answers_total", risk_band=band, churn_model=trained["versions"]["churn"]) == 1
+    )
+    assert moved("churnsense_profile_fields_total", field=field, state="missing") == 1
+    assert moved("churnsense_profile_fields_total", field=field, state="sent") == 0
+    labels = [r["label"] for r in texts["results"]]
+    for label in set(labels):
+        assert moved("churnsense_texts_total", label=label, endpoint="sentiment") == labels.count(label)
+    n_texts = sum(1 for e in body["events"] if (e.get("text") or "").strip())
+    assert n_texts and moved("churnsense_texts_total", endpoint="churn_risk") == n_texts
+    versions = trained["versions"]
+    assert (
+        _series(after, "churnsense_model_info", churn=versions["churn"], survival=versions["survival"]) == 1
+    )

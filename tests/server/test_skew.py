@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from models.survival import ANSWER_COLUMNS
 from tests.served_models import pick_customers, request_for
 
 pytestmark = pytest.mark.slow
@@ -52,16 +53,23 @@ def truth(trained, models, tmp_path_factory) -> dict:
     about = [f for f in schema.feature_names() if f.startswith("n_texts_about_")]
     assert about and frame[about].to_numpy().sum() > 0, "the aspect features compared below are not all zero"
     from features.evidence import EvidenceFinder
+    from models.survival import SurvivalModel
 
+    survival = SurvivalModel.load(f"models:/churnsense-survival/{trained['versions']['survival']}")
+    survival.check_fits(churn)
     scores, evidence = {}, {}
     finder = EvidenceFinder(churn.schema)
     for as_of, block in frame.groupby("as_of", sort=True):
         features = block.set_index("customer_id")[churn.columns]
         date = pd.Timestamp(as_of).date()
-        scores[date] = churn.score(features, top_k=5)
+        # Time to churn from the same feature rows, beside the churn answer.
+        scores[date] = churn.score(features, top_k=5).join(survival.summary(features))
         # The events behind each reason, from the whole history the training frame was built from.
         evidence[date] = finder.find(data.events, date, dict(scores[date]["reasons"].items()))
     assert len(scores) >= 3, "the simulator spec has several snapshot dates"
+    times = pd.concat(scores.values())
+    assert times["survival_90d"].std() > 0.005, "the survival answers compared below tell customers apart"
+    assert times["expected_days_to_churn"].notna().any() and times["expected_days_more_than"].notna().any()
     with_text = [
         e for found in evidence.values() for rows in found.values() for item in rows if item
         for e in item["events"] if e.get("text")
@@ -82,7 +90,13 @@ def truth(trained, models, tmp_path_factory) -> dict:
         annotate_aspects(quoted, aspects)
     assert sum("phrase" in e for e in with_text) > 50, "the evidence compared below quotes phrases"
     assert sum("aspect" in e for e in with_text) > 50, "... and aspects"
-    return {"spec": trained["spec"], "scores": scores, "data": data, "evidence": evidence}
+    return {
+        "spec": trained["spec"],
+        "scores": scores,
+        "data": data,
+        "evidence": evidence,
+        "survival": trained["versions"]["survival"],
+    }
 
 
 def _reason_tuples(reasons, as_text: bool = False) -> list[tuple]:
@@ -119,6 +133,18 @@ def _assert_answer_equals(
     assert answer["model_versions"]["churn"] == str(churn.version)
     assert answer["model_versions"]["sentiment_scoring_id"] == churn.sentiment_lineage.scoring_id
     assert answer["model_versions"]["aspects"] is not None  # the model behind evidence aspects is named
+    # Time to churn: the survival model's answer from the same features, and which model gave it.
+    assert answer["model_versions"]["survival"] == truth_survival_version(churn)
+    for name in ANSWER_COLUMNS:
+        want = expected[name]
+        assert answer["time_to_churn"][name] == (None if pd.isna(want) else want), (where, name)
+
+
+def truth_survival_version(churn) -> str:
+    """The survival champion the session trained beside the churn model (the Bento's and the batch's default)."""
+    from mlflow import MlflowClient
+
+    return str(MlflowClient().get_model_version_by_alias("churnsense-survival", "champion").version)
 
 
 def _served_dates(truth: dict) -> list[dt.date]:
@@ -239,6 +265,10 @@ def _assert_batch_equals(
     assert (got["sentiment_scoring_id"] == churn.sentiment_lineage.scoring_id).all()
     # The aspect model behind the aspect features (and the evidence's aspects), pinned, on every row.
     assert (got["aspect_model"] == churn.aspect_lineage.model_uri).all()
+    # Time to churn, bit for bit (missing where the training frame's answer is missing), and its model.
+    want = expected.loc[got.index, list(ANSWER_COLUMNS)]
+    pd.testing.assert_frame_equal(got[list(ANSWER_COLUMNS)], want, check_exact=True, check_names=False)
+    assert (got["survival_model"] == truth_survival_version(churn)).all()
 
 
 @pytest.mark.parametrize("engine", ["local", pytest.param("spark", marks=pytest.mark.spark)])
@@ -262,6 +292,7 @@ def test_batch_engines_equal_the_training_frame(engine, truth, models, tmp_path:
             evidence=True,
             aspect_model=churn.aspect_lineage.model_uri,  # its own (another is refused)
             phrases=True,
+            survival_model=f"models:/churnsense-survival/{truth['survival']}",
         )
         assert summary.n_buckets > 2
         _assert_batch_equals(_batch_rows(out), truth["scores"][as_of], churn, truth, as_of)
@@ -314,8 +345,28 @@ def test_batch_from_the_postgres_store_equals_the_training_frame(
         model_uri=f"models:/churnsense-churn/{churn.version}",
         cache_dir=tmp_path / "cache",
         chunk_customers=150,
-    )
+    )  # no --survival-model: the champion, as the Bento carries
     _assert_batch_equals(_batch_rows(out), truth["scores"][as_of], churn)
+
+
+def test_the_batch_refuses_a_survival_model_that_does_not_fit_the_churn_model(models, truth):
+    """A named survival model whose features are not the churn model's is refused; the champion that does not
+    fit is left out with a warning (the Bento's choice too), and "none" leaves the columns empty."""
+    import copy
+    import dataclasses
+
+    from batch.plan import BatchError, survival_source
+
+    churn, _ = models
+    named = f"models:/churnsense-survival/{truth['survival']}"
+    assert survival_source(churn, named) == (named, truth["survival"])
+    assert survival_source(churn, None) == (named, truth["survival"])
+    assert survival_source(churn, "none") == (None, None)
+    other = copy.copy(churn)
+    other.schema = dataclasses.replace(churn.schema, windows=(7, 30, 120))
+    with pytest.raises(BatchError, match="event and text features are not the churn model's"):
+        survival_source(other, named)
+    assert survival_source(other, None) == (None, None)
 
 
 def test_batch_refuses_another_aspect_model_than_the_churn_models_own(models, trained, tmp_path: Path):

@@ -73,3 +73,91 @@ def test_no_customers_get_empty_answers(frame):
     empty = model.summary(frame.iloc[:0])
     assert len(empty) == 0 and list(empty.columns) == list(model.summary(frame.iloc[:1]).columns)
     assert model.risk(frame.iloc[:0]).shape == (0,) and model.curves(frame.iloc[:0], [30, 60]).shape == (0, 2)
+
+
+def test_answers_are_read_off_the_curve_and_say_how_long_it_stays_above_one_half(frame):
+    from models.survival import ANSWER_COLUMNS
+
+    # Followed for 40 days at most: some curves end above one half.
+    short = frame.assign(
+        **{DURATION: frame[DURATION].clip(upper=40), EVENT: frame[EVENT] * (frame[DURATION] <= 40)}
+    )
+    model = fit_survival(short, SCHEMA, "gbsa", parse_config({"survival": {"gbsa_trees": 20}}))
+    assert model.followup_days == 40
+    answers = model.summary(frame)
+    assert list(answers.columns) == list(ANSWER_COLUMNS)
+    np.testing.assert_array_equal(
+        answers[["survival_30d", "survival_60d", "survival_90d"]].to_numpy(),
+        model.curves(frame, [30, 60, 90]),
+    )
+    grid = np.arange(1, model.followup_days + 1)
+    curves = model.curves(frame, grid)
+    crossed = (curves <= 0.5).any(axis=1)
+    assert crossed.any() and (~crossed).any(), "customers on both sides of one half"
+    first = np.where(crossed, grid[np.argmax(curves <= 0.5, axis=1)], np.nan)
+    np.testing.assert_array_equal(answers["expected_days_to_churn"].to_numpy(), first)
+    more = answers["expected_days_more_than"].to_numpy()
+    assert (np.isnan(more) == crossed).all() and (more[~crossed] == model.followup_days).all()
+
+
+def test_tenure_answers_are_given_the_time_already_stayed(frame):
+    """One-table models answer S(t + d) / S(t) for a customer with tenure t; a tenure that is missing, negative
+    or past the follow-up gets no answer rather than the flat end of a curve."""
+    model = fit_survival(frame, SCHEMA, "cox", parse_config({}))
+    plain = model.summary(frame)
+    tenure = np.tile([0.0, 10.0, 2.5, np.nan, -1.0, 1e6, 40.0], len(frame) // 7 + 1)[: len(frame)]
+    features = frame.assign(tenure_weeks=tenure)
+    model.tenure = ("tenure_weeks", "weeks")
+    answers = model.summary(features)
+    start = np.ceil(tenure * 7)
+    for i in range(0, len(frame), 7):
+        row, t = answers.iloc[i], start[i]
+        if not np.isfinite(t) or t < 0 or t >= model.followup_days:
+            assert row.isna().all(), (i, t)
+            continue
+        days = t + np.array([0, 30, 60, 90])
+        curve = model.curves(frame.iloc[[i]], days)[0]
+        np.testing.assert_allclose(
+            row[["survival_30d", "survival_60d", "survival_90d"]], curve[1:] / curve[0], rtol=1e-12
+        )
+        if t == 0:
+            pd.testing.assert_series_equal(row, plain.iloc[i])
+    # A customer who has stayed longer is, under proportional hazards, answered differently: the tenure is used.
+    assert not np.array_equal(
+        answers["survival_90d"].iloc[1::7].to_numpy(), plain["survival_90d"].iloc[1::7].to_numpy()
+    )
+    with pytest.raises(Exception, match="tenure_weeks"):
+        model.summary(frame)
+
+
+def test_a_survival_model_only_answers_beside_a_churn_model_with_the_same_features(frame):
+    import dataclasses
+    from types import SimpleNamespace
+
+    from models.churn import ModelContractError
+    from models.lineage import SentimentLineage
+
+    model = fit_survival(frame, SCHEMA, "cox", parse_config({}))
+
+    def churn(schema=SCHEMA, sentiment=None):
+        return SimpleNamespace(schema=schema, sentiment_lineage=sentiment, aspect_lineage=None, version="7")
+
+    model.check_fits(churn())
+    model.check_fits(
+        churn(dataclasses.replace(SCHEMA, profile_numeric=("usage", "price", "age")))
+    )  # more is fine
+    refusals = {
+        "price, which the churn model does not": churn(
+            dataclasses.replace(SCHEMA, profile_numeric=("usage",))
+        ),
+        "event and text features": churn(dataclasses.replace(SCHEMA, use_events=True)),
+        "sentiment model is none": churn(
+            sentiment=SentimentLineage("models:/s/1", "ab" * 32, True, "s", "1")
+        ),
+    }
+    for message, other in refusals.items():
+        with pytest.raises(ModelContractError, match=message):
+            model.check_fits(other)
+    model.tenure = ("tenure_weeks", "weeks")
+    with pytest.raises(ModelContractError, match="current tenure 'tenure_weeks'"):
+        model.check_fits(churn())
