@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install torch==2.13.0 2>&1 | { grep -v "$(PIP_NOISE)" || true; }
 	$(PY) -c "from importlib.metadata import version as v; assert v('torch').startswith('2.13.0'), v('torch')"
 	$(PIP) install -e ".[dev,spark]" 2>&1 | { grep -v "$(PIP_NOISE)" || true; }
-	$(PY) -c "import churnsense, features, training, models, serving, batch, store, torch, mlflow, bentoml, transformers, pyspark"
+	$(PY) -c "import churnsense, features, training, models, serving, batch, store, monitoring, torch, mlflow, bentoml, transformers, pyspark"
 	touch $(STAMP)
 
 demo: setup ## generate data, validate, build features, train, promote, serve and batch-score it

@@ -276,6 +276,44 @@ def predict_sentiment_command(
 
 
 @app.command()
+def monitor(
+    spec: SpecOption,
+    as_of: Annotated[
+        str, typer.Option("--as-of", help="the population to check: customers at this date (YYYY-MM-DD)")
+    ],
+    scores: Annotated[
+        Path | None,
+        typer.Option(
+            "--scores",
+            help="a batch output (churnsense score --out): its risks are checked for drift, and once its label "
+            "window has passed in the spec's data, its realised ROC AUC, Brier score and churn per band",
+        ),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="churn model URI (default: models:/churnsense-churn@champion)"),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="HTML report (default: monitor-<as-of>.html here)")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="thresholds YAML (defaults: configs/monitor.yaml)")
+    ] = None,
+) -> None:
+    """Compare customers at --as-of with what the churn champion was trained on: drift per feature and of the
+    scores (PSI), an HTML report logged to MLflow (experiment churnsense-monitor). Exit 0: nothing crossed the
+    alert threshold; 1: something did (a nightly job can alert on it); 2: bad input."""
+    from monitoring.monitor import load_monitor_config, run_monitor
+
+    result = run_monitor(
+        spec, as_of, scores=scores, model_uri=model, out=out, config=load_monitor_config(config)
+    )
+    typer.echo(result.render())
+    if result.alerts:
+        raise typer.Exit(code=1)
+
+
+@app.command()
 def build() -> None:
     """Import the MLflow champions (churn, sentiment) into the BentoML store and build the churnsense Bento."""
     from serving.build import build_bento, describe_bento

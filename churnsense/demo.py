@@ -5,7 +5,8 @@
 generate data -> validate -> feature table -> train + promote sentiment (short MiniLM fine-tune) -> train +
 promote churn (with the sentiment of event texts as features) -> train + promote time to churn (survival) ->
 batch-score everyone -> load the event store ->
-build the Bento, serve it briefly and send one /churn_risk (in full, then by id) and one /sentiment request.
+build the Bento, serve it briefly and send one /churn_risk (in full, then by id) and one /sentiment request ->
+monitor this month against the champion's reference, then a deliberately shifted copy.
 Everything goes under --out (data, MLflow store, BentoML home, sentiment cache), so the demo never touches
 your own stores. Open the runs with `mlflow ui --backend-store-uri sqlite:///demo_out/mlflow.db`.
 """
@@ -147,6 +148,19 @@ def run_demo(out: Path, customers: int, seed: int, sentiment_steps: int) -> None
     print(f"built {tag}")
     riskiest = [str(c) for c in top_risk(scores_path, 20)["customer_id"]]
     demo_requests(tag, spec_path, store_url=store_url, riskiest=riskiest)
+    print(f"({time.perf_counter() - started:.1f}s)")
+
+    started = _banner(
+        "9. monitor: this month against the champion's reference, then a deliberately shifted copy"
+    )
+    from features.shift import write_shifted_copy
+    from monitoring.monitor import run_monitor
+
+    # This month, with realised performance: the batch scores' 60-day label window has passed in the data.
+    print(run_monitor(spec_path, as_of, scores=scores_path, out=out / "monitor.html").render())
+    shifted = write_shifted_copy(data_dir, out / "shifted", price_factor=1.4, text_share=0.5)
+    print(f"\nthe same customers with prices up 40% and half their texts a new complaint ({shifted.parent}):")
+    print(run_monitor(shifted, as_of, out=out / "monitor-shifted.html").render())
     print(f"({time.perf_counter() - started:.1f}s)")
     print(
         f"\ndone: everything is under {out}/ (MLflow: mlflow ui --backend-store-uri sqlite:///{out}/mlflow.db)"

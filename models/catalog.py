@@ -106,3 +106,22 @@ def resolve_model_uri(uri: str) -> tuple[str, str | None]:
             f"{uri} does not resolve in {tracking_uri()} ({error.message}); train and promote a model first"
         ) from None
     return f"models:/{name}/{version.version}", str(version.version)
+
+
+def configure_mlflow(experiment_name: str) -> str:
+    """Point MLflow at the configured store and select (creating if needed) the experiment; returns its id."""
+    import mlflow
+
+    from churnsense.environment import QUIET, paths, set_defaults
+
+    set_defaults(QUIET)
+    mlflow.set_tracking_uri(ready_store(tracking_uri()))  # a new store is created under a lock
+    experiment = mlflow.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        root = paths().artifact_root
+        location = Path(root, experiment_name).resolve().as_uri() if root else None
+        experiment_id = mlflow.create_experiment(experiment_name, artifact_location=location)
+    else:
+        experiment_id = experiment.experiment_id
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id

@@ -272,6 +272,7 @@ def log_churn_run(
     import mlflow
     from mlflow.models import infer_signature
 
+    from training.reference import REFERENCE_ARTIFACT, reference_profile
     from training.tracking import code_version, data_fingerprint
 
     run = mlflow.active_run()
@@ -337,6 +338,10 @@ def log_churn_run(
     valid_path = workdir / Path(VALIDATION_ARTIFACT).name
     evaluation.valid_frame.to_parquet(valid_path, index=False)
     mlflow.log_artifact(str(valid_path), str(Path(VALIDATION_ARTIFACT).parent))
+    # What `churnsense monitor` compares later populations with (training.reference).
+    mlflow.log_dict(
+        reference_profile(split.valid, schema, final, config.risk_bands.cutoffs()), REFERENCE_ARTIFACT
+    )
     fitted_path = workdir / Path(FITTED_ROWS_ARTIFACT).name
     frame[[CUSTOMER_ID, AS_OF]].astype({CUSTOMER_ID: str}).to_parquet(fitted_path, index=False)
     mlflow.log_artifact(str(fitted_path), str(Path(FITTED_ROWS_ARTIFACT).parent))

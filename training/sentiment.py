@@ -456,8 +456,8 @@ def promote_sentiment(
     With `dry_run` only decide (see `training.coupled` for promoting it together with the churn model)."""
     import mlflow
 
+    from models.catalog import tracking_uri
     from training.registry import PromotionPolicy, promote_newest
-    from training.tracking import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri())
     policy = PromotionPolicy(

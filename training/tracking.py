@@ -14,27 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from churnsense.environment import QUIET, paths, set_defaults
-from models.catalog import ready_store, tracking_uri
+from models.catalog import configure_mlflow  # noqa: F401  (re-exported: every trainer imports it from here)
 
 logger = logging.getLogger(__name__)
-
-
-def configure_mlflow(experiment_name: str) -> str:
-    """Point MLflow at the configured store and select (creating if needed) the experiment; returns its id."""
-    import mlflow
-
-    set_defaults(QUIET)
-    mlflow.set_tracking_uri(ready_store(tracking_uri()))  # a new store is created under a lock
-    experiment = mlflow.get_experiment_by_name(experiment_name)
-    if experiment is None:
-        root = paths().artifact_root
-        location = Path(root, experiment_name).resolve().as_uri() if root else None
-        experiment_id = mlflow.create_experiment(experiment_name, artifact_location=location)
-    else:
-        experiment_id = experiment.experiment_id
-    mlflow.set_experiment(experiment_id=experiment_id)
-    return experiment_id
 
 
 def data_fingerprint(frame: pd.DataFrame, time_column: str | None = None) -> dict[str, str | int]:

@@ -185,7 +185,7 @@ def _one_table(folder: Path, churned: np.ndarray, extra_spec: str = "") -> Path:
 def _no_run_was_made(name: str) -> bool:
     import mlflow
 
-    from training.tracking import tracking_uri
+    from models.catalog import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri())
     return mlflow.get_experiment_by_name(name) is None

@@ -1,0 +1,87 @@
+"""Drift: a profile's bins, PSI, and how often an unchanged population is flagged (it should not be)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.profile import (
+    OTHER,
+    column_profile,
+    drift_table,
+    profile_frame,
+    profiles_from_json,
+    profiles_to_json,
+    psi,
+)
+
+
+def population(seed: int, n: int = 2000, shift: dict[str, float] | None = None) -> pd.DataFrame:
+    """Customers like the simulator's: a price, a count that is mostly 0, a plan, a sometimes-missing age."""
+    shift = shift or {}
+    rng = np.random.default_rng(seed)
+    age = rng.normal(40 + shift.get("age", 0.0), 10, n)
+    age[rng.random(n) < 0.05 + shift.get("age_missing", 0.0)] = np.nan
+    return pd.DataFrame(
+        {
+            "price": rng.gamma(4.0, 10.0 * (1 + shift.get("price", 0.0)), n),
+            "n_complaint_90d": rng.poisson(0.3 + shift.get("complaints", 0.0), n).astype("float64"),
+            "plan": rng.choice(["basic", "standard", "premium"], n, p=[0.5, 0.3, 0.2]),
+            "age": age,
+        }
+    )
+
+
+NUMERIC, CATEGORICAL = ["price", "n_complaint_90d", "age"], ["plan"]
+
+
+def test_bins_shares_and_psi_are_what_they_say():
+    frame = population(0)
+    profiles = profile_frame(frame, NUMERIC, CATEGORICAL)
+    price = profiles["price"]
+    assert len(price.edges) == 9 and np.isclose(sum(price.shares), 1.0)
+    assert all(abs(s - 0.1) < 0.002 for s in price.shares[:-1])  # deciles: a tenth each
+    assert price.shares[-1] == 0.0  # nothing missing
+    assert len(profiles["n_complaint_90d"].edges) < 9  # ties collapse bins
+    assert abs(profiles["age"].shares[-1] - frame["age"].isna().mean()) < 1e-12
+    assert profiles["plan"].categories == ("basic", "premium", "standard")
+    # Values never seen pool into (other); text in a numeric column counts as missing, not a crash.
+    counts = profiles["plan"].counts(pd.Series(["basic", "gold", None]))
+    assert counts.tolist() == [1, 0, 0, 1, 1] and profiles["plan"].labels()[3] == OTHER
+    assert price.counts(pd.Series([1.0, "n/a", None])).tolist()[-1] == 2
+    # PSI: zero for the same shares, and the textbook value for a known pair.
+    assert psi(price.shares, price.shares) == 0.0
+    assert psi([0.5, 0.5], [0.25, 0.75]) == pytest.approx(0.25 * np.log(0.5) * -1 + 0.25 * np.log(1.5))
+    # A profile survives its JSON round trip (it is logged with the churn run).
+    assert profiles_from_json(profiles_to_json(profiles)) == profiles
+
+
+def test_an_unchanged_population_is_not_flagged_over_many_seeds():
+    """False alarms: 20 fresh samples of the same population against one reference; PSI stays under the
+    warning threshold (0.1) on every column of every sample."""
+    reference = profile_frame(population(0), NUMERIC, CATEGORICAL)
+    worst = [drift_table(reference, population(seed))["psi"].max() for seed in range(1, 21)]
+    assert max(worst) < 0.1, worst
+    assert np.mean(worst) < 0.02
+
+
+@pytest.mark.parametrize(
+    ("shift", "drifted"),
+    [
+        ({"price": 0.5}, {"price"}),
+        ({"complaints": 0.6}, {"n_complaint_90d"}),
+        ({"age_missing": 0.4}, {"age"}),  # a column that starts arriving empty
+    ],
+)
+def test_a_shifted_column_is_flagged_and_only_it(shift, drifted):
+    reference = profile_frame(population(0), NUMERIC, CATEGORICAL)
+    table = drift_table(reference, population(7, shift=shift)).set_index("feature")
+    assert set(table.index[table["psi"] > 0.25]) == drifted, table
+    assert (table.drop(index=list(drifted))["psi"] < 0.1).all(), table
+
+
+def test_a_column_the_reference_never_saw_empty_is_reported_missing():
+    reference = {"x": column_profile("x", pd.Series([1.0, 2.0, 3.0]), "numeric")}
+    table = drift_table(reference, pd.DataFrame({"y": [1.0]}))
+    assert np.isnan(table.loc[0, "psi"]) and table.loc[0, "n_now"] == 0
