@@ -12,11 +12,16 @@ change worth a look, above 0.25 a shift (the thresholds live in the monitor's co
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from features.columns import EVENT_TYPE, TEXT, TIMESTAMP
+from features.text import normalise_texts
 
 N_BINS = 10
 MAX_CATEGORIES = 20
@@ -147,3 +152,47 @@ def profiles_to_json(profiles: dict[str, ColumnProfile]) -> list[dict[str, Any]]
 
 def profiles_from_json(raw: list[dict[str, Any]]) -> dict[str, ColumnProfile]:
     return {p.name: p for p in (ColumnProfile.from_dict(item) for item in raw)}
+
+
+# --- what the events and texts look like: the event-type mix, text lengths, vocabulary ----------------------
+
+WINDOW_DAYS = 90  # the events a profile of the event mix reads: those of the 90 days before `as_of`
+VOCABULARY_SIZE = 20_000
+_WORD = re.compile(r"[^\W\d_]+")
+
+
+def recent_events(events: pd.DataFrame | None, as_of: Any, days: int = WINDOW_DAYS) -> pd.DataFrame:
+    """`event_type` and `text_length` (characters of the normalised text; missing without a text) of the events
+    in the `days` before `as_of` (canonical events table)."""
+    if events is None or len(events) == 0:
+        return pd.DataFrame({EVENT_TYPE: pd.Series([], dtype="string"), "text_length": []})
+    end = pd.Timestamp(as_of)
+    window = events[(events[TIMESTAMP] >= end - pd.Timedelta(days=days)) & (events[TIMESTAMP] < end)]
+    texts = normalise_texts(window[TEXT]) if TEXT in window.columns else [None] * len(window)
+    return pd.DataFrame(
+        {
+            EVENT_TYPE: window[EVENT_TYPE].astype("string").to_numpy(),
+            "text_length": np.array([np.nan if t is None else len(t) for t in texts], dtype="float64"),
+            TEXT: pd.array(texts, dtype="string"),
+        }
+    )
+
+
+def words(texts: Any) -> list[str]:
+    return [w for text in texts if isinstance(text, str) for w in _WORD.findall(text.lower())]
+
+
+def vocabulary(texts: Any, size: int = VOCABULARY_SIZE) -> list[str]:
+    """The `size` most frequent words of `texts` (lower case, letters only), most frequent first, ties in
+    alphabetical order (the same texts give the same list)."""
+    counts = Counter(words(texts))
+    return [w for w, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:size]]
+
+
+def unseen_share(texts: Any, known: Any) -> float:
+    """The share of the words of `texts` that are not in `known` (NaN without words)."""
+    found = words(texts)
+    if not found:
+        return float("nan")
+    known = set(known)
+    return sum(w not in known for w in found) / len(found)

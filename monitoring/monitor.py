@@ -29,9 +29,9 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from churnsense.errors import UserError
-from features.columns import AS_OF, CHURNED, CUSTOMER_ID
+from features.columns import AS_OF, CHURNED, CUSTOMER_ID, TEXT
 from features.engine import build_customer_features
-from features.profile import ColumnProfile, drift_table, profiles_from_json
+from features.profile import ColumnProfile, drift_table, profiles_from_json, recent_events, unseen_share
 from features.spec import DatasetSpec, load_spec
 
 logger = logging.getLogger(__name__)
@@ -51,6 +51,12 @@ class MonitorConfig(BaseModel):
         0.25, gt=0, description="a feature or the scores above this fail the run (exit 1)"
     )
     min_rows: int = Field(100, ge=1, description="fewer current rows: drift is not judged (too noisy)")
+    unseen_alert: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="words the training texts never had: an alert when their share grows by more",
+    )
     top: int = Field(10, ge=1, description="drifted features printed and plotted")
 
 
@@ -78,6 +84,8 @@ class MonitorResult:
     model_version: str
     features: pd.DataFrame  # drift_table rows + status
     scores: pd.DataFrame
+    events: pd.DataFrame  # the event-type mix and text lengths of the last 90 days
+    unseen: dict[str, Any]  # share of words the training texts never had: then, now, status
     n_rows: int
     config: MonitorConfig
     realised: dict[str, Any] | None = None
@@ -87,8 +95,9 @@ class MonitorResult:
 
     @property
     def alerts(self) -> list[str]:
-        both = pd.concat([self.features, self.scores])
-        return both.loc[both["status"] == "alert", "feature"].tolist()
+        tables = pd.concat([self.features, self.scores, self.events])
+        found = tables.loc[tables["status"] == "alert", "feature"].tolist()
+        return found + (["unseen_words"] if self.unseen.get("status") == "alert" else [])
 
     def render(self) -> str:
         lines = [
@@ -96,8 +105,14 @@ class MonitorResult:
             f"reference; {len(self.alerts)} alert(s) (PSI > {self.config.psi_alert}), "
             f"{int((self.features['status'] == 'warn').sum())} feature(s) to watch (PSI > {self.config.psi_warn})"
         ]
-        for _, row in self.scores.iterrows():
-            lines.append(f"  scores  {row['feature']:<32} PSI {row['psi']:.3f}  {row['status']}")
+        for kind, table in (("scores", self.scores), ("events", self.events)):
+            for _, row in table.iterrows():
+                lines.append(f"  {kind:<7} {row['feature']:<32} PSI {row['psi']:.3f}  {row['status']}")
+        if self.unseen.get("now") is not None:
+            lines.append(
+                f"  texts   words the training texts never had: {self.unseen['then'] or 0:.1%} -> "
+                f"{self.unseen['now']:.1%}  {self.unseen['status']}"
+            )
         moved = self.features[self.features["status"] != "ok"].head(self.config.top)
         for _, row in moved.iterrows():
             lines.append(
@@ -148,8 +163,9 @@ def load_reference(model: Any) -> dict[str, Any]:
 
 def current_population(
     spec: DatasetSpec, as_of: dt.date, model: Any, cache_dir: str | Path | None = None
-) -> pd.DataFrame:
-    """Features of the customers a batch run would score at `as_of`, with the model's own text models."""
+) -> tuple[pd.DataFrame, Any]:
+    """Features of the customers a batch run would score at `as_of`, with the model's own text models, and the
+    loaded data (`features.pipeline.SpecData`)."""
     from features.labels import ineligible_reasons
     from features.pipeline import load_data
 
@@ -170,7 +186,7 @@ def current_population(
     churn_event = spec.events.churn_event if spec.events else None
     why_not = ineligible_reasons(data.customers, data.events, as_of, churn_event)
     eligible = why_not[why_not.isna()].index
-    return features.loc[features.index.astype(str).isin(eligible)]
+    return features.loc[features.index.astype(str).isin(eligible)], data
 
 
 def read_scores(path: Path) -> pd.DataFrame:
@@ -252,7 +268,8 @@ def run_monitor(
     reference = load_reference(model)
     ref_features = profiles_from_json(reference["features"])
     ref_scores = profiles_from_json(reference["scores"])
-    features = current_population(spec, as_of, model, cache_dir)
+    features, data = current_population(spec, as_of, model, cache_dir)
+    window = recent_events(data.events, as_of)
     notes = []
     realised = None
     if scores is not None:
@@ -272,9 +289,13 @@ def run_monitor(
         notes.append(f"{len(features)} customers, fewer than min_rows {config.min_rows}: drift not judged")
     feature_drift = status_of(drift_table(ref_features, features), config, judged)
     score_drift = status_of(drift_table(ref_scores, scored), config, len(scored) >= config.min_rows)
-    result = MonitorResult(as_of, str(model.version), feature_drift, score_drift, len(features), config, realised,
-                           notes=notes)  # fmt: skip
+    ref_events = profiles_from_json(reference.get("events") or [])
+    event_drift = status_of(drift_table(ref_events, window), config, len(window) >= config.min_rows)
+    unseen = unseen_words(reference, window, config)
+    result = MonitorResult(as_of, str(model.version), feature_drift, score_drift, event_drift, unseen, len(features),
+                           config, realised, notes=notes)  # fmt: skip
     current = _current_profiles(ref_features, features, ref_scores, scored)
+    current |= _current_profiles(ref_events, window, {}, window)
     out_path = Path(out) if out is not None else Path(f"monitor-{as_of}.html")
     with tempfile.TemporaryDirectory(prefix="churnsense-monitor-") as tmp:
         figures = write_report(result, ref_features | ref_scores, current, out_path, Path(tmp))
@@ -282,6 +303,18 @@ def run_monitor(
         if log:
             result.run_id = _log(result, out_path, figures, spec)
     return result
+
+
+def unseen_words(reference: dict[str, Any], window: pd.DataFrame, config: MonitorConfig) -> dict[str, Any]:
+    """The share of the last 90 days' words that the training texts never had, then (the reference's own
+    window) and now; an alert when it grew by more than `unseen_alert`."""
+    if not reference.get("vocabulary"):
+        return {"then": None, "now": None, "status": "not judged"}
+    now = unseen_share(window[TEXT], reference["vocabulary"])
+    then = reference.get("unseen_share") or 0.0
+    if np.isnan(now):
+        return {"then": then, "now": None, "status": "not judged"}
+    return {"then": then, "now": now, "status": "alert" if now - then > config.unseen_alert else "ok"}
 
 
 def _current_profiles(
@@ -314,7 +347,9 @@ def _log(result: MonitorResult, report: Path, figures: list[Path], spec: Dataset
                 result.features["psi"].max(skipna=True) if len(result.features) else 0.0
             ),
         }
-        for _, row in pd.concat([result.features, result.scores]).iterrows():
+        if result.unseen.get("now") is not None:
+            metrics["unseen_word_share"] = float(result.unseen["now"])
+        for _, row in pd.concat([result.features, result.scores, result.events]).iterrows():
             if not np.isnan(row["psi"]):
                 metrics[f"psi.{row['feature']}"] = float(row["psi"])
         if result.realised is not None:

@@ -35,7 +35,11 @@ def write_report(
     figures_dir: Path,
 ) -> list[Path]:
     """Write the report to `out` (atomically); returns the figure files (for MLflow)."""
-    shown = [*result.scores["feature"], *result.features["feature"].head(result.config.top)]
+    shown = [
+        *result.scores["feature"],
+        *result.events["feature"],
+        *result.features["feature"].head(result.config.top),
+    ]
     figures = []
     for name in shown:
         if name in reference and name in current:
@@ -57,6 +61,13 @@ def write_report(
             f"an observed rate of {r['observed_rate']:.3f}.</p>",
             pd.DataFrame(r["bands"]).to_html(index=False, float_format=lambda v: f"{v:.3f}"),
         ]
+    parts += ["<h2>Events and texts of the last 90 days</h2>", _table(result.events)]
+    if result.unseen.get("now") is not None:
+        u = result.unseen
+        parts.append(
+            f"<p class='{html.escape(u['status'])}'>Words the training texts never had: {u['then'] or 0:.1%} of the "
+            f"reference window's words, {u['now']:.1%} now ({html.escape(u['status'])}).</p>"
+        )
     parts += ["<h2>Features, most drifted first</h2>", _table(result.features)]
     parts += ["<h2>Distributions: reference against now</h2>"]
     for figure in figures:

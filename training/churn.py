@@ -339,9 +339,8 @@ def log_churn_run(
     evaluation.valid_frame.to_parquet(valid_path, index=False)
     mlflow.log_artifact(str(valid_path), str(Path(VALIDATION_ARTIFACT).parent))
     # What `churnsense monitor` compares later populations with (training.reference).
-    mlflow.log_dict(
-        reference_profile(split.valid, schema, final, config.risk_bands.cutoffs()), REFERENCE_ARTIFACT
-    )
+    reference = reference_profile(split.valid, schema, final, config.risk_bands.cutoffs(), data.events)
+    mlflow.log_dict(reference, REFERENCE_ARTIFACT)
     fitted_path = workdir / Path(FITTED_ROWS_ARTIFACT).name
     frame[[CUSTOMER_ID, AS_OF]].astype({CUSTOMER_ID: str}).to_parquet(fitted_path, index=False)
     mlflow.log_artifact(str(fitted_path), str(Path(FITTED_ROWS_ARTIFACT).parent))

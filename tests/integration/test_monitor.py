@@ -53,6 +53,12 @@ def test_the_reference_population_raises_nothing_and_the_report_is_logged(traine
     assert result.n_rows > 500
     assert result.alerts == [], result.render()
     assert result.features["psi"].max() < 0.1 and result.scores["psi"].max() < 0.1, result.render()
+    # The last 90 days' events are the very events the reference read: the same mix, lengths and words.
+    assert set(result.events["feature"]) == {"event_type", "text_length"}
+    assert result.events["psi"].max() < 1e-12, result.render()
+    assert (
+        result.unseen["now"] == pytest.approx(result.unseen["then"], abs=1e-12) and result.unseen["now"] > 0
+    )
     page = (tmp_path / "report.html").read_text(encoding="utf-8")
     assert "data:image/png;base64," in page and "churnsense monitor, 2024-11-01" in page
     run = mlflow.get_run(result.run_id)
@@ -82,6 +88,10 @@ def test_a_shifted_price_and_text_mix_are_flagged_on_exactly_those_features(
     assert alerted - {"monthly_price"} and all(_is_text_feature(f) for f in alerted - {"monthly_price"}), (
         alerted
     )
+    # The texts are longer and speak of things the training texts never did; the event-type mix did not move.
+    events = result.events.set_index("feature")
+    assert events.loc["text_length", "status"] == "alert" and events.loc["event_type", "psi"] < 0.1
+    assert result.unseen["now"] > result.unseen["then"] + 0.1 and "unseen_words" in result.alerts
     untouched = result.features[~result.features["feature"].map(_is_text_feature)]
     assert (untouched.loc[untouched["feature"] != "monthly_price", "psi"] < 0.1).all(), untouched.head()
     # The command line says so and exits 1 (a nightly job alerts on it).

@@ -85,3 +85,25 @@ def test_a_column_the_reference_never_saw_empty_is_reported_missing():
     reference = {"x": column_profile("x", pd.Series([1.0, 2.0, 3.0]), "numeric")}
     table = drift_table(reference, pd.DataFrame({"y": [1.0]}))
     assert np.isnan(table.loc[0, "psi"]) and table.loc[0, "n_now"] == 0
+
+
+def test_the_event_window_reads_the_90_days_before_as_of_and_unseen_words_are_counted():
+    from features.profile import recent_events, unseen_share, vocabulary
+
+    events = pd.DataFrame(
+        {
+            "customer_id": ["a"] * 4,
+            "timestamp": pd.to_datetime(
+                ["2024-01-01 00:00", "2024-08-03 00:00", "2024-10-31 23:59", "2024-11-01 00:00"]
+            ),
+            "event_type": ["call", "chat", "chat", "call"],
+            "text": [None, "  Late  flight ", "refund please", "after as_of"],
+        }
+    )
+    window = recent_events(events, "2024-11-01")
+    # [as_of - 90 days, as_of): 2024-08-03 is the first day in; as_of itself is out.
+    assert window["event_type"].tolist() == ["chat", "chat"]
+    assert window["text_length"].tolist() == [len("Late flight"), len("refund please")]  # normalised
+    assert vocabulary(["late late flight", "Flight 9 refund"]) == ["flight", "late", "refund"]
+    assert unseen_share(["late app", "new app"], ["late", "new"]) == 0.5
+    assert np.isnan(unseen_share([None, "42 !!"], ["late"]))
