@@ -107,3 +107,22 @@ def test_the_event_window_reads_the_90_days_before_as_of_and_unseen_words_are_co
     assert vocabulary(["late late flight", "Flight 9 refund"]) == ["flight", "late", "refund"]
     assert unseen_share(["late app", "new app"], ["late", "new"]) == 0.5
     assert np.isnan(unseen_share([None, "42 !!"], ["late"]))
+
+
+def test_the_monitor_config_file_spells_out_the_defaults_and_bad_keys_are_named(tmp_path):
+    from pathlib import Path
+
+    from churnsense.errors import UserError
+    from monitoring.monitor import MonitorConfig, load_monitor_config
+
+    shipped = Path(__file__).resolve().parents[2] / "configs" / "monitor.yaml"
+    assert load_monitor_config(shipped) == MonitorConfig()
+    for text, named in (
+        ("psi_alrt: 0.3\n", "psi_alrt"),
+        ("psi_alert: -1\n", "psi_alert"),
+        ("[1, 2]\n", "cannot read"),
+    ):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(text, encoding="utf-8")
+        with pytest.raises(UserError, match=named):
+            load_monitor_config(bad)
