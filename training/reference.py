@@ -58,3 +58,24 @@ def reference_profile(
             share = unseen_share(window[TEXT], known)
             out["vocabulary"], out["unseen_share"] = known, None if np.isnan(share) else share
     return out
+
+
+def text_reference(train_texts: Any, test_texts: Any, test_labels: Any) -> dict[str, Any]:
+    """A sentiment run's reference: its test texts' lengths and predicted label mix, the vocabulary of its
+    training texts and the share of the test texts' words that vocabulary lacks (`features.profile`)."""
+    from features.text import normalise_texts
+
+    texts = pd.DataFrame(
+        {
+            "text_length": [np.nan if t is None else len(t) for t in normalise_texts(test_texts)],
+            "predicted_label": pd.array(list(test_labels), dtype="string"),
+        }
+    )
+    known = vocabulary(normalise_texts(train_texts))
+    share = unseen_share(normalise_texts(test_texts), known)
+    return {
+        "n_rows": len(texts),
+        "texts": profiles_to_json(profile_frame(texts, ["text_length"], ["predicted_label"])),
+        "vocabulary": known,
+        "unseen_share": None if np.isnan(share) else share,
+    }

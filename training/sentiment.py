@@ -32,6 +32,7 @@ from models.sentiment import (
     artifact_digest,
 )
 from training.finetune import classification_metrics, fine_tune, fit_baseline, load_backbone, save_model_dir
+from training.reference import REFERENCE_ARTIFACT, text_reference
 from training.reviews import LABEL, ReviewSplits, prepare_reviews
 from training.sentiment_config import SentimentConfig, load_sentiment_config
 
@@ -358,6 +359,11 @@ def train_sentiment(
                 confusion_figure(truth, evaluation.predictions[name], labels, f"{config.backbone}: {name}"),
                 f"plots/confusion_{name}.png",
             )
+        # What its texts looked like (lengths, predicted label mix, vocabulary): the reference for later texts.
+        mlflow.log_dict(
+            text_reference(splits.train[TEXT], splits.test[TEXT], evaluation.predictions["test"]),
+            REFERENCE_ARTIFACT,
+        )
         if baseline is not None:
             mlflow.log_figure(
                 confusion_figure(

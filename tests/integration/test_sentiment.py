@@ -281,7 +281,14 @@ def test_training_run_is_logged_and_registered(trained, model_name: str) -> None
     assert run.data.params["data_rows"] == "180" and "data_sha256" in run.data.params
     assert run.data.tags["code_version"]
     artifacts = {a.path for a in MlflowClient().list_artifacts(trained.run_id)}
-    assert {"validation", "plots", "config", "training"} <= artifacts
+    assert {"validation", "plots", "config", "training", "reference"} <= artifacts
+    # The reference later texts are compared with: lengths and predicted label mix of the test texts, the
+    # training texts' vocabulary and the share of test words it lacks.
+    reference = mlflow.artifacts.load_dict(f"runs:/{trained.run_id}/reference/profile.json")
+    profiles = {p["name"]: p for p in reference["texts"]}
+    assert set(profiles) == {"text_length", "predicted_label"}
+    assert sum(profiles["predicted_label"]["shares"]) == pytest.approx(1.0)
+    assert reference["vocabulary"] and 0 <= reference["unseen_share"] < 1
     plots = {a.path for a in MlflowClient().list_artifacts(trained.run_id, "plots")}
     assert "plots/confusion_test.png" in plots and "plots/confusion_baseline_test.png" in plots
     logged = {
