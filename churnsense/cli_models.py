@@ -120,12 +120,23 @@ def train_sentiment_command(
         Path | None,
         typer.Option("--summary", help="write a JSON summary (metrics, run id, version, timings)"),
     ] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            "--resume",
+            help="continue a stopped run (killed, crashed) from its last checkpoint, in that MLflow run and with "
+            "its config (checkpoint_every_steps: every 500 steps by default); give the same --spec",
+        ),
+    ] = None,
 ) -> None:
-    """Fine-tune the sentiment transformer and a TF-IDF baseline on the spec's `reviews`; log and register."""
+    """Fine-tune the sentiment transformer and a TF-IDF baseline on the spec's `reviews`; log and register.
+
+    Runs on CUDA when torch sees a device (device/precision in the config), else the CPU; the exported model
+    always scores on the CPU, identically."""
     passive_omp_threads()
     from training.sentiment import train_sentiment, write_summary
 
-    result = train_sentiment(spec, config)
+    result = train_sentiment(spec, config, resume=resume)
     if summary is not None:
         write_summary(result, summary)
     typer.echo(result.headline())

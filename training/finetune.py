@@ -7,6 +7,7 @@ validation every N steps with early stopping on macro-F1, and a step / wall-time
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -31,6 +32,7 @@ from models.sentiment import (
     pad_batch,
     resolve_backbone,
 )
+from training.checkpoints import Checkpointer, autocast_dtype, kill_hook, precision_name, resolve_device
 from training.reviews import LABEL, ReviewSplits
 from training.sentiment_config import SentimentConfig
 
@@ -119,6 +121,9 @@ class FineTuneResult:
     stopped_by: str
     train_seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
+    device: str = "cpu"
+    precision: str = "fp32"
+    resumed_from_step: int = 0  # 0: a fresh run
 
     @property
     def seconds_per_1k_examples(self) -> float:
@@ -187,6 +192,14 @@ class BudgetedSchedule:
             return (step + 1) / warmup
         return max(0.0, (self.total - step) / max(self.total - warmup, 1))
 
+    def state(self) -> dict[str, Any]:
+        return {"total": self.total, "recent": list(self._recent)}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.total = int(state["total"])
+        self._recent.clear()
+        self._recent.extend(state["recent"])
+
     def observe(self, step: int, now: float, every: int = 10, min_steps: int = 20) -> None:
         """Record that `step` steps were done at monotonic time `now`; re-plan `total` within the deadline."""
         self._recent.append((step, now))
@@ -205,17 +218,25 @@ def fine_tune(
     labels: list[str],
     config: SentimentConfig,
     on_evaluate: Callable[[int, dict[str, float]], None] | None = None,
+    checkpoints: Checkpointer | None = None,
 ) -> FineTuneResult:
     """A plain torch loop: bucketed dynamic-padding batches, AdamW with linear warm-up/decay, gradient
     clipping, validation macro-F1 every `eval_every_steps` (or epoch) with early stopping, and a step
     (`max_steps`) and time (`max_minutes`) budget. The best validation weights are restored at the end.
 
+    On `config.device` (CUDA with autocast in `config.precision` when there is one); the returned model is on
+    the CPU in fp32 whatever trained it.
+
     Args:
         on_evaluate: called with (step, validation metrics) after every validation, e.g. to log to MLflow.
+        checkpoints: the whole training state is saved there every `checkpoints.every` steps, and a run given
+            a folder that holds a checkpoint resumes from it (`training.checkpoints`).
     """
     from tqdm.auto import tqdm
 
     torch.set_num_threads(config.num_threads)
+    device = resolve_device(config.device)
+    dtype = autocast_dtype(config.precision, device)
     seed_everything(config.seed)
     rng = np.random.default_rng(config.seed)
     label_ids = {label: i for i, label in enumerate(labels)}
@@ -229,28 +250,52 @@ def fine_tune(
     weights = None
     if config.class_weight == "balanced":  # n / (classes * count), as scikit-learn's class_weight="balanced"
         counts = torch.bincount(targets, minlength=len(labels)).clamp_min(1).float()
-        weights = len(targets) / (len(labels) * counts)
+        weights = (len(targets) / (len(labels) * counts)).to(device)
     steps_per_epoch = math.ceil(len(encodings) / config.batch_size)
     planned = max(1, math.ceil(config.epochs * steps_per_epoch))
     if config.max_steps:
         planned = min(planned, config.max_steps)
     eval_every = config.eval_every_steps or steps_per_epoch
+    model.to(device)
     optimizer = _optimizer(model, config)
-    deadline = time.monotonic() + 60 * config.max_minutes if config.max_minutes else math.inf
-    schedule = BudgetedSchedule(planned, config.warmup_ratio, deadline)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    budget_s = 60 * config.max_minutes if config.max_minutes else math.inf
+    schedule = BudgetedSchedule(planned, config.warmup_ratio, time.monotonic() + budget_s)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.factor)
     pad_id = tokenizer.pad_token_id or 0
 
     best_f1, best_step, best_state, evaluations_without_gain = -1.0, 0, None, 0
     step, seen, stopped_by, history = 0, 0, "", []
-    last_evaluated = -1
-    started = time.perf_counter()
+    last_evaluated, running_loss, spent, skip = -1, None, 0.0, 0
+    epoch_rng = rng.bit_generator.state
+    saved = checkpoints.load() if checkpoints is not None else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        scaler.load_state_dict(saved["scaler"])
+        schedule.restore(saved["schedule"])
+        step, seen, spent = saved["step"], saved["seen"], saved["train_seconds"]
+        best_f1, best_step, best_state = saved["best_f1"], saved["best_step"], saved["best_state"]
+        evaluations_without_gain, history = saved["evaluations_without_gain"], saved["history"]
+        last_evaluated, running_loss = saved["last_evaluated"], saved["running_loss"]
+        epoch_rng, skip = saved["epoch_rng"], saved["position"]
+        random.setstate(saved["python_rng"])
+        np.random.set_state(saved["numpy_rng"])
+        torch.set_rng_state(saved["torch_rng"])
+        if device.type == "cuda" and saved.get("cuda_rng"):
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
+        schedule.deadline = time.monotonic() + budget_s - spent
+        logger.info("resuming fine-tuning at step %d from %s", step, checkpoints.path)
+    resumed_from = step
+    started = time.perf_counter() - spent
 
     def evaluate_now() -> bool:
-        """Validate, keep the best weights; True when patience is exhausted."""
+        """Validate (on the CPU, as served), keep the best weights; True when patience is exhausted."""
         nonlocal best_f1, best_step, best_state, evaluations_without_gain, last_evaluated
+        scored = model if device.type == "cpu" else copy.deepcopy(model).to("cpu").float()
         classifier = SentimentClassifier(
-            model, tokenizer, max_length=config.max_length, batch_size=config.eval_batch_size
+            scored, tokenizer, max_length=config.max_length, batch_size=config.eval_batch_size
         )
         metrics = classification_metrics(
             splits.validation[LABEL].tolist(),
@@ -264,7 +309,7 @@ def fine_tune(
             on_evaluate(step, metrics)
         if metrics["macro_f1"] > best_f1:
             best_f1, best_step, evaluations_without_gain = metrics["macro_f1"], step, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         else:
             evaluations_without_gain += 1
         logger.info(
@@ -277,17 +322,41 @@ def fine_tune(
         )
         return evaluations_without_gain >= config.patience
 
+    def checkpoint(position: int) -> None:
+        """Everything the next step depends on (see `training.checkpoints`)."""
+        checkpoints.save(
+            {
+                "step": step, "seen": seen, "train_seconds": time.perf_counter() - started,
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "schedule": schedule.state(),
+                "best_f1": best_f1, "best_step": best_step, "best_state": best_state,
+                "evaluations_without_gain": evaluations_without_gain, "history": history,
+                "last_evaluated": last_evaluated, "running_loss": running_loss,
+                "epoch_rng": epoch_rng, "position": position,
+                "python_rng": random.getstate(), "numpy_rng": np.random.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+            }
+        )  # fmt: skip
+
     model.train()
-    bar = tqdm(total=planned, desc="fine-tuning", unit="step")
-    running_loss = None
+    bar = tqdm(total=planned, initial=step, desc="fine-tuning", unit="step")
     while not stopped_by:
-        for index in bucketed_batches(lengths, config.batch_size, rng):
-            batch = pad_batch([encodings[i] for i in index], pad_id)
-            logits = model(**batch).logits
-            loss = torch.nn.functional.cross_entropy(logits, targets[index], weight=weights)
-            loss.backward()
+        rng.bit_generator.state = epoch_rng  # the state this epoch's batch order is drawn from
+        for position, index in enumerate(bucketed_batches(lengths, config.batch_size, rng), start=1):
+            if position <= skip:
+                continue  # done before the checkpoint this run resumed from
+            batch = {k: v.to(device) for k, v in pad_batch([encodings[i] for i in index], pad_id).items()}
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                logits = model(**batch).logits
+                loss = torch.nn.functional.cross_entropy(
+                    logits.float(), targets[index].to(device), weight=weights
+                )
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -300,25 +369,32 @@ def fine_tune(
             bar.update(1)
             if (step % eval_every == 0 or step >= schedule.total) and evaluate_now():
                 stopped_by = "early_stopping"
-            elif step >= schedule.total or time.monotonic() > deadline:
+            elif step >= schedule.total or time.monotonic() > schedule.deadline:
                 if schedule.total < planned or step < schedule.total:
                     stopped_by = "max_minutes"
                 elif config.max_steps and planned == config.max_steps:
                     stopped_by = "max_steps"
                 else:
                     stopped_by = "epochs"
+            if checkpoints is not None and checkpoints.due(step) and not stopped_by:
+                checkpoint(position)
+            kill_hook(step)
             if stopped_by:
                 break
+        skip = 0
+        epoch_rng = rng.bit_generator.state  # the next epoch draws its order from here
     bar.close()
     if last_evaluated != step:
         evaluate_now()
     train_seconds = time.perf_counter() - started
     if best_state is not None:
         model.load_state_dict(best_state)
+    model.to("cpu").float()  # exported and served on the CPU in fp32, wherever it trained
     model.eval()
     return FineTuneResult(
-        model, tokenizer, step, planned, seen, best_step, best_f1, stopped_by, train_seconds, history
-    )
+        model, tokenizer, step, planned, seen, best_step, best_f1, stopped_by, train_seconds, history,
+        device=str(device), precision=precision_name(dtype), resumed_from_step=resumed_from,
+    )  # fmt: skip
 
 
 def save_model_dir(result: FineTuneResult, labels: list[str], config: SentimentConfig, folder: Path) -> Path:

@@ -31,6 +31,7 @@ from models.sentiment import (
     SentimentClassifier,
     artifact_digest,
 )
+from training.checkpoints import Checkpointer, check_same_data, checkpoint_folder, resumable_run
 from training.finetune import classification_metrics, fine_tune, fit_baseline, load_backbone, save_model_dir
 from training.reference import REFERENCE_ARTIFACT, text_reference
 from training.reviews import LABEL, ReviewSplits, prepare_reviews
@@ -267,26 +268,71 @@ def log_baseline_model(baseline: Any, splits: ReviewSplits) -> Any:
     )
 
 
+def log_run_start(
+    spec: DatasetSpec,
+    config: SentimentConfig,
+    clean: pd.DataFrame,
+    report: Any,
+    splits: ReviewSplits,
+    labels: list[str],
+    fingerprint: dict[str, Any],
+) -> None:
+    """What a new run logs before training: tags, params, config, spec, cleaning counts, the validation split."""
+    import mlflow
+
+    from training.tracking import code_version
+
+    mlflow.set_tags(
+        {
+            "churnsense.model": "sentiment",
+            "code_version": code_version(),
+            "backbone": config.backbone,
+            "labels": json.dumps(labels),
+        }
+    )
+    mlflow.log_params(config.as_params())
+    mlflow.log_params({f"data_{k}": v for k, v in fingerprint.items()})
+    mlflow.log_dict(config.model_dump(mode="json"), "config/sentiment_config.yaml")
+    if spec.reviews is not None:
+        mlflow.log_dict(spec.reviews.model_dump(mode="json"), "config/spec_reviews.yaml")
+    mlflow.log_metrics({**report.as_metrics(), **{k: float(v) for k, v in splits.sizes().items()}})
+    with tempfile.TemporaryDirectory() as tmp:
+        validation_path = Path(tmp, "validation.parquet")
+        splits.validation.to_parquet(validation_path, index=False)
+        mlflow.log_artifact(str(validation_path), artifact_path="validation")
+
+
 def train_sentiment(
-    spec: DatasetSpec | Path | str, config: SentimentConfig | Path | str | None = None, **overrides: Any
+    spec: DatasetSpec | Path | str,
+    config: SentimentConfig | Path | str | None = None,
+    resume: str | None = None,
+    **overrides: Any,
 ) -> SentimentRunResult:
     """Train, evaluate, log and register the sentiment model (and its baseline) in one MLflow run.
 
     Args:
         spec: a `DatasetSpec` or the path of a spec YAML with a `reviews` section.
         config: a `SentimentConfig`, a config YAML path, or None for `configs/sentiment.yaml`.
+        resume: the id of a run that was stopped (killed, crashed): it continues from its checkpoint, in that
+            run, with that run's config (`training.checkpoints`); give no `config` or overrides with it.
         **overrides: config keys to change, e.g. ``max_steps=40`` for a one-minute demo.
-    Returns:
-        The run id, registered version, metrics, timings, cleaning counts and split sizes.
+    Returns: the run id, registered version, metrics, timings, cleaning counts and split sizes.
     """
     import mlflow
 
-    from training.tracking import code_version, configure_mlflow, data_fingerprint
+    from training.tracking import configure_mlflow, data_fingerprint
 
     total_started = time.perf_counter()
     if not isinstance(spec, DatasetSpec):
         spec = load_spec(spec)
-    if not isinstance(config, SentimentConfig):
+    if resume is not None and (config is not None or overrides):
+        raise UserError("--resume continues a run with its own config: give no --config with it")
+    checkpoints, logged_sha = None, None
+    if resume is not None:
+        logged, checkpoints, logged_sha = resumable_run(resume)
+        config = SentimentConfig(**logged)
+        configure_mlflow(config.experiment)  # the run's own
+    elif not isinstance(config, SentimentConfig):
         config = load_sentiment_config(config, **overrides)
     elif overrides:
         config = load_sentiment_config(None, **{**config.model_dump(), **overrides})
@@ -298,26 +344,17 @@ def train_sentiment(
     timings["prepare_s"] = time.perf_counter() - started
     logger.info("labels %s; split %s", labels, splits.sizes())
 
-    configure_mlflow(config.experiment)
-    with mlflow.start_run(run_name=f"sentiment-{Path(config.backbone).name}") as run:
-        mlflow.set_tags(
-            {
-                "churnsense.model": "sentiment",
-                "code_version": code_version(),
-                "backbone": config.backbone,
-                "labels": json.dumps(labels),
-            }
-        )
-        mlflow.log_params(config.as_params())
-        mlflow.log_params({f"data_{k}": v for k, v in data_fingerprint(clean[[TEXT, LABEL]]).items()})
-        mlflow.log_dict(config.model_dump(mode="json"), "config/sentiment_config.yaml")
-        if spec.reviews is not None:
-            mlflow.log_dict(spec.reviews.model_dump(mode="json"), "config/spec_reviews.yaml")
-        mlflow.log_metrics({**report.as_metrics(), **{k: float(v) for k, v in splits.sizes().items()}})
-        with tempfile.TemporaryDirectory() as tmp:
-            validation_path = Path(tmp, "validation.parquet")
-            splits.validation.to_parquet(validation_path, index=False)
-            mlflow.log_artifact(str(validation_path), artifact_path="validation")
+    fingerprint = data_fingerprint(clean[[TEXT, LABEL]])
+    if resume is not None:
+        check_same_data(resume, logged_sha, str(fingerprint["sha256"]))
+    else:
+        configure_mlflow(config.experiment)
+    with mlflow.start_run(
+        run_id=resume, run_name=None if resume else f"sentiment-{Path(config.backbone).name}"
+    ) as run:
+        if checkpoints is None:
+            checkpoints = Checkpointer(checkpoint_folder(run.info.run_id), config.checkpoint_every_steps)
+            log_run_start(spec, config, clean, report, splits, labels, fingerprint)
 
         baseline = None
         if config.baseline:
@@ -332,7 +369,14 @@ def train_sentiment(
         def log_validation(step: int, metrics: dict[str, float]) -> None:
             mlflow.log_metrics({f"step_val_{k}": metrics[k] for k in ("accuracy", "macro_f1")}, step=step)
 
-        fit = fine_tune(model, tokenizer, splits, labels, config, on_evaluate=log_validation)
+        fit = fine_tune(model, tokenizer, splits, labels, config, log_validation, checkpoints)
+        mlflow.set_tags(
+            {
+                "device": fit.device,
+                "precision": fit.precision,
+                "resumed_from_step": str(fit.resumed_from_step),
+            }
+        )
         timings["train_s"] = fit.train_seconds
         training = {
             "steps": fit.steps,
@@ -386,6 +430,7 @@ def train_sentiment(
         timings["log_model_s"] = time.perf_counter() - started
         timings["total_s"] = time.perf_counter() - total_started
         mlflow.log_metrics({f"time_{k}": v for k, v in timings.items()})
+    checkpoints.discard()  # the run is complete
 
     version = getattr(info, "registered_model_version", None)
     if version:

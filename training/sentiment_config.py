@@ -64,6 +64,17 @@ class SentimentConfig(BaseModel):
         True, description="serve int8 on CPU (per-token scales, batch-invariant: models.text_encoder)"
     )
     num_threads: int = Field(2, ge=1, le=256, description="torch CPU threads for training and inference")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where fine-tuning runs: auto is CUDA when torch sees a device, else the CPU"
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="autocast on CUDA: auto is bf16 where supported, else fp16; the CPU runs fp32"
+    )
+    checkpoint_every_steps: int | None = Field(
+        500,
+        ge=1,
+        description="save the whole training state this often (resume: train sentiment --resume RUN_ID)",
+    )
     baseline: bool = Field(True, description="also train the TF-IDF + logistic regression baseline")
     baseline_c: float = Field(4.0, gt=0, description="inverse regularisation strength of the baseline")
     class_weight: Literal["none", "balanced"] = Field(
