@@ -108,17 +108,17 @@ def result_table(
                 [lineage.scoring_id if lineage is not None else None] * n, pa.string()
             ),
             "aspect_model": pa.array([plan.aspect_model] * n, pa.string()),
-            **{
-                name: scored_only(
-                    times[name].to_numpy(dtype="float64") if times is not None else np.full(n, np.nan),
-                    pa.float64(),
-                )
-                for name in ANSWER_COLUMNS
-            },
+            **{name: _time_column(times, name, eligible) for name in ANSWER_COLUMNS},
             "survival_model": pa.array([survival_version] * n, pa.string()),
         },
         schema=RESULT_SCHEMA,
     )
+
+
+def _time_column(times: pd.DataFrame | None, name: str, eligible: np.ndarray) -> pa.Array:
+    """A time-to-churn column: null (never NaN) where there is no answer, as the service answers null."""
+    values = times[name].to_numpy(dtype="float64") if times is not None else np.full(len(eligible), np.nan)
+    return pa.array(values, pa.float64(), mask=~eligible | np.isnan(values))
 
 
 def evidence_text(evidence: dict[str, Any] | None) -> str | None:

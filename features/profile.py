@@ -165,7 +165,10 @@ def recent_events(events: pd.DataFrame | None, as_of: Any, days: int = WINDOW_DA
     """`event_type` and `text_length` (characters of the normalised text; missing without a text) of the events
     in the `days` before `as_of` (canonical events table)."""
     if events is None or len(events) == 0:
-        return pd.DataFrame({EVENT_TYPE: pd.Series([], dtype="string"), "text_length": []})
+        return pd.DataFrame(
+            {EVENT_TYPE: pd.Series([], dtype="string"), "text_length": pd.Series([], dtype="float64"),
+             TEXT: pd.Series([], dtype="string")}
+        )  # fmt: skip
     end = pd.Timestamp(as_of)
     window = events[(events[TIMESTAMP] >= end - pd.Timedelta(days=days)) & (events[TIMESTAMP] < end)]
     texts = normalise_texts(window[TEXT]) if TEXT in window.columns else [None] * len(window)

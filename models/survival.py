@@ -17,7 +17,8 @@ same feature rows, so the two agree customer by customer.
   0.5 for as long as training followed customers; then `expected_days_more_than` says for how many days.
 
 A model trained on one-table data (durations are tenures: `customers.duration`) answers for a customer who has
-already stayed their current tenure t: S(t + d) / S(t), the curve given they are still here.
+already stayed their current tenure t: S(t + d) / S(t), the curve given they are still here (`start_days`).
+A day past the longest follow-up of training is unknown: missing, never the flat end of the curve.
 """
 
 from __future__ import annotations
@@ -142,8 +143,11 @@ class SurvivalModel:
         return pd.DataFrame(out, index=features.index, columns=list(ANSWER_COLUMNS))
 
     def start_days(self, features: pd.DataFrame) -> np.ndarray:
-        """Days each customer has already survived: 0 from `as_of`, or its current tenure (whole days, as the
-        training durations were counted; NaN when missing or negative)."""
+        """Where each customer's answer starts on the curve: day 0 (`as_of`), or for a model of tenures the day
+        just before the step its current tenure t was counted at in training (max(ceil(t * unit days), 1)): a
+        customer at tenure t is still at risk of the churn recorded at t (it happens during that month), so
+        monthly data gives one month's odds at 30 days, two at 60, three at 90, whatever t. NaN when the tenure
+        is missing or negative."""
         if self.tenure is None:
             return np.zeros(len(features))
         column, unit = self.tenure
@@ -153,25 +157,29 @@ class SurvivalModel:
                 f"lack its column {column!r}"
             )
         raw = pd.to_numeric(features[column], errors="coerce").to_numpy(dtype="float64")
-        days = np.ceil(raw * UNIT_DAYS[unit])
-        days[~np.isfinite(days) | (days < 0)] = np.nan
+        with np.errstate(over="ignore", invalid="ignore"):
+            days = np.maximum(np.ceil(raw * UNIT_DAYS[unit]), 1.0) - 1.0
+        days[~np.isfinite(days) | ~(raw >= 0)] = np.nan
         return days
 
     def _answer(self, function: Any, start: float) -> np.ndarray:
         """One customer's row of `ANSWER_COLUMNS` from its step function, given `start` days survived."""
         answer = np.full(len(ANSWER_COLUMNS), np.nan)
-        if np.isnan(start) or start >= max(self.followup_days, 1.0):
+        followup = self.followup_days
+        if np.isnan(start) or not start < followup:  # NaN follow-up: nothing is known to be within it
             return answer  # beyond what training saw: no answer is better than the flat end of a curve
         base = float(_at(function, np.asarray([start]))[0])
         if base <= 0.0:
             return answer
-        answer[: len(REPORT_DAYS)] = _at(function, start + np.asarray(REPORT_DAYS, dtype=np.float64)) / base
+        ends = start + np.asarray(REPORT_DAYS, dtype=np.float64)
+        within = ends <= followup  # a day past the follow-up is unknown, not the curve's last value
+        answer[: len(REPORT_DAYS)] = np.where(within, _at(function, ends) / base, np.nan)
         later = function.x > start
         below = np.flatnonzero(later & (function.y <= 0.5 * base))
         if below.size:
             answer[-2] = float(function.x[below[0]]) - start
-        elif np.isfinite(self.followup_days):
-            answer[-1] = self.followup_days - start
+        else:
+            answer[-1] = followup - start
         return answer
 
     def medians(self, features: pd.DataFrame) -> np.ndarray:
@@ -251,6 +259,11 @@ class SurvivalModel:
                 f"v{FEATURE_VERSION}; retrain it (churnsense train survival)"
             )
         schema = FeatureSchema.from_json(metadata["feature_schema"])
+        if "tenure" not in metadata and not schema.use_events:
+            raise ModelContractError(
+                f"survival model {uri}: trained on one-table data before answers were given the tenure already "
+                "stayed (it would answer every customer as a new one); retrain it (churnsense train survival)"
+            )
         followup = float(metadata.get("followup_days", "nan"))
         tenure = json.loads(metadata["tenure"]) if metadata.get("tenure") else None
         model = cls(

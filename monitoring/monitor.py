@@ -170,6 +170,14 @@ def current_population(
     from features.pipeline import load_data
 
     schema = model.schema
+    values = spec.events.values if spec.events is not None else ()
+    problems = [
+        f"events.values: no {v!r} (the churn model aggregates it)"
+        for v in schema.value_columns
+        if v not in values
+    ]
+    if schema.use_events and spec.events is None:
+        problems.append("events: the churn model reads events, and the spec has none")
     scorer = labeler = None
     if schema.use_sentiment and spec.events is not None and not spec.events.sentiment:
         from models.text_scoring import CachedTextScorer
@@ -182,6 +190,11 @@ def current_population(
     data = load_data(
         spec, scorer, with_text=False, numeric_columns=schema.profile_numeric, aspect_labeler=labeler
     )
+    has = set(data.customers.columns) if data.customers is not None else set()
+    profile = (*schema.profile_numeric, *schema.profile_categorical)
+    problems += [f"customers: no column {c!r} (the churn model reads it)" for c in profile if c not in has]
+    if problems:
+        raise UserError(f"{spec.source}: " + "; ".join(problems))
     features = build_customer_features(data.events, as_of, schema, customers=data.customers)
     churn_event = spec.events.churn_event if spec.events else None
     why_not = ineligible_reasons(data.customers, data.events, as_of, churn_event)
@@ -189,26 +202,50 @@ def current_population(
     return features.loc[features.index.astype(str).isin(eligible)], data
 
 
-def read_scores(path: Path) -> pd.DataFrame:
-    """A batch output's eligible rows: customer_id, churn_risk, risk_band, as_of."""
+def read_scores(path: Path, model_version: str) -> pd.DataFrame:
+    """A batch output's eligible rows: customer_id, churn_risk, risk_band, as_of (checked: numbers, dates, one
+    as_of, made by the churn model being monitored).
+
+    Raises:
+        UserError: naming the column and the problem.
+    """
+    columns = [CUSTOMER_ID, RISK, BAND, AS_OF, "eligible", "model_version"]
     try:
-        scores = pd.read_parquet(path, columns=[CUSTOMER_ID, RISK, BAND, AS_OF, "eligible"])
+        scores = pd.read_parquet(path, columns=columns)
     except (OSError, ValueError, KeyError) as error:
         raise UserError(f"--scores {path}: not a churnsense batch output ({error})") from None
-    return scores[scores["eligible"].fillna(False) & scores[RISK].notna()].reset_index(drop=True)
+    risk = pd.to_numeric(scores[RISK], errors="coerce")
+    if (risk.isna() & scores[RISK].notna()).any() or not risk.dropna().between(0, 1).all():
+        raise UserError(f"--scores {path}: column {RISK} holds values that are not probabilities in [0, 1]")
+    dates = pd.to_datetime(scores[AS_OF], errors="coerce")
+    if (dates.isna() & scores[AS_OF].notna()).any():
+        raise UserError(f"--scores {path}: column {AS_OF} holds values that are not dates")
+    scores = scores.assign(**{RISK: risk, AS_OF: dates})
+    scores = scores[scores["eligible"].fillna(False).astype(bool) & scores[RISK].notna()].reset_index(
+        drop=True
+    )
+    if scores.empty:
+        raise UserError(f"--scores {path}: no scored customer in it (every row ineligible, or none)")
+    if scores[AS_OF].nunique() != 1:
+        raise UserError(f"--scores {path}: one as_of per file, found {scores[AS_OF].nunique()}")
+    made_by = sorted(scores["model_version"].dropna().astype(str).unique())
+    if made_by and made_by != [str(model_version)]:
+        raise UserError(
+            f"--scores {path}: made by churn model v{', v'.join(made_by)}, but the monitor judges v{model_version} "
+            f"(its reference is another model's): give --model with that version"
+        )
+    return scores
 
 
-def realised_performance(spec: DatasetSpec, scores: pd.DataFrame) -> dict[str, Any] | None:
-    """ROC AUC, Brier score and observed churn per band of a scoring whose label window has passed (else None)."""
+def realised_performance(spec: DatasetSpec, scores: pd.DataFrame) -> tuple[dict[str, Any] | None, str]:
+    """ROC AUC, Brier score and observed churn per band of a scoring whose label window has passed; else None
+    and why not."""
     from sklearn.metrics import brier_score_loss, roc_auc_score
 
     from features.labels import censored_as_of, label_snapshot
     from features.pipeline import load_data
 
-    dates = pd.to_datetime(scores[AS_OF]).dt.date.unique()
-    if len(dates) != 1:
-        raise UserError(f"--scores: one as_of per file, found {len(dates)}")
-    as_of = dates[0]
+    as_of = pd.Timestamp(scores[AS_OF].iloc[0]).date()
     data = load_data(spec, with_text=False)
     newest = max(
         [pd.Timestamp(data.events["timestamp"].max())]
@@ -218,12 +255,14 @@ def realised_performance(spec: DatasetSpec, scores: pd.DataFrame) -> dict[str, A
     )
     horizon = spec.labels.horizon_days
     if newest is None or censored_as_of([as_of], horizon, newest)[0]:
-        return None  # the label window has not passed yet in this data
+        return None, f"the scores' label window ({horizon} days from {as_of}) has not passed in this data"
     churn_event = spec.events.churn_event if spec.events else None
     labels = label_snapshot(data.customers, data.events, as_of, horizon, churn_event, spec.labels.inactivity)
     joined = scores.merge(labels[[CUSTOMER_ID, CHURNED]], on=CUSTOMER_ID, how="inner")
+    if joined.empty:
+        return None, "none of the scored customers is a customer with a label at that date in this data"
     if joined[CHURNED].nunique() < 2:
-        return None
+        return None, f"all {len(joined):,} scored customers had the same outcome: ROC AUC needs both"
     y, p = joined[CHURNED].to_numpy(dtype="int64"), joined[RISK].to_numpy(dtype="float64")
     bands = (
         joined.groupby(BAND, sort=False)
@@ -240,7 +279,7 @@ def realised_performance(spec: DatasetSpec, scores: pd.DataFrame) -> dict[str, A
         "mean_risk": float(p.mean()),
         "observed_rate": float(y.mean()),
         "bands": bands.reset_index().to_dict(orient="records"),
-    }
+    }, ""
 
 
 def run_monitor(
@@ -261,7 +300,11 @@ def run_monitor(
     from monitoring.report import write_report
 
     config = config or MonitorConfig()
-    as_of = dt.date.fromisoformat(str(as_of)) if not isinstance(as_of, dt.date) else as_of
+    if not isinstance(as_of, dt.date):
+        try:
+            as_of = dt.date.fromisoformat(str(as_of))
+        except ValueError:
+            raise UserError(f"--as-of: {str(as_of)!r} is not a date (YYYY-MM-DD)") from None
     spec = load_spec(spec_path)
     configure_mlflow(EXPERIMENT)
     model = ChurnModel.load(model_uri or champion_uri(CHURN_MODEL))
@@ -273,12 +316,10 @@ def run_monitor(
     notes = []
     realised = None
     if scores is not None:
-        scored = read_scores(Path(scores))
-        realised = realised_performance(spec, scored)
+        scored = read_scores(Path(scores), str(model.version))
+        realised, why_not = realised_performance(spec, scored)
         if realised is None:
-            notes.append(
-                f"the scores' label window ({spec.labels.horizon_days} days) has not passed in this data"
-            )
+            notes.append(f"no realised performance: {why_not}")
     else:
         risk = model.predict_proba(features) if len(features) else np.zeros(0)
         from models.churn import risk_band

@@ -609,3 +609,41 @@ def test_an_aspect_model_without_evidence_is_refused(sim_dir: Path, models: dict
             cache_dir=models["cache_dir"], aspect_model="models:/churnsense-aspects@champion",
         )  # fmt: skip
     assert not out.exists()
+
+
+def test_time_to_churn_columns_hold_nulls_never_nan():
+    """Where there is no time-to-churn answer (no survival model, an ineligible customer, a curve that never
+    crosses one half) the output holds null, as the service answers null: SQL's IS NULL and AVG see them."""
+    import datetime as dt
+    from types import SimpleNamespace
+
+    from batch.output import result_table
+
+    scored = pd.DataFrame(
+        {
+            "churn_risk": [0.1, 0.2, 0.3], "risk_band": ["low", "low", "medium"], "reasons": [[], [], []],
+            "base_value": 0.0, "other_contribution": 0.0,
+        },
+        index=pd.Index(["a", "b", "c"], name="customer_id"),
+    )  # fmt: skip
+    plan = SimpleNamespace(sentiment=None, as_of=dt.date(2024, 11, 1), model_version="3", aspect_model=None)
+    eligible = np.array([True, True, False])
+    why_not = np.array([None, None, "churned before as_of"], dtype=object)
+    times = pd.DataFrame(
+        {
+            "survival_30d": [0.9, np.nan, 0.5], "survival_60d": [0.8, np.nan, 0.4], "survival_90d": [0.7, np.nan, 0.3],
+            "expected_days_to_churn": [np.nan, np.nan, 12.0], "expected_days_more_than": [300.0, np.nan, np.nan],
+        },
+        index=scored.index,
+    )  # fmt: skip
+    for table in (
+        result_table(scored, plan, eligible, why_not, times, "7"),
+        result_table(scored, plan, eligible, why_not),
+    ):
+        for name in ("survival_30d", "expected_days_to_churn", "expected_days_more_than"):
+            column = table.column(name)
+            values = column.to_numpy(zero_copy_only=False)
+            assert column.null_count == int(np.isnan(values).sum()), name  # every missing value is a null
+    with_times = result_table(scored, plan, eligible, why_not, times, "7")
+    assert with_times.column("survival_30d").to_pylist() == [0.9, None, None]  # c: ineligible
+    assert with_times.column("expected_days_more_than").to_pylist() == [300.0, None, None]

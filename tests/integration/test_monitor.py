@@ -5,6 +5,7 @@ directly; the report is written and logged to MLflow; the CLI exits 1 on an aler
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -142,3 +143,85 @@ def test_realised_performance_of_an_earlier_scoring_matches_the_labels(trained, 
     for band in realised["bands"]:
         assert band["observed"] == pytest.approx(by_band[band["risk_band"]], abs=1e-12)
     assert np.isclose(sum(b["n"] for b in realised["bands"]), len(joined))
+
+
+def _cli(args: list[str], capsys, monkeypatch) -> tuple[int, str]:
+    """`churnsense ARGS` through `main()` (its `error: ...` and exit 2 on bad input): (exit code, stderr)."""
+    import sys
+
+    from churnsense.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["churnsense", *args])
+    try:
+        main()
+        code = 0
+    except SystemExit as exit_:
+        code = int(exit_.code or 0)
+    return code, capsys.readouterr().err
+
+
+def test_bad_input_is_an_error_naming_it_with_exit_2_never_a_drift_alert(
+    trained, champion, tmp_path: Path, capsys, monkeypatch
+):
+    """Exit 1 means drift: a date, a spec or a scores file that is wrong must say so and exit 2."""
+    from batch import score_customers
+
+    monkeypatch.setenv("CHURNSENSE_CACHE_DIR", str(tmp_path / "cache"))
+    model = ["--model", f"models:/churnsense-churn/{champion.version}", "--out", str(tmp_path / "r.html")]
+    spec = str(trained["spec"])
+    code, err = _cli(["monitor", "--spec", spec, "--as-of", "2024-13-01", *model], capsys, monkeypatch)
+    assert code == 2 and "error: --as-of: '2024-13-01' is not a date" in err, err
+    # A customers file without a column the churn model reads.
+    lacking = tmp_path / "lacking"
+    shutil.copytree(Path(spec).parent, lacking)
+    pd.read_csv(lacking / "customers.csv").drop(columns=["region"]).to_csv(
+        lacking / "customers.csv", index=False
+    )
+    code, err = _cli(
+        ["monitor", "--spec", str(lacking / "spec.yaml"), "--as-of", "2024-11-01", *model],
+        capsys,
+        monkeypatch,
+    )
+    assert code == 2 and "customers: no column 'region'" in err, err
+    # Scores files that are not what they claim: text risks, text dates, another model's scores.
+    good = tmp_path / "scores.parquet"
+    score_customers(spec, "2024-09-01", good, model_uri=f"models:/churnsense-churn/{champion.version}",
+                    cache_dir=tmp_path / "cache", survival_model="none")  # fmt: skip
+    table = pd.read_parquet(good)
+    for name, broken, message in (
+        (
+            "risk",
+            table.assign(churn_risk="high"),
+            "churn_risk holds values that are not",
+        ),
+        ("date", table.assign(as_of="garbage"), "as_of holds values that are not dates"),
+        ("model", table.assign(model_version="999"), "made by churn model v999"),
+        ("empty", table.assign(eligible=False), "no scored customer in it"),
+    ):
+        path = tmp_path / f"{name}.parquet"
+        broken.to_parquet(path)
+        code, err = _cli(
+            ["monitor", "--spec", spec, "--as-of", "2024-11-01", "--scores", str(path), *model],
+            capsys,
+            monkeypatch,
+        )
+        assert code == 2 and message in err, (name, err)
+    # One outcome only: no realised performance, and the note says why (not "the window has not passed").
+    survivors = table[table["customer_id"].isin(_survivors(trained, champion, tmp_path))]
+    survivors.to_parquet(tmp_path / "survivors.parquet")
+    result = _monitor(
+        trained["spec"], "2024-11-01", champion, tmp_path, scores=tmp_path / "survivors.parquet"
+    )
+    assert result.realised is None and any("same outcome" in note for note in result.notes), result.notes
+
+
+def _survivors(trained, champion, tmp_path: Path) -> set[str]:
+    """Customers who did not churn in the 60 days after 2024-09-01 (by the spec's own labels)."""
+    from features.labels import label_snapshot
+    from features.pipeline import load_data
+    from features.spec import load_spec
+
+    spec = load_spec(trained["spec"])
+    data = load_data(spec, with_text=False)
+    labels = label_snapshot(data.customers, data.events, "2024-09-01", 60, spec.events.churn_event)
+    return set(labels.loc[labels["churned"] == 0, "customer_id"].astype(str))

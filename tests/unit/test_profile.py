@@ -126,3 +126,14 @@ def test_the_monitor_config_file_spells_out_the_defaults_and_bad_keys_are_named(
         bad.write_text(text, encoding="utf-8")
         with pytest.raises(UserError, match=named):
             load_monitor_config(bad)
+
+
+def test_new_words_are_not_judged_without_texts_and_never_crash():
+    from features.profile import recent_events
+    from monitoring.monitor import MonitorConfig, unseen_words
+
+    for events in (None, pd.DataFrame(columns=["customer_id", "timestamp", "event_type", "text"])):
+        window = recent_events(events, "2024-11-01")
+        assert unseen_words({"vocabulary": ["hello"], "unseen_share": 0.1}, window, MonitorConfig())[
+            "status"
+        ] == ("not judged")

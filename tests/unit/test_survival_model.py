@@ -86,10 +86,8 @@ def test_answers_are_read_off_the_curve_and_say_how_long_it_stays_above_one_half
     assert model.followup_days == 40
     answers = model.summary(frame)
     assert list(answers.columns) == list(ANSWER_COLUMNS)
-    np.testing.assert_array_equal(
-        answers[["survival_30d", "survival_60d", "survival_90d"]].to_numpy(),
-        model.curves(frame, [30, 60, 90]),
-    )
+    np.testing.assert_array_equal(answers["survival_30d"].to_numpy(), model.curves(frame, [30])[:, 0])
+    assert answers[["survival_60d", "survival_90d"]].isna().all().all()  # past the 40 days training followed
     grid = np.arange(1, model.followup_days + 1)
     curves = model.curves(frame, grid)
     crossed = (curves <= 0.5).any(axis=1)
@@ -109,19 +107,23 @@ def test_tenure_answers_are_given_the_time_already_stayed(frame):
     features = frame.assign(tenure_weeks=tenure)
     model.tenure = ("tenure_weeks", "weeks")
     answers = model.summary(features)
-    start = np.ceil(tenure * 7)
-    for i in range(0, len(frame), 7):
+    # The day before the step tenure t was counted at in training (durations are max(ceil(t * 7), 1) days).
+    start = np.maximum(np.ceil(tenure * 7), 1) - 1
+    checked = 0
+    for i in range(70):  # every tenure of the pattern, ten times
         row, t = answers.iloc[i], start[i]
-        if not np.isfinite(t) or t < 0 or t >= model.followup_days:
+        if not np.isfinite(t) or tenure[i] < 0 or t >= model.followup_days:
             assert row.isna().all(), (i, t)
             continue
         days = t + np.array([0, 30, 60, 90])
         curve = model.curves(frame.iloc[[i]], days)[0]
-        np.testing.assert_allclose(
-            row[["survival_30d", "survival_60d", "survival_90d"]], curve[1:] / curve[0], rtol=1e-12
-        )
+        want = np.where(days[1:] <= model.followup_days, curve[1:] / curve[0], np.nan)
+        np.testing.assert_allclose(row[["survival_30d", "survival_60d", "survival_90d"]], want, rtol=1e-12)
         if t == 0:
-            pd.testing.assert_series_equal(row, plain.iloc[i])
+            pd.testing.assert_series_equal(row, plain.iloc[i], check_names=False)
+        checked += 1
+    assert checked == 30  # tenures 0, 10 and 2.5 weeks answered; 40 weeks is past the follow-up, and missing,
+    # negative and 1e6 are no tenures
     # A customer who has stayed longer is, under proportional hazards, answered differently: the tenure is used.
     assert not np.array_equal(
         answers["survival_90d"].iloc[1::7].to_numpy(), plain["survival_90d"].iloc[1::7].to_numpy()
@@ -161,3 +163,47 @@ def test_a_survival_model_only_answers_beside_a_churn_model_with_the_same_featur
     model.tenure = ("tenure_weeks", "weeks")
     with pytest.raises(ModelContractError, match="current tenure 'tenure_weeks'"):
         model.check_fits(churn())
+
+
+def test_monthly_tenures_get_the_same_monthly_odds_whatever_the_tenure():
+    """Tenures in months become durations on a 30-31 day grid. A customer at tenure t is still at risk of the
+    churn recorded at t (it happens during month t): at a constant 3% a month, every tenure must be told about
+    0.97 at 30 days, 0.94 at 60, 0.91 at 90, not 1.0 for half of them (the grid read one day off)."""
+    from features.survival import UNIT_DAYS
+
+    rng = np.random.default_rng(5)
+    n = 6000
+    months = rng.geometric(0.03, n).astype("float64")  # the month each customer churns in (1, 2, ...)
+    censor = rng.integers(1, 72, n).astype("float64")
+    tenure = np.minimum(months, censor)
+    frame = pd.DataFrame(
+        {
+            "price": rng.normal(50, 5, n),
+            DURATION: np.maximum(np.ceil(tenure * UNIT_DAYS["months"]), 1.0),
+            EVENT: (months <= censor).astype("int8"),
+        }
+    )
+    schema = FeatureSchema(profile_numeric=("price",), use_events=False)
+    model = fit_survival(frame, schema, "cox", parse_config({}))
+    model.tenure = ("tenure_months", "months")
+    asked = pd.DataFrame({"price": 50.0, "tenure_months": np.arange(1.0, 25.0)})
+    answers = model.summary(asked)
+    for days, months_ahead in ((30, 1), (60, 2), (90, 3)):
+        column = answers[f"survival_{days}d"]
+        assert column.notna().all()
+        np.testing.assert_allclose(column, 0.97**months_ahead, atol=0.02, err_msg=f"{days} days")
+
+
+def test_answers_past_the_follow_up_are_missing_not_the_flat_end_of_the_curve(frame):
+    """A report day beyond the longest follow-up is unknown: missing, never the curve's last value; a model
+    without a known follow-up answers nothing rather than everything."""
+    model = fit_survival(frame, SCHEMA, "cox", parse_config({}))
+    followup = model.followup_days
+    model.tenure = ("tenure_days", "days")
+    near_end = frame.iloc[:3].assign(tenure_days=[followup - 45, followup - 75, followup - 150])
+    answers = model.summary(near_end)
+    assert answers["survival_30d"].notna().all()
+    assert answers["survival_60d"].isna().tolist() == [True, False, False]
+    assert answers["survival_90d"].isna().tolist() == [True, True, False]
+    model.followup_days = float("nan")
+    assert model.summary(near_end).isna().all().all()
