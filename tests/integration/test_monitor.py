@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.cli import run_cli
+
 pytestmark = pytest.mark.slow
 
 TEXT_MARKERS = ("sentiment", "_about_")  # features made from texts (features.text_features)
@@ -145,21 +147,6 @@ def test_realised_performance_of_an_earlier_scoring_matches_the_labels(trained, 
     assert np.isclose(sum(b["n"] for b in realised["bands"]), len(joined))
 
 
-def _cli(args: list[str], capsys, monkeypatch) -> tuple[int, str]:
-    """`churnsense ARGS` through `main()` (its `error: ...` and exit 2 on bad input): (exit code, stderr)."""
-    import sys
-
-    from churnsense.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["churnsense", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    return code, capsys.readouterr().err
-
-
 def test_bad_input_is_an_error_naming_it_with_exit_2_never_a_drift_alert(
     trained, champion, tmp_path: Path, capsys, monkeypatch
 ):
@@ -169,7 +156,7 @@ def test_bad_input_is_an_error_naming_it_with_exit_2_never_a_drift_alert(
     monkeypatch.setenv("CHURNSENSE_CACHE_DIR", str(tmp_path / "cache"))
     model = ["--model", f"models:/churnsense-churn/{champion.version}", "--out", str(tmp_path / "r.html")]
     spec = str(trained["spec"])
-    code, err = _cli(["monitor", "--spec", spec, "--as-of", "2024-13-01", *model], capsys, monkeypatch)
+    code, _, err = run_cli(["monitor", "--spec", spec, "--as-of", "2024-13-01", *model], capsys, monkeypatch)
     assert code == 2 and "error: --as-of: '2024-13-01' is not a date" in err, err
     # A customers file without a column the churn model reads.
     lacking = tmp_path / "lacking"
@@ -177,7 +164,7 @@ def test_bad_input_is_an_error_naming_it_with_exit_2_never_a_drift_alert(
     pd.read_csv(lacking / "customers.csv").drop(columns=["region"]).to_csv(
         lacking / "customers.csv", index=False
     )
-    code, err = _cli(
+    code, _, err = run_cli(
         ["monitor", "--spec", str(lacking / "spec.yaml"), "--as-of", "2024-11-01", *model],
         capsys,
         monkeypatch,
@@ -200,7 +187,7 @@ def test_bad_input_is_an_error_naming_it_with_exit_2_never_a_drift_alert(
     ):
         path = tmp_path / f"{name}.parquet"
         broken.to_parquet(path)
-        code, err = _cli(
+        code, _, err = run_cli(
             ["monitor", "--spec", spec, "--as-of", "2024-11-01", "--scores", str(path), *model],
             capsys,
             monkeypatch,

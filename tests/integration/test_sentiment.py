@@ -7,7 +7,6 @@ the session store's `churnsense-sentiment` is never touched. The real MiniLM run
 from __future__ import annotations
 
 import json
-import sys
 import uuid
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import yaml
 from churnsense.errors import UserError
 from features.spec import load_spec
 from models.sentiment import SentimentClassifier, length_sorted_batches, pad_batch
+from tests.cli import run_cli
 from tests.sentiment_helpers import (
     FILLERS,
     NEGATIVE_WORDS,
@@ -44,22 +44,6 @@ TINY = {
     "num_threads": 1,
     "seed": 3,
 }
-
-
-def run_cli(
-    args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> tuple[int, str, str]:
-    """Run `churnsense ARGS` through `main()` (so UserError handling is exercised); (exit code, out, err)."""
-    from churnsense.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["churnsense", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")
