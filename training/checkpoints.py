@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ import torch
 from churnsense.errors import UserError
 
 CHECKPOINT_FILE = "checkpoint.pt"
+OWNER_FILE = "owner.pid"
 KILL_HOOK_ENV = "CHURNSENSE_FINETUNE_KILL_AT_STEP"  # tests: SIGKILL this process right after that step
 
 
@@ -55,7 +57,8 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "fp32":
         return None
     if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # Native bf16 only (Ampere and later): emulated bf16 on older cards is slower than fp16 with a scaler.
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
@@ -74,12 +77,28 @@ class Checkpointer:
     def path(self) -> Path:
         return self.folder / CHECKPOINT_FILE
 
+    def claim(self) -> None:
+        """Record that this process trains the run (`resumable_run` refuses a run whose process is alive)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / OWNER_FILE).write_text(str(os.getpid()), encoding="utf-8")
+
+    def owner_alive(self) -> int | None:
+        """The pid of a live process training this run, if any."""
+        try:
+            pid = int((self.folder / OWNER_FILE).read_text(encoding="utf-8"))
+            os.kill(pid, 0)
+        except (OSError, ValueError):
+            return None
+        return pid if pid != os.getpid() else None
+
     def due(self, step: int) -> bool:
         return bool(self.every) and step % self.every == 0
 
     def save(self, state: dict[str, Any]) -> None:
         """Write `state` atomically (a temporary file, flushed, then renamed over the last one)."""
         self.folder.mkdir(parents=True, exist_ok=True)
+        for stale in self.folder.glob("*.partial"):  # left by a process killed while writing
+            stale.unlink(missing_ok=True)
         partial = self.path.with_suffix(f".{os.getpid()}.partial")
         with open(partial, "wb") as handle:
             torch.save(state, handle)
@@ -88,7 +107,8 @@ class Checkpointer:
         os.replace(partial, self.path)
 
     def discard(self) -> None:
-        """Remove the folder (a completed run needs no checkpoint; a MiniLM one is ~270 MB)."""
+        """Remove the folder (a completed run needs no checkpoint: weights, best weights and two Adam moments
+        are about 4.5 times the weights, ~400 MB for MiniLM-L6)."""
         import shutil
 
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -115,12 +135,33 @@ def checkpoint_folder(run_id: str) -> Path:
     return paths().cache_dir / "checkpoints" / run_id
 
 
-def resumable_run(run_id: str) -> tuple[dict[str, Any], Checkpointer, str | None]:
-    """The logged config of a run `train sentiment --resume` continues, its checkpoint, and the sha256 of the
-    data it trained on (`check_same_data`).
+@dataclass(frozen=True)
+class StoppedRun:
+    """What a resumed run needs of the run it continues."""
+
+    run_id: str
+    experiment_id: str
+    data_sha256: str | None
+    logged_steps: frozenset[int]  # validation steps already in its metric history (not logged twice)
+
+    def continue_with(self, data_sha256: str) -> None:
+        """Refuse other training data; make the run's own experiment the active one (`mlflow.start_run`)."""
+        import mlflow
+
+        if self.data_sha256 and self.data_sha256 != data_sha256:
+            raise UserError(
+                f"--resume {self.run_id}: the spec's reviews are not the data that run trained on (sha256 "
+                f"{data_sha256} vs {self.data_sha256}); resume with the same files"
+            )
+        mlflow.set_experiment(experiment_id=self.experiment_id)
+
+
+def resumable_run(run_id: str) -> tuple[dict[str, Any], Checkpointer, StoppedRun]:
+    """The logged config of a run `train sentiment --resume` continues, its checkpoint, and the run.
 
     Raises:
-        UserError: no such run, a finished one, or no checkpoint (it stopped before its first).
+        UserError: no such run, a deleted or finished one, one still running, or no checkpoint (it stopped
+            before its first).
     """
     import mlflow
     import yaml
@@ -136,6 +177,8 @@ def resumable_run(run_id: str) -> tuple[dict[str, Any], Checkpointer, str | None
         config = yaml.safe_load(Path(local).read_text(encoding="utf-8"))
     except (MlflowException, OSError, yaml.YAMLError):
         raise UserError(f"--resume {run_id}: no sentiment run with that id in {tracking_uri()}") from None
+    if run.info.lifecycle_stage == "deleted":
+        raise UserError(f"--resume {run_id}: that run was deleted; restore it in MLflow first")
     if run.info.status == "FINISHED":
         raise UserError(f"--resume {run_id}: that run finished; there is nothing to resume")
     checkpoints = Checkpointer(checkpoint_folder(run_id), config.get("checkpoint_every_steps"))
@@ -144,12 +187,9 @@ def resumable_run(run_id: str) -> tuple[dict[str, Any], Checkpointer, str | None
             f"--resume {run_id}: no checkpoint at {checkpoints.path} (the run saves one every "
             f"{config.get('checkpoint_every_steps')} steps; it stopped before the first): train it again"
         )
-    return config, checkpoints, run.data.params.get("data_sha256")
-
-
-def check_same_data(run_id: str, logged: str | None, now: str) -> None:
-    if logged and logged != now:
-        raise UserError(
-            f"--resume {run_id}: the spec's reviews are not the data that run trained on (sha256 {now} vs "
-            f"{logged}); resume with the same files"
-        )
+    alive = checkpoints.owner_alive()
+    if alive is not None:
+        raise UserError(f"--resume {run_id}: process {alive} is still training that run")
+    steps = frozenset(m.step for m in MlflowClient().get_metric_history(run_id, "step_val_macro_f1"))
+    stopped = StoppedRun(run_id, run.info.experiment_id, run.data.params.get("data_sha256"), steps)
+    return config, checkpoints, stopped

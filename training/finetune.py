@@ -196,9 +196,10 @@ class BudgetedSchedule:
         return {"total": self.total, "recent": list(self._recent)}
 
     def restore(self, state: dict[str, Any]) -> None:
+        """The plan of a checkpoint; the seconds per step are measured afresh (the killed process's clock
+        readings would count the time it was down, or be from before a reboot)."""
         self.total = int(state["total"])
         self._recent.clear()
-        self._recent.extend(state["recent"])
 
     def observe(self, step: int, now: float, every: int = 10, min_steps: int = 20) -> None:
         """Record that `step` steps were done at monotonic time `now`; re-plan `total` within the deadline."""
@@ -273,7 +274,8 @@ def fine_tune(
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
-        scaler.load_state_dict(saved["scaler"])
+        if saved["scaler"]:  # empty when the run it came from had no fp16 scaler
+            scaler.load_state_dict(saved["scaler"])
         schedule.restore(saved["schedule"])
         step, seen, spent = saved["step"], saved["seen"], saved["train_seconds"]
         best_f1, best_step, best_state = saved["best_f1"], saved["best_step"], saved["best_state"]
@@ -283,7 +285,11 @@ def fine_tune(
         random.setstate(saved["python_rng"])
         np.random.set_state(saved["numpy_rng"])
         torch.set_rng_state(saved["torch_rng"])
-        if device.type == "cuda" and saved.get("cuda_rng"):
+        if (
+            device.type == "cuda"
+            and saved.get("cuda_rng")
+            and len(saved["cuda_rng"]) == torch.cuda.device_count()
+        ):
             torch.cuda.set_rng_state_all(saved["cuda_rng"])
         schedule.deadline = time.monotonic() + budget_s - spent
         logger.info("resuming fine-tuning at step %d from %s", step, checkpoints.path)

@@ -31,7 +31,7 @@ from models.sentiment import (
     SentimentClassifier,
     artifact_digest,
 )
-from training.checkpoints import Checkpointer, check_same_data, checkpoint_folder, resumable_run
+from training.checkpoints import Checkpointer, checkpoint_folder, resumable_run
 from training.finetune import classification_metrics, fine_tune, fit_baseline, load_backbone, save_model_dir
 from training.reference import REFERENCE_ARTIFACT, text_reference
 from training.reviews import LABEL, ReviewSplits, prepare_reviews
@@ -283,13 +283,9 @@ def log_run_start(
     from training.tracking import code_version
 
     mlflow.set_tags(
-        {
-            "churnsense.model": "sentiment",
-            "code_version": code_version(),
-            "backbone": config.backbone,
-            "labels": json.dumps(labels),
-        }
-    )
+        {"churnsense.model": "sentiment", "code_version": code_version(), "backbone": config.backbone,
+         "labels": json.dumps(labels)}
+    )  # fmt: skip
     mlflow.log_params(config.as_params())
     mlflow.log_params({f"data_{k}": v for k, v in fingerprint.items()})
     mlflow.log_dict(config.model_dump(mode="json"), "config/sentiment_config.yaml")
@@ -320,18 +316,17 @@ def train_sentiment(
     """
     import mlflow
 
-    from training.tracking import configure_mlflow, data_fingerprint
+    from training.tracking import code_version, configure_mlflow, data_fingerprint
 
     total_started = time.perf_counter()
     if not isinstance(spec, DatasetSpec):
         spec = load_spec(spec)
     if resume is not None and (config is not None or overrides):
         raise UserError("--resume continues a run with its own config: give no --config with it")
-    checkpoints, logged_sha = None, None
+    checkpoints = stopped = None
     if resume is not None:
-        logged, checkpoints, logged_sha = resumable_run(resume)
+        logged, checkpoints, stopped = resumable_run(resume)
         config = SentimentConfig(**logged)
-        configure_mlflow(config.experiment)  # the run's own
     elif not isinstance(config, SentimentConfig):
         config = load_sentiment_config(config, **overrides)
     elif overrides:
@@ -345,8 +340,8 @@ def train_sentiment(
     logger.info("labels %s; split %s", labels, splits.sizes())
 
     fingerprint = data_fingerprint(clean[[TEXT, LABEL]])
-    if resume is not None:
-        check_same_data(resume, logged_sha, str(fingerprint["sha256"]))
+    if stopped is not None:
+        stopped.continue_with(str(fingerprint["sha256"]))
     else:
         configure_mlflow(config.experiment)
     with mlflow.start_run(
@@ -355,6 +350,7 @@ def train_sentiment(
         if checkpoints is None:
             checkpoints = Checkpointer(checkpoint_folder(run.info.run_id), config.checkpoint_every_steps)
             log_run_start(spec, config, clean, report, splits, labels, fingerprint)
+        checkpoints.claim()
 
         baseline = None
         if config.baseline:
@@ -367,16 +363,18 @@ def train_sentiment(
         timings["load_backbone_s"] = time.perf_counter() - started
 
         def log_validation(step: int, metrics: dict[str, float]) -> None:
-            mlflow.log_metrics({f"step_val_{k}": metrics[k] for k in ("accuracy", "macro_f1")}, step=step)
+            if (
+                stopped is None or step not in stopped.logged_steps
+            ):  # a resumed run validates some steps again
+                mlflow.log_metrics({f"step_val_{k}": metrics[k] for k in ("accuracy", "macro_f1")}, step=step)
 
         fit = fine_tune(model, tokenizer, splits, labels, config, log_validation, checkpoints)
-        mlflow.set_tags(
-            {
-                "device": fit.device,
-                "precision": fit.precision,
-                "resumed_from_step": str(fit.resumed_from_step),
-            }
-        )
+        where = {
+            "device": fit.device,
+            "precision": fit.precision,
+            "resumed_from_step": str(fit.resumed_from_step),
+        }
+        mlflow.set_tags(where | ({"resumed_code_version": code_version()} if stopped else {}))
         timings["train_s"] = fit.train_seconds
         training = {
             "steps": fit.steps,

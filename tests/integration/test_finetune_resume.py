@@ -32,7 +32,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
             {
                 "backbone": str(backbone), "learning_rate": 5e-3, "batch_size": 8, "max_length": 24,
                 "max_steps": 24, "epochs": 10, "eval_every_steps": 24, "patience": 10, "warmup_ratio": 0.1,
-                "num_threads": 1, "seed": 4, "baseline": False, "checkpoint_every_steps": 5,
+                "num_threads": 1, "seed": 4, "baseline": False, "checkpoint_every_steps": 5, "device": "cpu",
                 "model_name": name, "experiment": name,
             }
         ),
@@ -73,6 +73,15 @@ def test_a_killed_run_resumes_to_exactly_the_weights_of_an_uninterrupted_one(set
     run_id = run_id.info.run_id
     assert torch.load(checkpoint_folder(run_id) / "checkpoint.pt", weights_only=False)["step"] == 10
 
+    # While another process still trains the run, it is not resumed twice.
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (checkpoint_folder(run_id) / "owner.pid").write_text(str(sleeper.pid), encoding="utf-8")
+        with pytest.raises(UserError, match=f"process {sleeper.pid} is still training that run"):
+            train_sentiment(setup["spec"], resume=run_id)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
     resumed = train_sentiment(setup["spec"], resume=run_id)
     assert resumed.run_id == run_id and resumed.training["steps"] == 24
     mine, theirs = _weights(resumed), _weights(alone)
