@@ -36,6 +36,7 @@ from churnsense.errors import UserError
 from features.engine import FeatureSchema
 from features.survival import UNIT_DAYS
 from models.churn import ModelContractError, prepare_features
+from models.survival_input import FastDesign
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +108,8 @@ class SurvivalModel:
         self.tenure = tenure
         self.sentiment_lineage: Any = None
         self.aspect_lineage: Any = None
+        # scikit-learn's design steps in NumPy for a few rows (the same numbers: models.survival_input).
+        self.fast_design = FastDesign.of(pipeline[0], schema) if len(pipeline) > 1 else None
 
     @property
     def kind(self) -> str:
@@ -127,8 +130,7 @@ class SurvivalModel:
         days = np.asarray(days, dtype=np.float64)
         if len(features) == 0:
             return np.zeros((0, len(days)))
-        functions = self.pipeline.predict_survival_function(self._input(features))
-        return np.stack([_at(function, days) for function in functions])
+        return np.stack([_at(function, days) for function in self._functions(features)])
 
     def summary(self, features: pd.DataFrame) -> pd.DataFrame:
         """Per customer (the index of `features`): `ANSWER_COLUMNS`. A customer the model cannot answer for (a
@@ -137,10 +139,22 @@ class SurvivalModel:
         out = np.full((n, len(ANSWER_COLUMNS)), np.nan)
         if n:
             start = self.start_days(features)
-            functions = self.pipeline.predict_survival_function(self._input(features))
+            functions = self._functions(features)
             for i, function in enumerate(functions):
                 out[i] = self._answer(function, start[i])
         return pd.DataFrame(out, index=features.index, columns=list(ANSWER_COLUMNS))
+
+    def _functions(self, features: pd.DataFrame) -> Any:
+        """Each row's survival step function."""
+        design = None
+        if self.fast_design is not None:
+            try:
+                design = self.fast_design.transform(features)
+            except KeyError:  # a column is missing: the slow path names it
+                design = None
+        if design is None:
+            return self.pipeline.predict_survival_function(self._input(features))
+        return self.pipeline[-1].predict_survival_function(design)
 
     def start_days(self, features: pd.DataFrame) -> np.ndarray:
         """Where each customer's answer starts on the curve: day 0 (`as_of`), or for a model of tenures the day

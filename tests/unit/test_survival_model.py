@@ -207,3 +207,23 @@ def test_answers_past_the_follow_up_are_missing_not_the_flat_end_of_the_curve(fr
     assert answers["survival_90d"].isna().tolist() == [True, True, False]
     model.followup_days = float("nan")
     assert model.summary(near_end).isna().all().all()
+
+
+@pytest.mark.parametrize("kind", ["cox", "gbsa", "rsf", "cox+gbsa"])
+def test_the_fast_design_gives_scikit_learns_numbers_bit_for_bit(frame, kind):
+    """The NumPy design (models.survival_input) against the fitted scikit-learn steps: missing numbers, missing
+    and unseen categories, one row and many."""
+    config = parse_config({"survival": {"gbsa_trees": 10, "rsf_trees": 5}})
+    model = fit_survival(frame, SCHEMA, kind, config)
+    assert model.fast_design is not None
+    odd = frame.copy()
+    odd.loc[odd.index[:40], "plan"] = "lifetime"  # never seen in training
+    odd.loc[odd.index[40:80], "price"] = np.nan  # never missing in training
+    odd.loc[odd.index[80:90], "usage"] = np.nan
+    design = model.fast_design.transform(odd)
+    np.testing.assert_array_equal(design, model.pipeline[0].transform(model._input(odd)))
+    fast = model.summary(odd)
+    slow_model = fit_survival(frame, SCHEMA, kind, config)
+    slow_model.fast_design = None
+    pd.testing.assert_frame_equal(fast, slow_model.summary(odd), check_exact=True)
+    pd.testing.assert_frame_equal(model.summary(odd.iloc[[3]]), fast.iloc[[3]], check_exact=True)
