@@ -335,7 +335,8 @@ class ChurnSense:
 
         requests = await self._resolve(requests)
         check_against_schema(requests, self.churn_model.schema)
-        distinct = list(dict.fromkeys(text for request in requests for text in request_texts(request)))
+        texts = [text for request in requests for text in request_texts(request)]  # normalised once per call
+        distinct = list(dict.fromkeys(texts))
         scored = dict(zip(distinct, await self._classify_batched(distinct), strict=True))
         about: dict[str, str] = {}
         if self.churn_model.schema.aspects and distinct:  # the churn features count negative texts per aspect
@@ -347,7 +348,7 @@ class ChurnSense:
         )
         await self._annotate_evidence(answers, [bool(r.phrases) for r in requests])
         self.metrics.churn_answers(requests, answers)
-        self.metrics.texts([scored[t].label for r in requests for t in request_texts(r)], "churn_risk")
+        self.metrics.texts([scored[t].label for t in texts], "churn_risk")
         return answers
 
     async def _annotate_evidence(self, answers: list[ChurnRiskResponse], phrases: list[bool]) -> None:

@@ -68,14 +68,15 @@ def text_reference(train_texts: Any, test_texts: Any, test_labels: Any) -> dict[
     training texts and the share of the test texts' words that vocabulary lacks (`features.profile`)."""
     from features.text import normalise_texts
 
+    tested = normalise_texts(test_texts)
     texts = pd.DataFrame(
         {
-            "text_length": [np.nan if t is None else len(t) for t in normalise_texts(test_texts)],
+            "text_length": [np.nan if t is None else len(t) for t in tested],
             "predicted_label": pd.array(list(test_labels), dtype="string"),
         }
     )
     known = vocabulary(normalise_texts(train_texts))
-    share = unseen_share(normalise_texts(test_texts), known)
+    share = unseen_share(tested, known)
     return {
         "n_rows": len(texts),
         "texts": profiles_to_json(profile_frame(texts, ["text_length"], ["predicted_label"])),
