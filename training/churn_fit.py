@@ -113,7 +113,7 @@ def make_baseline(schema: FeatureSchema, config: ChurnConfig) -> Pipeline:
             (
                 "categorical",
                 make_pipeline(
-                    SimpleImputer(strategy="constant", fill_value="(missing)", missing_values=None),
+                    SimpleImputer(strategy="constant", fill_value="(missing)", missing_values=np.nan),
                     OneHotEncoder(
                         handle_unknown="infrequent_if_exist",
                         min_frequency=config.baseline.min_category_frequency,

@@ -532,3 +532,24 @@ def test_a_model_from_before_lightgbm_is_refused_with_what_to_do(sigmoid_model):
         ChurnModel(
             Pipeline([("encode", model.pipeline[0]), ("classifier", old)]), model.schema, model.cutoffs
         )
+
+
+def test_the_baseline_fits_a_categorical_profile_column_with_blanks():
+    """A profile table with a blank cell (or a joined table without a row for every customer) gives a missing
+    category: the logistic baseline imputes it as its own value instead of failing the training run."""
+    from training.churn_fit import fit_baseline
+
+    rng = np.random.default_rng(3)
+    customers = pd.DataFrame(
+        {
+            CUSTOMER_ID: [f"c{i}" for i in range(80)],
+            "region": rng.choice(["eu", "us", ""], 80),
+            "seats": rng.integers(1, 9, 80),
+        }
+    )
+    schema = infer_schema(customers, None)
+    features = build_customer_features(None, "2024-01-01", schema, customers=customers)
+    assert features["region"].isna().any()
+    train = features.reset_index().assign(**{CHURNED: rng.integers(0, 2, 80)})
+    baseline = fit_baseline(train, schema, ChurnConfig())
+    assert baseline.predict_proba(train[schema.feature_names()]).shape == (80, 2)
