@@ -78,6 +78,12 @@ def iter_raw_batches(
     schema = raw_schema(plan, kind)
     added = (SOURCE_FILE, SOURCE_ROW, ROW_ID, SENTIMENT, ASPECT, ROW_PROBLEM)
     read_names = [f.name for f in schema if f.name not in added]
+    if (
+        ROW_PROBLEM in schema.names
+        and is_parquet(name)
+        and ROW_PROBLEM in parquet_file(name).schema_arrow.names
+    ):
+        read_names.append(ROW_PROBLEM)  # a staged table (features.sources): its rows' reasons travel along
     if kind == EVENTS and plan.text_column and plan.text_column not in read_names:
         read_names.append(plan.text_column)
     row = row_offset

@@ -45,6 +45,10 @@ def raw_schema(plan: BatchPlan, kind: str) -> pa.Schema:
             if pa.types.is_large_string(kind_type):
                 kind_type = pa.string()
             fields.append(pa.field(name, kind_type))
+        if (
+            ROW_PROBLEM in schema.names and ROW_PROBLEM not in names
+        ):  # a staged table's rows keep their reasons
+            fields.append(pa.field(ROW_PROBLEM, pa.string()))
         schema = pa.schema(fields)
     else:
         header = csv_header(first, table.read_options)
@@ -61,7 +65,7 @@ def raw_schema(plan: BatchPlan, kind: str) -> pa.Schema:
         schema = schema.append(pa.field(SENTIMENT, pa.float64()))
         if plan.aspects is not None:
             schema = schema.append(pa.field(ASPECT, pa.string()))
-    if any(not is_parquet(file) for file in files):
+    if any(not is_parquet(file) for file in files) and ROW_PROBLEM not in schema.names:
         schema = schema.append(pa.field(ROW_PROBLEM, pa.string()))
     return schema.append(pa.field(SOURCE_FILE, pa.int32())).append(pa.field(SOURCE_ROW, pa.int64()))
 

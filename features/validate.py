@@ -41,7 +41,7 @@ from features.io import (
     resolve_files,
 )
 from features.labels import MIN_POSITIVES, censored_as_of, label_snapshots
-from features.raw import ROW_PROBLEM
+from features.raw import ROW_PROBLEM, DataLoadError
 from features.spec import DatasetSpec, SpecError, TableSpec, load_spec
 
 MOSTLY_NUMERIC = 0.8  # share of non-blank values that must parse as numbers for a column to count as numeric
@@ -713,7 +713,7 @@ def validate_spec(spec: DatasetSpec) -> ValidationReport:
     report = ValidationReport(source=str(spec.source or "spec"))
 
     def add(severity: Severity, file: str, column: str | None, message: str) -> None:
-        report.problems.append(Problem(severity, file, column, message))
+        report.problems.append(Problem(severity, spec.shown_file(file), column, message))
 
     customers = _check_customers(spec, add) if spec.customers is not None else None
     events = _check_events(spec, customers, add) if spec.events is not None else None
@@ -727,7 +727,7 @@ def validate_spec_file(path: str | Path) -> ValidationReport:
     """`validate_spec` for a spec file; a spec that cannot be read becomes one error in the report."""
     try:
         spec = load_spec(path)
-    except SpecError as error:
+    except (SpecError, DataLoadError) as error:  # a spec of several tables is read as it is loaded
         resolved = str(Path(path).expanduser().resolve())
         report = ValidationReport(source=resolved)
         report.problems.append(Problem("error", resolved, None, _strip_prefix(str(error), resolved)))
