@@ -13,6 +13,7 @@ import pytest
 from tests.unit.test_sources import make_tables, multi_spec, prejoined_spec
 
 AS_OF = dt.date(2024, 6, 20)
+SOURCE_TABLES = ("accounts", "extra", "subscriptions", "tickets", "usage", "invoices")
 SNAPSHOTS = [f"2023-{m:02d}-01" for m in range(10, 13)] + [f"2024-{m:02d}-01" for m in range(1, 6)]
 
 
@@ -128,3 +129,56 @@ def test_the_ravenstack_spec_reads_all_five_tables_trains_and_scores(tmp_path: P
     )
     scores = read_scores(tmp_path / "scores")
     assert len(scores) > 100 and scores["churn_risk"].between(0, 1).all()
+
+
+@pytest.mark.slow
+def test_the_service_scores_payload_events_typed_as_their_sources_like_the_batch(
+    world: dict, tmp_path: Path
+) -> None:
+    """A support tool sends each event with the type its source gives it (`ticket_high`, `usage`, `invoice`) and
+    its own value fields: the online path gives the batch job's numbers for the customer, bit for bit."""
+    from models.churn import ChurnModel
+    from serving.answers import ModelVersions
+    from serving.schemas import ChurnRiskRequest
+    from serving.scoring import score_requests
+
+    folder = world["multi"].parent
+    read = {name: pd.read_csv(folder / f"{name}.csv", dtype={"seats": "float64"}) for name in SOURCE_TABLES}
+    owner = read["subscriptions"].set_index("sub")["owner"]
+    _, batch = _score(world["multi"], tmp_path / "batch", world)
+    churn = ChurnModel.load(world["model"])
+    cutoff = pd.Timestamp(AS_OF)
+    requests = []
+    for customer_id in batch["customer_id"].iloc[::25]:
+        account = read["accounts"].set_index("account_id").loc[customer_id]
+        extra = read["extra"].set_index("account")
+        events = []
+        for _, row in read["tickets"][read["tickets"]["account_id"] == customer_id].iterrows():
+            events.append(
+                {"timestamp": row["opened"], "type": f"ticket_{row['priority']}", "hours": row["hours"]}
+            )
+        usage = read["usage"][read["usage"]["subscription"].map(owner) == customer_id]
+        events += [
+            {"timestamp": r["day"], "type": "usage", "count": float(r["count"])} for _, r in usage.iterrows()
+        ]
+        invoices = read["invoices"][read["invoices"]["customer"] == customer_id]
+        events += [
+            {"timestamp": r["at"], "type": "invoice", "amount": r["amount"]} for _, r in invoices.iterrows()
+        ]
+        events = [e for e in events if pd.Timestamp(e["timestamp"]) < cutoff]
+        profile = {
+            "customer_id": customer_id,
+            "signup_date": account["signup"],
+            "plan": account["plan"],
+            "seats": float(account["seats"]),
+            "nps": float(extra["nps"][customer_id]) if customer_id in extra.index else None,
+            "region": extra["region"][customer_id] if customer_id in extra.index else None,
+        }
+        body = {"customer": profile, "events": events, "as_of": cutoff.isoformat()}
+        requests.append(ChurnRiskRequest.model_validate(body))
+    versions = ModelVersions(churn="1", sentiment="1", sentiment_scoring_id="none")
+    answers = score_requests(requests, churn.schema, churn.score, {}, versions)
+    expected = batch.set_index("customer_id")["churn_risk"]
+    assert len(answers) >= 5
+    for answer in answers:
+        assert answer.churn_risk == expected[answer.customer_id], answer.customer_id
