@@ -244,13 +244,41 @@ def _profile_block(customers: pd.DataFrame | None, schema: FeatureSchema) -> dic
             values = pd.to_numeric(values.astype("string").str.strip().replace("", pd.NA), errors="coerce")
         columns[column] = values.to_numpy(dtype="float64", na_value=np.nan)
     for column in schema.profile_categorical:
-        text = customers[column]
-        if not isinstance(text.dtype, pd.StringDtype):
-            text = text.astype("string")
+        values = customers[column]
+        plain = _plain_texts(values) if len(values) <= _FEW_ROWS else None
+        if plain is not None:
+            columns[column] = plain
+            continue
+        text = values if isinstance(values.dtype, pd.StringDtype) else values.astype("string")
         text = text.str.strip().to_numpy(dtype=object, na_value=None)
         text[text == ""] = None  # blank is missing
         columns[column] = text
     return columns
+
+
+_FEW_ROWS = 64  # a request's customers: converting their few values by hand beats pandas' string machinery
+
+
+def _plain_texts(values: pd.Series) -> np.ndarray | None:
+    """A few values as `_profile_block` gives them (None for missing), when each is already what stripping
+    would leave (text without whitespace at its ends, or missing); None otherwise, and the caller strips.
+
+    Only ASCII ends are judged here, where Python and Arrow agree on what whitespace is."""
+    out = np.empty(len(values), dtype=object)
+    for i, value in enumerate(values.to_numpy(dtype=object)):
+        if value is None or value is pd.NA or (isinstance(value, float) and value != value):
+            out[i] = None
+        elif (
+            type(value) is str
+            and value
+            and value[0].isascii()
+            and value[-1].isascii()
+            and value.strip() == value
+        ):
+            out[i] = value
+        else:
+            return None
+    return out
 
 
 def _group_max(keys: np.ndarray, values: np.ndarray, size: int, fill: float | int) -> np.ndarray:

@@ -486,3 +486,40 @@ def test_aspect_names_become_ascii_feature_names_or_a_clear_error():
         FeatureSchema(event_types=("ticket",), use_sentiment=True, aspects=(1,))
     with pytest.raises(ValueError, match="same feature names"):
         FeatureSchema(event_types=("ticket",), use_sentiment=True, aspects=("Billing", "billing"))
+
+
+@pytest.mark.parametrize("dtype", [object, "str", "string"])
+def test_a_few_customers_profile_texts_read_as_many_customers_do(dtype):
+    """The one-customer shortcut for categorical profile values gives what the path for many customers gives,
+    for every kind of value a request or a file holds (whitespace of all sorts, blanks, missing, numbers)."""
+    from features.engine import _FEW_ROWS
+
+    odd = [
+        "pro",
+        " pro",
+        "pro\t",
+        "",
+        "   ",
+        None,
+        "é",
+        " é ",
+        "\u00a0x",
+        "x\u2003",
+        "\x1cx",
+        "x\x1f",
+        "a b",
+        "Ünï",
+    ]
+    if dtype is object:
+        odd += [1, 1.5, True, float("nan")]
+    schema = FeatureSchema(profile_categorical=("plan",), use_events=False)
+
+    def profile(values: list) -> list:
+        frame = pd.DataFrame({"customer_id": [str(i) for i in range(len(values))], "plan": values})
+        frame["plan"] = frame["plan"].astype(dtype) if dtype is not object else frame["plan"]
+        return build_customer_features(None, "2024-01-01", schema, customers=frame)["plan"].tolist()
+
+    many = profile(odd * (_FEW_ROWS // len(odd) + 1))[: len(odd)]
+    one_by_one = [profile([value])[0] for value in odd]
+    assert [None if pd.isna(v) else v for v in one_by_one] == [None if pd.isna(v) else v for v in many]
+    assert profile(["pro", "pro "]) == ["pro", "pro"]
