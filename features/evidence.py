@@ -140,7 +140,8 @@ class EvidenceFinder:
             if found is not None:
                 found.append(int(i))
         picked = np.fromiter((i for rows in rows_of.values() for i in rows), dtype=np.int64)
-        mine = self._arrays(events.iloc[picked], times[picked])
+        every_row = len(picked) == len(events) and bool((picked == np.arange(len(events))).all())
+        mine = self._arrays(events if every_row else events.iloc[picked], times[picked])  # online: every row
         out: dict[str, list[dict[str, Any] | None]] = {}
         start = 0
         for key, rows in reasons.items():

@@ -13,6 +13,7 @@ uses the sklearn path). The tests compare both paths on real data too.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -40,12 +41,20 @@ def categorical_values(values: pd.Series) -> np.ndarray:
     return out
 
 
+@functools.lru_cache(maxsize=64)
+def _positions(names: tuple[str, ...], wanted: tuple[str, ...]) -> np.ndarray:
+    """Where each of `wanted` is among `names` (-1: absent); the same two lists come with every request."""
+    positions = pd.Index(names).get_indexer(wanted)
+    positions.flags.writeable = False
+    return positions
+
+
 def numeric_block(features: pd.DataFrame, columns: list[str]) -> np.ndarray:
     """Numeric columns as one float64 matrix, non-numbers as NaN (what `prepare_features` gives the encoder)."""
     if not columns:
         return np.empty((len(features), 0))
     # By position: a label lookup of ~70 columns costs more than scoring one customer online.
-    positions = features.columns.get_indexer(columns)
+    positions = _positions(tuple(features.columns), tuple(columns))
     if (positions < 0).any():
         raise KeyError(
             f"features lack column(s): {[c for c, p in zip(columns, positions, strict=True) if p < 0]}"
