@@ -231,7 +231,7 @@ def load_customers(spec: DatasetSpec, numeric_columns: Sequence[str] = ()) -> Lo
         raise DataLoadError("spec has no `customers` section")
     wanted = [c for c in (cs.id, cs.label, cs.churn_date, cs.signup_date) if c]
     frame = read_table(spec, cs, string_columns=tuple(c for c in (cs.id,) if c))
-    file = str(spec.resolve(cs.path))
+    file = spec.shown_file(str(spec.resolve(cs.path)))
     row_problems = _pop_row_problems(frame)
     missing = [c for c in wanted if c not in frame.columns]
     if missing:
@@ -333,7 +333,7 @@ def load_events(spec: DatasetSpec, with_text: bool = True, known_ids: pd.Index |
         string_columns=tuple(c for c in (es.id, es.type, es.aspect) if c),
         dictionary_columns=(es.id, es.type),
     )
-    file = str(spec.resolve(es.path))
+    file = spec.shown_file(str(spec.resolve(es.path)))
     row_problems = _pop_row_problems(frame)
     ids = _stripped_categorical(frame[es.id])
     types = _stripped_categorical(frame[es.type])

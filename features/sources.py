@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from churnsense.environment import paths
 from features.columns import ASPECT, CUSTOMER_ID, EVENT_TYPE, SENTIMENT, TEXT, TIMESTAMP
-from features.io import aspect_names, parse_timestamps, read_table, resolve_files
+from features.io import aspect_names, available_columns_of, parse_timestamps, read_table, resolve_files
 from features.raw import ROW_PROBLEM, DataLoadError
 from features.spec import (
     ChurnTableSpec,
@@ -79,13 +79,16 @@ def _tables(spec: DatasetSpec) -> list[TableSpec]:
 def _stage_key(spec: DatasetSpec) -> str:
     """A digest of what the stage is made of: the spec's tables and each file's size and modification time."""
     described = spec.model_dump(mode="json", include={"customers", "events", "churn"})
-    files = [
-        [str(file), file.stat().st_size, file.stat().st_mtime_ns]
-        for table in _tables(spec)
-        for file in resolve_files(spec, table)
-    ]
+    files = [_file_state(file) for table in _tables(spec) for file in resolve_files(spec, table)]
     text = json.dumps([STAGE_VERSION, str(spec.base_dir), described, files], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _file_state(file: Path) -> list:
+    """What changes when a file does: its inode (a file replaced), size, and modification and status-change
+    times (the status-change time moves even when a copy restores the modification time, as `cp -p` does)."""
+    state = file.stat()
+    return [str(file), state.st_ino, state.st_size, state.st_mtime_ns, state.st_ctime_ns]
 
 
 def _write_stage(spec: DatasetSpec, folder: Path) -> None:
@@ -114,7 +117,20 @@ def _write_stage(spec: DatasetSpec, folder: Path) -> None:
 
 
 def _write_parquet(frame: pd.DataFrame, file: Path) -> None:
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), file)
+    """`frame` as Parquet. A column of mixed values (numbers in one file of a glob, words in another) is stored
+    as text, which the loaders read exactly as they read the mixed column (they parse text either way)."""
+    try:
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        frame = frame.copy()
+        for name in frame.columns:
+            if frame[name].dtype == object:
+                try:
+                    pa.array(frame[name], from_pandas=True)
+                except (pa.ArrowInvalid, pa.ArrowTypeError):
+                    frame[name] = frame[name].astype("string")
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+    pq.write_table(table, file)
 
 
 def _staged_spec(spec: DatasetSpec, folder: Path) -> DatasetSpec:
@@ -194,11 +210,9 @@ def _read_file(
 def _stage_customers(spec: DatasetSpec, cs: CustomersSpec) -> pd.DataFrame:
     """The customers table as it is read, plus joined profile columns, the churn table's dates, and one row per
     joined or churn row that cannot be used (its id and its reason)."""
-    frame = read_table(spec, cs, string_columns=tuple(c for c in (cs.id,) if c))
-    if ROW_PROBLEM not in frame.columns:
-        frame[ROW_PROBLEM] = pd.array([None] * len(frame), dtype="string")
-    ids = _stripped(frame[cs.id]) if cs.id else None
-    good_ids = ids[frame[ROW_PROBLEM].isna()].dropna() if ids is not None else None
+    frame = _checked_customers(spec, cs)
+    ids = _stripped(frame[cs.id])
+    good_ids = ids[frame[ROW_PROBLEM].isna()].dropna()
     problems: list[pd.DataFrame] = []
     for join in cs.join:
         clash = [c for c in join.columns if c in frame.columns]
@@ -218,6 +232,34 @@ def _stage_customers(spec: DatasetSpec, cs: CustomersSpec) -> pd.DataFrame:
     extra = pd.concat([p for p in problems if len(p)], ignore_index=True)
     rows = pd.DataFrame({cs.id: extra[CUSTOMER_ID], ROW_PROBLEM: extra[ROW_PROBLEM]})
     return pd.concat([frame, rows], ignore_index=True)
+
+
+def _checked_customers(spec: DatasetSpec, cs: CustomersSpec) -> pd.DataFrame:
+    """The customers table as it is read (ids as text), each row the loader would reject already carrying its
+    reason, so the reject names the user's file and row rather than the staged one."""
+    frames = []
+    for file in resolve_files(spec, cs):
+        frame = _read_file(spec, cs, file, None, (cs.id,))
+        found = _Problems(f"customers {file}", frame)
+        ids = _stripped(frame[cs.id])
+        found.add(ids.isna().to_numpy(), cs.id, "customer id is empty")
+        for column in (c for c in (cs.signup_date, cs.churn_date) if c and c in frame.columns):
+            raw = frame[column]
+            unparsed = parse_timestamps(raw).isna() & _stripped(raw.astype("string")).notna()
+            found.add(unparsed.to_numpy(), column, f"{column} is not a date")
+        frame[ROW_PROBLEM] = found.column().to_numpy()
+        frames.append(frame)
+    frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    frame[cs.id] = frame[cs.id].astype("string")
+    ids = _stripped(frame[cs.id])
+    usable = frame[ROW_PROBLEM].isna()
+    repeated = (ids.where(usable).duplicated(keep="first") & usable & ids.notna()).to_numpy()
+    if repeated.any():
+        where = [f"customers {spec.resolve(cs.path)}, row {row}" for row in np.flatnonzero(repeated)]
+        frame.loc[repeated, ROW_PROBLEM] = [
+            f"{w}, column {cs.id}: duplicate customer id (first kept)" for w in where
+        ]
+    return frame
 
 
 def _keyed_rows(
@@ -273,24 +315,30 @@ def _churn_dates(
     return earliest.reindex(ids.to_numpy()).to_numpy(dtype="datetime64[ns]")
 
 
-def _link_map(spec: DatasetSpec, source: EventSourceSpec, link: LinkSpec) -> pd.Series:
-    """Source id -> customer id from a link table. A key that leads to two customers is an error (never a
-    guess); rows without a key or customer lead nowhere, and events that need them are rejected."""
-    frame = read_table(
-        spec, link, columns=[link.key, link.customer], string_columns=(link.key, link.customer)
-    )
-    frame.pop(ROW_PROBLEM) if ROW_PROBLEM in frame.columns else None
-    pairs = pd.DataFrame(
-        {"key": _stripped(frame[link.key]), "customer": _stripped(frame[link.customer])}
-    ).dropna()
-    pairs = pairs.drop_duplicates()
+def _link_map(spec: DatasetSpec, source: EventSourceSpec, link: LinkSpec) -> tuple[pd.Series, pd.Series]:
+    """(source id -> customer id, source id -> why its link row cannot be used) from a link table.
+
+    A key that leads to two customers is an error (never a guess). A key whose link row is broken (a field too
+    many or too few) or names no customer leads nowhere, and its events are rejected with that row's problem.
+    """
+    good, bad = [], []
+    for file in resolve_files(spec, link):
+        frame = _read_file(spec, link, file, [link.key, link.customer], (link.key, link.customer))
+        found = _Problems(f"link table {file}", frame)
+        keys, customers = _stripped(frame[link.key]), _stripped(frame[link.customer])
+        found.add(customers.isna().to_numpy(), link.customer, f"no customer for this {link.key}")
+        usable = pd.isna(found.reasons)
+        good.append(pd.DataFrame({"key": keys[usable], "customer": customers[usable]}))
+        bad.append(pd.DataFrame({"key": keys[~usable], "reason": found.reasons[~usable]}))
+    pairs = pd.concat(good, ignore_index=True).dropna().drop_duplicates()
     twice = pairs["key"][pairs["key"].duplicated()]
     if len(twice):
         raise DataLoadError(
             f"events source {source.name!r}: link table {spec.resolve(link.path)} leads {link.key} "
             f"{twice.iloc[0]!r} to more than one {link.customer} ({len(twice.unique())} such keys)"
         )
-    return pairs.set_index("key")["customer"]
+    broken = pd.concat(bad, ignore_index=True).dropna(subset=["key"]).drop_duplicates("key")
+    return pairs.set_index("key")["customer"], broken.set_index("key")["reason"]
 
 
 def _stage_events(
@@ -323,20 +371,36 @@ def _check_overlaps(sources: tuple[EventSourceSpec, ...], types_of: dict[str, se
 
 
 def _source_events(
-    spec: DatasetSpec, source: EventSourceSpec, file: Path, link: pd.Series | None, known: pd.Index | None
+    spec: DatasetSpec,
+    source: EventSourceSpec,
+    file: Path,
+    link: tuple[pd.Series, pd.Series] | None,
+    known: pd.Index | None,
 ) -> pd.DataFrame:
     """One file of one source as canonical events, each unusable row with its reason in `ROW_PROBLEM`."""
     wanted = [source.id, source.time, source.type_column, source.text, *source.values]
     wanted += [source.sentiment, source.aspect, source.event_id]
     columns = list(dict.fromkeys(c for c in wanted if c))
     texts = tuple(c for c in (source.id, source.type_column, source.aspect, source.event_id) if c)
+    if source.type is not None and source.type in available_columns_of(file, source):
+        raise DataLoadError(
+            f"events source {source.name!r}: type {source.type!r} is also a column of {file}: `type` gives every "
+            "row the one type written there; for a column of types use `type_column`"
+        )
     frame = _read_file(spec, source, file, columns, texts)
     found = _Problems(f"events source {source.name!r} {file}", frame)
     raw_ids = _stripped(frame[source.id])
     found.add(raw_ids.isna().to_numpy(), source.id, "id is empty")
     ids = raw_ids
     if link is not None:
-        ids = raw_ids.map(link).astype("string")
+        leads, broken = link
+        if len(broken):
+            why = raw_ids.isin(broken.index).fillna(False).to_numpy()
+            reasons = np.where(
+                why, raw_ids.map(broken.astype("string")).to_numpy(dtype=object, na_value=""), ""
+            )
+            found.add(why, source.id, reasons)
+        ids = raw_ids.map(leads).astype("string")
         unlinked = ids.isna().to_numpy() & raw_ids.notna().to_numpy()
         found.add(unlinked, source.id, f"not in the link table's {source.via.key} column ({source.via.path})")
     if known is not None:
@@ -347,7 +411,7 @@ def _source_events(
     if source.type_column:
         types = _stripped(frame[source.type_column])
         found.add(types.isna().to_numpy(), source.type_column, "event type is empty")
-        types = source.type_prefix + types
+        types = (source.type_prefix + types).str.strip()  # as the loaders will read it
     else:
         types = pd.Series(source.type, index=frame.index, dtype="string")
     out = {CUSTOMER_ID: ids.where(ids.notna(), raw_ids), TIMESTAMP: times, EVENT_TYPE: types}
@@ -367,6 +431,7 @@ def _source_events(
             raise DataLoadError(f"events source {source.name!r} {file}: {error}") from None
     if source.event_id:
         event_ids = _stripped(frame[source.event_id])
+        found.add(event_ids.isna().to_numpy(), source.event_id, "event id is empty")
         out[EVENT_ID] = (source.name + ":" + event_ids).astype("string")
     staged = pd.DataFrame(out)
     staged[ROW_PROBLEM] = found.column().to_numpy()

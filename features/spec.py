@@ -62,6 +62,20 @@ class TableSpec(_Frozen):
         return value
 
 
+# Names the loaders give columns of their own: a value column so named would overwrite one (or be overwritten).
+RESERVED_COLUMNS = ("customer_id", "timestamp", "event_type", "text", "sentiment", "aspect", "event_id")
+
+
+def _check_value_names(values: tuple[str, ...]) -> tuple[str, ...]:
+    for name in values:
+        if name in RESERVED_COLUMNS or name.startswith("__"):
+            raise ValueError(
+                f"values: {name!r} is the name churnsense gives a column of its own (events are read into "
+                f"{', '.join(RESERVED_COLUMNS)}): rename the column in your file or leave it out"
+            )
+    return values
+
+
 class ProfileJoinSpec(TableSpec):
     """A table of more profile columns, one row per customer, joined on the customer id (`customers.join`)."""
 
@@ -110,6 +124,11 @@ class EventsSpec(TableSpec):
         None, description="unique event id column: `churnsense ingest` keys events by it (else by content)"
     )
 
+    @field_validator("values")
+    @classmethod
+    def _values_not_reserved(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        return _check_value_names(values)
+
     @model_validator(mode="after")
     def _aspect_beside_sentiment(self) -> EventsSpec:
         if self.aspect and not self.sentiment:
@@ -120,6 +139,7 @@ class EventsSpec(TableSpec):
 
 
 SOURCE_NAME = r"^[A-Za-z][A-Za-z0-9_-]*$"
+STAGED = "staged in"  # how a staged table is named in messages (`DatasetSpec.shown_file`)
 
 
 class LinkSpec(TableSpec):
@@ -148,6 +168,16 @@ class EventSourceSpec(TableSpec):
     sentiment: str | None = Field(None, description="precomputed sentiment score column in [-1, 1]")
     aspect: str | None = Field(None, description="precomputed aspect column, read beside `sentiment`")
     event_id: str | None = Field(None, description="unique event id column (give it on every source or none)")
+
+    @field_validator("values")
+    @classmethod
+    def _values_not_reserved(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        return _check_value_names(values)
+
+    @field_validator("type")
+    @classmethod
+    def _stripped_type(cls, value: str | None) -> str | None:
+        return value.strip() if value is not None else None  # the loaders strip types: " ticket" is "ticket"
 
     @model_validator(mode="after")
     def _one_type(self) -> EventSourceSpec:
@@ -255,8 +285,8 @@ class DatasetSpec(_Frozen):
         if self.staged is None or not file.startswith(str(self.staged)):
             return file
         if file.endswith("events.parquet"):
-            return f"events of sources {', '.join(self.staged_sources)} (staged in {self.staged})"
-        return f"customers, joined and churn tables (staged in {self.staged})"
+            return f"events of sources {', '.join(self.staged_sources)} ({STAGED} {self.staged})"
+        return f"customers, joined and churn tables ({STAGED} {self.staged})"
 
     def resolve(self, path: str) -> Path:
         """An absolute path for `path` as written in the spec."""

@@ -42,7 +42,7 @@ from features.io import (
 )
 from features.labels import MIN_POSITIVES, censored_as_of, label_snapshots
 from features.raw import ROW_PROBLEM, DataLoadError
-from features.spec import DatasetSpec, SpecError, TableSpec, load_spec
+from features.spec import STAGED, DatasetSpec, SpecError, TableSpec, load_spec
 
 MOSTLY_NUMERIC = 0.8  # share of non-blank values that must parse as numbers for a column to count as numeric
 N_EXAMPLES = 3
@@ -139,7 +139,7 @@ def _open_table(
         (the table's path for messages, the named columns missing from some file), or None when the files
         cannot be found or read at all (already reported).
     """
-    where = str(spec.resolve(table.path))
+    where = spec.shown_file(str(spec.resolve(table.path)))
     try:
         files = resolve_files(spec, table)
     except UserError as error:
@@ -194,6 +194,14 @@ def _report_field_counts(rows: np.ndarray, reasons: Sequence[Any], where: str, r
         f"row {int(r)}: {reason}" for r, reason in zip(rows[:N_EXAMPLES], reasons, strict=False)
     )
     more = ", ..." if len(rows) > N_EXAMPLES else ""
+    if STAGED in where:  # combined tables (features.sources): each reason names its source, file and column
+        report(
+            "error",
+            where,
+            None,
+            f"{_plural(rows.size, 'row')} cannot be used ({shown}{more}); they are rejected",
+        )
+        return
     report(
         "error",
         where,
@@ -679,7 +687,7 @@ def _check_coverage(
 ) -> None:
     """Label windows must end inside the data; events after the last window are never used."""
     assert spec.events is not None
-    where, column = str(spec.resolve(spec.events.path)), spec.events.time
+    where, column = spec.shown_file(str(spec.resolve(spec.events.path))), spec.events.time
     stamps = events[TIMESTAMP].to_numpy("datetime64[ns]")
     newest = pd.Timestamp(stamps.max())
     window = dt.timedelta(days=horizon)

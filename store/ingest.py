@@ -355,7 +355,7 @@ def _event_ids(
     bad = pd.DataFrame(
         {
             "table": "events",
-            "file": str(spec.resolve(spec.events.path)),
+            "file": spec.shown_file(str(spec.resolve(spec.events.path))),
             "row": kept[blank],
             "customer_id": frame[CUSTOMER_ID].astype(str).to_numpy()[blank],
             "column": column,

@@ -16,7 +16,7 @@ from features.columns import CUSTOMER_ID
 from features.io import load_customers, load_events
 from features.pipeline import load_data, schema_for, training_frame
 from features.raw import DataLoadError
-from features.spec import SpecError, load_spec
+from features.spec import SpecError, load_spec, parse_spec
 
 AS_OF = ["2024-03-01", "2024-04-15", "2024-06-01"]
 
@@ -334,3 +334,143 @@ def test_an_old_one_table_spec_is_read_as_before(tmp_path: Path) -> None:
     customers = load_customers(spec).frame
     assert customers[CUSTOMER_ID].tolist() == tables["accounts"]["account_id"].tolist()
     assert dt.date.fromisoformat(AS_OF[0]) in spec.labels.as_of_dates()
+
+
+# --- what an adversarial review found (each failed before its fix) --------------------------------------------
+
+
+def _small(folder: Path, link_rows: str, **source) -> Path:
+    (folder / "accounts.csv").write_text("account_id,plan\nC1,pro\nC7,basic\n")
+    (folder / "subs.csv").write_text("sub,note,account_id\n" + link_rows)
+    (folder / "usage.csv").write_text(
+        "sub,day,minutes\nS1,2024-01-05,10\nS1,2024-01-06,10\nS2,2024-01-07,5\n"
+    )
+    usage = {
+        "name": "usage",
+        "path": "usage.csv",
+        "id": "sub",
+        "time": "day",
+        "type": "usage",
+        "values": ["minutes"],
+    }
+    usage["via"] = {"path": "subs.csv", "key": "sub", "customer": "account_id"}
+    usage.update(source)
+    spec = {"customers": {"path": "accounts.csv", "id": "account_id"}, "events": [usage]}
+    (folder / "s.yaml").write_text(yaml.safe_dump({**spec, "labels": {"as_of": ["2024-03-01"]}}))
+    return folder / "s.yaml"
+
+
+def test_a_link_row_with_a_problem_rejects_its_events_instead_of_leading_them_astray(tmp_path: Path) -> None:
+    # S1's link row has a field too many (a comma in the note): its customer would read " C7".
+    data = load_data(load_spec(_small(tmp_path, "S1,moved from, C7,C1\nS2,fine,\n")))
+    assert len(data.events) == 0
+    reasons = data.rejects["reason"].tolist()
+    assert len(reasons) == 3
+    assert all("subs.csv" in r for r in reasons), reasons
+    assert (
+        sum("row has 4 fields" in r for r in reasons) == 2
+    )  # S1's two events, naming the link row's problem
+    assert sum("no customer" in r for r in reasons) == 1  # S2's link row has a blank customer
+
+
+def test_a_staged_table_with_integer_ids_and_a_bad_join_row_is_written(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"account_id": [1, 2], "plan": ["a", "b"]}), tmp_path / "accounts.parquet")
+    (tmp_path / "nps.csv").write_text("acct,nps\n1,5\n2,7\n99,1\n")
+    (tmp_path / "ev.csv").write_text("acct,at\n1,2024-01-05\n2,2024-01-06\n")
+    (tmp_path / "acc").mkdir()
+    (tmp_path / "acc" / "1.csv").write_text("account_id,tier\n1,10\n")
+    (tmp_path / "acc" / "2.csv").write_text("account_id,tier\n2,gold\n")
+    (tmp_path / "churn.csv").write_text("acct,left\n1,2024-02-01\n")
+    events = [{"name": "app", "path": "ev.csv", "id": "acct", "time": "at", "type": "login"}]
+    join = [{"path": "nps.csv", "id": "acct", "columns": ["nps"]}]
+    specs = {
+        "a.yaml": {
+            "customers": {"path": "accounts.parquet", "id": "account_id", "join": join},
+            "events": events,
+        },
+        "b.yaml": {
+            "customers": {"path": "acc/*.csv", "id": "account_id"},
+            "churn": {"path": "churn.csv", "id": "acct", "date": "left"},
+            "events": events,
+        },
+    }
+    for name, spec in specs.items():
+        (tmp_path / name).write_text(yaml.safe_dump(spec))
+        data = load_data(load_spec(tmp_path / name))
+        assert sorted(data.customers[CUSTOMER_ID]) == ["1", "2"] and len(data.events) == 2
+    assert len(load_data(load_spec(tmp_path / "a.yaml")).rejects) == 1  # the nps row of customer 99
+
+
+def test_a_file_rewritten_with_its_old_size_and_time_is_staged_again(tmp_path: Path) -> None:
+    import os
+
+    events = tmp_path / "ev.csv"
+    (tmp_path / "accounts.csv").write_text("account_id\nC1\nC2\n")
+    source = {"name": "a", "path": "ev.csv", "id": "acct", "time": "at", "type": "x", "values": ["amount"]}
+    spec = {"customers": {"path": "accounts.csv", "id": "account_id"}, "events": [source]}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    events.write_text("acct,at,amount\nC1,2024-01-05,10\n")
+    assert load_events(load_spec(tmp_path / "s.yaml")).frame["amount"].tolist() == [10.0]
+    before = events.stat()
+    events.write_text("acct,at,amount\nC2,2024-01-05,99\n")  # same size; then the old time, as cp -p does
+    os.utime(events, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert load_events(load_spec(tmp_path / "s.yaml")).frame["amount"].tolist() == [99.0]
+
+
+@pytest.mark.parametrize("name", ["customer_id", "timestamp", "event_type", "text", "sentiment", "event_id"])
+def test_value_columns_named_like_canonical_columns_are_refused(tmp_path: Path, name: str) -> None:
+    one_table = {"events": {"path": "e.csv", "id": "a", "time": "t", "type": "k", "values": [name]}}
+    several = {
+        "events": [{"name": "s", "path": "e.csv", "id": "a", "time": "t", "type": "k", "values": [name]}]
+    }
+    for raw in (one_table, several):
+        with pytest.raises(SpecError, match=f"values: {name!r} is the name churnsense gives"):
+            parse_spec(raw, tmp_path)
+
+
+def test_types_that_differ_only_by_whitespace_overlap(tmp_path: Path) -> None:
+    sources = [
+        {"name": "a", "path": "e.csv", "id": "a", "time": "t", "type": " ticket"},
+        {"name": "b", "path": "e.csv", "id": "a", "time": "t", "type": "ticket "},
+    ]
+    with pytest.raises(SpecError, match="both give type 'ticket'"):
+        parse_spec({"events": sources}, tmp_path)
+    make_tables(tmp_path)
+    spec = yaml.safe_load(multi_spec(tmp_path).read_text())
+    spec["events"][0]["type_prefix"] = " "  # " high" is "high" once stripped
+    spec["events"][2]["type"] = "high"
+    (tmp_path / "multi.spec.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(DataLoadError, match="both give event type"):
+        load_spec(tmp_path / "multi.spec.yaml")
+
+
+def test_a_fixed_type_that_is_a_column_of_its_source_is_refused(tmp_path: Path) -> None:
+    make_tables(tmp_path)
+    spec = yaml.safe_load(multi_spec(tmp_path).read_text())
+    spec["events"][2]["type"] = "amount"  # meant as a column of types? that is `type_column`
+    (tmp_path / "multi.spec.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(DataLoadError, match="'billing'.*type 'amount' is also a column.*type_column"):
+        load_spec(tmp_path / "multi.spec.yaml")
+
+
+def test_rejects_of_staged_tables_name_the_users_files(tmp_path: Path) -> None:
+    tables = make_tables(tmp_path)
+    with open(tmp_path / "accounts.csv", "a") as handle:
+        handle.write("A-001,pro,3,2023-07-01\n")  # a duplicate id in the customers table itself
+    spec = yaml.safe_load(multi_spec(tmp_path).read_text())
+    for source in spec["events"]:
+        source["event_id"] = "eid"
+    tickets = tables["tickets"].assign(eid=[f"T{i}" for i in range(len(tables["tickets"]))])
+    tickets.loc[3, "eid"] = " "
+    tickets.to_csv(tmp_path / "tickets.csv", index=False)
+    for name in ("usage", "invoices"):
+        tables[name].assign(eid=range(len(tables[name]))).to_csv(tmp_path / f"{name}.csv", index=False)
+    (tmp_path / "multi.spec.yaml").write_text(yaml.safe_dump(spec))
+    rejects = load_data(load_spec(tmp_path / "multi.spec.yaml")).rejects
+    reasons = rejects["reason"].tolist()
+    assert any("accounts.csv, row 60" in r and "duplicate customer id" in r for r in reasons), reasons
+    assert any("'tickets'" in r and "row 3, column eid: event id is empty" in r for r in reasons), reasons
+    assert not any("sources/" in f and "staged" not in f for f in rejects["file"]), rejects["file"].tolist()
