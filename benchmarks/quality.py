@@ -1,6 +1,7 @@
 """Churn model quality: churnsense's default model against untuned anchors, 5-fold grouped CV, every data set.
 
-    .venv/bin/python benchmarks/quality.py [--datasets telco,bank,ecommerce,ravenstack,demo] [--folds 5]
+    .venv/bin/python benchmarks/quality.py [--datasets telco,bank,ecommerce,ravenstack,ravenstack_events,demo]
+                                           [--folds 5]
 
 Each data set is the labelled frame churnsense trains on (its loaders, feature engine and labels): the shared
 ones through `configs/<name>.spec.yaml` (skipped when ../shared/data is absent), the demo simulated here
@@ -39,6 +40,8 @@ SHARED = {
     "bank": ("bank_churn", "bank.spec.yaml"),
     "ecommerce": ("ecommerce_churn", "ecommerce.spec.yaml"),
     "ravenstack": ("ravenstack_saas", "ravenstack.spec.yaml"),
+    # The same accounts from all five tables (#19): monthly snapshots, churn dates from the churn events table.
+    "ravenstack_events": ("ravenstack_saas", "ravenstack_events.spec.yaml"),
 }
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
@@ -189,7 +192,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--datasets", default="telco,bank,ecommerce,ravenstack,demo")
+    parser.add_argument("--datasets", default="telco,bank,ecommerce,ravenstack,ravenstack_events,demo")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--bench-dir", type=Path, default=ROOT / "bench_out")
     parser.add_argument(

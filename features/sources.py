@@ -143,16 +143,15 @@ def _staged_spec(spec: DatasetSpec, folder: Path) -> DatasetSpec:
     events = spec.events
     if isinstance(events, tuple):
         events = _staged_events_spec(events, folder / EVENTS_FILE)
-    return DatasetSpec(
-        customers=customers,
-        events=events,
-        reviews=spec.reviews,
-        labels=spec.labels,
-        base_dir=spec.base_dir,
-        source=spec.source,
-        staged=folder,
-        staged_sources=tuple(s.name for s in spec.events) if isinstance(spec.events, tuple) else (),
-    )
+    sources = tuple(s.name for s in spec.events) if isinstance(spec.events, tuple) else ()
+    update = {
+        "customers": customers,
+        "events": events,
+        "churn": None,
+        "staged": folder,
+        "staged_sources": sources,
+    }
+    return spec.model_copy(update=update)
 
 
 def _staged_events_spec(sources: tuple[EventSourceSpec, ...], file: Path) -> EventsSpec:
