@@ -239,6 +239,10 @@ def _checked_customers(spec: DatasetSpec, cs: CustomersSpec) -> pd.DataFrame:
     frames = []
     for file in resolve_files(spec, cs):
         frame = _read_file(spec, cs, file, None, (cs.id,))
+        if cs.id not in frame.columns:
+            raise DataLoadError(
+                f"{file}: customers.id column {cs.id!r} not found (has: {', '.join(frame.columns[:30])})"
+            )
         found = _Problems(f"customers {file}", frame)
         ids = _stripped(frame[cs.id])
         found.add(ids.isna().to_numpy(), cs.id, "customer id is empty")

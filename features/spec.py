@@ -318,6 +318,8 @@ class DatasetSpec(_Frozen):
                 raise ValueError("customers.join: joined tables need customers.id to join on")
             if self.churn is not None:
                 raise ValueError("churn: a churn table needs customers.id to find its customers")
+            if isinstance(self.events, tuple):
+                raise ValueError("events: several sources need customers.id to find each event's customer")
         if isinstance(self.events, tuple):
             _check_sources(self.events)
         return self

@@ -474,3 +474,16 @@ def test_rejects_of_staged_tables_name_the_users_files(tmp_path: Path) -> None:
     assert any("accounts.csv, row 60" in r and "duplicate customer id" in r for r in reasons), reasons
     assert any("'tickets'" in r and "row 3, column eid: event id is empty" in r for r in reasons), reasons
     assert not any("sources/" in f and "staged" not in f for f in rejects["file"]), rejects["file"].tolist()
+
+
+def test_a_customers_file_without_its_id_column_is_an_error_naming_it(tmp_path: Path) -> None:
+    make_tables(tmp_path)
+    spec = yaml.safe_load(multi_spec(tmp_path).read_text())
+    spec["customers"]["id"] = "acct_no"
+    (tmp_path / "multi.spec.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(DataLoadError, match="accounts.csv: customers.id column 'acct_no' not found"):
+        load_spec(tmp_path / "multi.spec.yaml")
+    del spec["customers"]["id"], spec["customers"]["join"], spec["churn"]
+    (tmp_path / "multi.spec.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(SpecError, match="several sources need customers.id"):
+        load_spec(tmp_path / "multi.spec.yaml")
