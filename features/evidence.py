@@ -230,10 +230,13 @@ class EvidenceFinder:
         shown = []
         for i in listed:
             item: dict[str, Any] = {"timestamp": _iso(int(times[i])), "type": str(types[i])}
-            if texts is not None:  # as the sentiment model read it
-                text = texts[i]
-                item["text"] = None if text is None or pd.isna(text) else normalise_text(text)
-            if scores is not None and described:
+            # Fields an event has on every path: its text when it has one (as the sentiment model read it), and
+            # a sentiment when the model reads sentiment; a service request cannot tell whether the data set has
+            # a text column at all, so absent texts are left out, not null.
+            text = texts[i] if texts is not None else None
+            if text is not None and not pd.isna(text):
+                item["text"] = normalise_text(text)
+            if scores is not None and described and self.schema.use_sentiment:
                 item["sentiment"] = _number(scores[i])
             if rule.about is not None:  # what the text is about: the column the feature counted
                 item["aspect"] = rule.about

@@ -211,7 +211,9 @@ def score_requests(
         # Rows are keyed by position, not by customer id: concurrent requests may ask about the same customer,
         # and the engine gives one row per key. With `customers` given, its rows come out in this order.
         keys = [str(k) for k in range(len(group))]
-        events = add_sentiment(events_frame(group, schema, keys), polarity)
+        events = events_frame(group, schema, keys)
+        if schema.use_sentiment:
+            events = add_sentiment(events, polarity)
         if schema.aspects:
             events = add_aspects(events, lambda texts: [aspects[text] for text in texts])
         features = build_customer_features(

@@ -5,6 +5,7 @@ cannot be used land in the rejects file naming their source."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -145,7 +146,7 @@ def test_the_service_scores_payload_events_typed_as_their_sources_like_the_batch
     folder = world["multi"].parent
     read = {name: pd.read_csv(folder / f"{name}.csv", dtype={"seats": "float64"}) for name in SOURCE_TABLES}
     owner = read["subscriptions"].set_index("sub")["owner"]
-    _, batch = _score(world["multi"], tmp_path / "batch", world)
+    _, batch = _score(world["multi"], tmp_path / "batch", world, evidence=True)
     churn = ChurnModel.load(world["model"])
     cutoff = pd.Timestamp(AS_OF)
     requests = []
@@ -182,3 +183,13 @@ def test_the_service_scores_payload_events_typed_as_their_sources_like_the_batch
     assert len(answers) >= 5
     for answer in answers:
         assert answer.churn_risk == expected[answer.customer_id], answer.customer_id
+    # The events behind each reason, too: the same keys on both paths (no text or sentiment fields the data
+    # set does not have), and the same events.
+    reasons = batch.set_index("customer_id")["reasons"]
+    with_evidence = 0
+    for answer in answers:
+        online = [r.evidence.model_dump() if r.evidence else None for r in answer.reasons]
+        offline = [json.loads(r["evidence"]) if r["evidence"] else None for r in reasons[answer.customer_id]]
+        assert online == offline, answer.customer_id
+        with_evidence += sum(e is not None and e["total"] > 0 for e in online)
+    assert with_evidence >= 5
