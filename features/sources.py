@@ -48,6 +48,7 @@ from features.spec import (
 logger = logging.getLogger(__name__)
 
 STAGE_VERSION = "1"  # bump when what is staged changes: old stages are then not reused
+KEPT_STAGES = 2  # per spec: the newest, and the one before it
 STAGED_CHURN_DATE = "__churn_date__"
 EVENT_ID = "event_id"
 CUSTOMERS_FILE, EVENTS_FILE = "customers.parquet", "events.parquet"
@@ -61,7 +62,18 @@ def stage_sources(spec: DatasetSpec) -> DatasetSpec:
     folder = paths().cache_dir / "sources" / _stage_key(spec)
     if not (folder / CUSTOMERS_FILE).exists() and not (folder / EVENTS_FILE).exists():
         _write_stage(spec, folder)
+        _drop_old_stages(folder)
     return _staged_spec(spec, folder)
+
+
+def _drop_old_stages(folder: Path) -> None:
+    """Keep the newest `KEPT_STAGES` stages of one spec: files that change every night would otherwise leave
+    a full copy of the data behind each night. The one before the newest stays for a job still reading it."""
+    spec_part = folder.name.split("-")[0]
+    stages = [f for f in folder.parent.glob(f"{spec_part}-*") if f.is_dir() and f != folder]
+    stages.sort(key=lambda f: f.stat().st_mtime_ns, reverse=True)
+    for old in stages[KEPT_STAGES - 1 :]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _tables(spec: DatasetSpec) -> list[TableSpec]:
@@ -77,11 +89,16 @@ def _tables(spec: DatasetSpec) -> list[TableSpec]:
 
 
 def _stage_key(spec: DatasetSpec) -> str:
-    """A digest of what the stage is made of: the spec's tables and each file's size and modification time."""
+    """`<spec digest>-<files digest>`: what the stage is made of (the spec's tables), then the state of each of
+    their files (see `_file_state`)."""
     described = spec.model_dump(mode="json", include={"customers", "events", "churn"})
     files = [_file_state(file) for table in _tables(spec) for file in resolve_files(spec, table)]
-    text = json.dumps([STAGE_VERSION, str(spec.base_dir), described, files], sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
+    tables = json.dumps([STAGE_VERSION, str(spec.base_dir), described], sort_keys=True)
+    return f"{_digest(tables)}-{_digest(json.dumps(files))}"
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _file_state(file: Path) -> list:

@@ -487,3 +487,16 @@ def test_a_customers_file_without_its_id_column_is_an_error_naming_it(tmp_path: 
     (tmp_path / "multi.spec.yaml").write_text(yaml.safe_dump(spec))
     with pytest.raises(SpecError, match="several sources need customers.id"):
         load_spec(tmp_path / "multi.spec.yaml")
+
+
+def test_a_spec_keeps_its_two_newest_stages(tmp_path: Path) -> None:
+    tables = make_tables(tmp_path)
+    spec_path = multi_spec(tmp_path)
+    made = []
+    for extra in range(4):  # the data change four times, as a nightly export does
+        tables["invoices"].iloc[: 10 + extra].to_csv(tmp_path / "invoices.csv", index=False)
+        made.append(load_spec(spec_path).staged)
+    assert len(set(made)) == 4
+    left = sorted(p for p in made[-1].parent.iterdir() if p.is_dir())
+    assert left == sorted(made[-2:])
+    assert len(load_events(load_spec(spec_path)).frame) > 0  # the newest still reads
