@@ -373,7 +373,7 @@ def _feature_frame(columns: dict[str, np.ndarray], ids: pd.Index, schema: Featur
         if run[0] in categorical:
             parts.append(pd.DataFrame({n: pd.array(columns[n], dtype="str") for n in run}, index=ids))
         else:
-            block = np.empty((len(ids), len(run)), dtype=np.float64)
+            block = np.empty((len(ids), len(run)), dtype=np.float64, order="F")  # column writes: contiguous
             for j, name in enumerate(run):
                 block[:, j] = columns[name]
             parts.append(pd.DataFrame(block, index=ids, columns=run, copy=False))
@@ -490,6 +490,25 @@ def _event_block(
     return out
 
 
+def _sorted_pairs(
+    customer: np.ndarray, minutes: np.ndarray, n_customers: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The (customer, minute) pairs sorted by customer, then minute.
+
+    Only the sorted values are needed, not which event each was: when customer and minute fit one int64 key
+    (customer x minutes spanned + minute: always, below ~10 billion customer-years), one sort of that key does
+    it, several times faster than a two-key lexsort of 20M events; the values are the same either way."""
+    if len(minutes) == 0:
+        return customer, minutes
+    low = int(minutes.min())
+    spread = int(minutes.max()) - low + 1
+    if n_customers * spread >= 2**62:
+        order = np.lexsort((minutes, customer))
+        return customer[order], minutes[order]
+    key = np.sort(customer * spread + (minutes - low))
+    return key // spread, key % spread + low
+
+
 def _gap_block(customer: np.ndarray, times_ns: np.ndarray, n_customers: int) -> dict[str, np.ndarray]:
     """Mean and standard deviation of the days between a customer's consecutive events.
 
@@ -498,16 +517,18 @@ def _gap_block(customer: np.ndarray, times_ns: np.ndarray, n_customers: int) -> 
     the integers small: pandas times span at most 585 years (3.1e8 minutes), whose square fits in int64.
     """
     minutes = times_ns // 60_000_000_000
-    order = np.lexsort((minutes, customer))
-    by_customer, by_time = customer[order], minutes[order]
+    by_customer, by_time = _sorted_pairs(customer, minutes, n_customers)
     same = by_customer[1:] == by_customer[:-1]
     gaps = (by_time[1:] - by_time[:-1])[same]  # >= 0
     owner = by_customer[1:][same]
     n_gaps = np.bincount(owner, minlength=n_customers)
+    # `owner` is sorted: each customer's gaps are one run, summed by reduceat (exact integers, as np.add.at).
     span = np.zeros(n_customers, dtype=np.int64)
-    np.add.at(span, owner, gaps)
     squares = np.zeros(n_customers, dtype=np.int64)
-    np.add.at(squares, owner, gaps * gaps)  # the sum of squares is at most span^2: no overflow either
+    if owner.size:
+        starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
+        span[owner[starts]] = np.add.reduceat(gaps, starts)
+        squares[owner[starts]] = np.add.reduceat(gaps * gaps, starts)  # at most span^2: no overflow either
     mean = np.divide(span, n_gaps, out=np.full(n_customers, np.nan), where=n_gaps > 0)
     variance = np.divide(squares, n_gaps, out=np.full(n_customers, np.nan), where=n_gaps > 1) - mean * mean
     return {

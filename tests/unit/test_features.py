@@ -523,3 +523,37 @@ def test_a_few_customers_profile_texts_read_as_many_customers_do(dtype):
     one_by_one = [profile([value])[0] for value in odd]
     assert [None if pd.isna(v) else v for v in one_by_one] == [None if pd.isna(v) else v for v in many]
     assert profile(["pro", "pro "]) == ["pro", "pro"]
+
+
+def test_gap_features_equal_the_two_key_sort_reference_bit_for_bit():
+    """The gap mean and spread come from one sort of a combined (customer, minute) key and per-customer run
+    sums; they must equal the plain reference (lexsort, np.add.at) exactly, ties and lone events included."""
+    from features.engine import _gap_block, _sorted_pairs
+
+    rng = np.random.default_rng(11)
+    n_customers, n = 300, 5_000
+    customer = rng.integers(0, n_customers - 20, n)  # the last 20 customers have no events
+    times_ns = (
+        rng.integers(0, 50_000, n) * 60 + rng.integers(0, 60, n)
+    ) * 1_000_000_000 + 1_700_000_000 * 10**9
+    times_ns[:50] = times_ns[50:100]  # ties in time
+    minutes = times_ns // 60_000_000_000
+    order = np.lexsort((minutes, customer))
+    by_customer, by_time = customer[order], minutes[order]
+    same = by_customer[1:] == by_customer[:-1]
+    gaps, owner = (by_time[1:] - by_time[:-1])[same], by_customer[1:][same]
+    n_gaps = np.bincount(owner, minlength=n_customers)
+    span, squares = np.zeros(n_customers, dtype=np.int64), np.zeros(n_customers, dtype=np.int64)
+    np.add.at(span, owner, gaps)
+    np.add.at(squares, owner, gaps * gaps)
+    mean = np.divide(span, n_gaps, out=np.full(n_customers, np.nan), where=n_gaps > 0)
+    variance = np.divide(squares, n_gaps, out=np.full(n_customers, np.nan), where=n_gaps > 1) - mean * mean
+    got = _gap_block(customer, times_ns, n_customers)
+    np.testing.assert_array_equal(got["gap_mean_days"], mean / 1_440.0)
+    np.testing.assert_array_equal(got["gap_sd_days"], np.sqrt(np.maximum(variance, 0.0)) / 1_440.0)
+    # The two-key sort is the fallback when the combined key could overflow: same pairs.
+    for fast, slow in zip(
+        _sorted_pairs(customer, minutes, n_customers), _sorted_pairs(customer, minutes, 2**61), strict=True
+    ):
+        np.testing.assert_array_equal(fast, slow)
+    assert np.isnan(got["gap_mean_days"][-20:]).all()
