@@ -528,7 +528,7 @@ def test_a_few_customers_profile_texts_read_as_many_customers_do(dtype):
 def test_gap_features_equal_the_two_key_sort_reference_bit_for_bit():
     """The gap mean and spread come from one sort of a combined (customer, minute) key and per-customer run
     sums; they must equal the plain reference (lexsort, np.add.at) exactly, ties and lone events included."""
-    from features.engine import _gap_block, _sorted_pairs
+    from features.gaps import gap_block, sorted_pairs
 
     rng = np.random.default_rng(11)
     n_customers, n = 300, 5_000
@@ -548,12 +548,12 @@ def test_gap_features_equal_the_two_key_sort_reference_bit_for_bit():
     np.add.at(squares, owner, gaps * gaps)
     mean = np.divide(span, n_gaps, out=np.full(n_customers, np.nan), where=n_gaps > 0)
     variance = np.divide(squares, n_gaps, out=np.full(n_customers, np.nan), where=n_gaps > 1) - mean * mean
-    got = _gap_block(customer, times_ns, n_customers)
+    got = gap_block(customer, times_ns, n_customers)
     np.testing.assert_array_equal(got["gap_mean_days"], mean / 1_440.0)
     np.testing.assert_array_equal(got["gap_sd_days"], np.sqrt(np.maximum(variance, 0.0)) / 1_440.0)
     # The two-key sort is the fallback when the combined key could overflow: same pairs.
     for fast, slow in zip(
-        _sorted_pairs(customer, minutes, n_customers), _sorted_pairs(customer, minutes, 2**61), strict=True
+        sorted_pairs(customer, minutes, n_customers), sorted_pairs(customer, minutes, 2**61), strict=True
     ):
         np.testing.assert_array_equal(fast, slow)
     assert np.isnan(got["gap_mean_days"][-20:]).all()
