@@ -27,6 +27,7 @@ import dataclasses
 import json
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -251,7 +252,7 @@ class SurvivalModel:
         """
         import mlflow.sklearn
         from mlflow.exceptions import MlflowException
-        from mlflow.models import get_model_info
+        from mlflow.models import Model, get_model_info
 
         from features.engine import FEATURE_VERSION
         from models.catalog import resolve_model_uri
@@ -259,7 +260,10 @@ class SurvivalModel:
 
         concrete, version = resolve_model_uri(uri)
         try:
-            metadata = get_model_info(concrete).metadata or {}
+            # A local folder (what a Bento carries) is read as it is: get_model_info would ask the tracking store
+            # about the logged model, and a served Bento has no store.
+            local = Path(concrete)
+            metadata = (Model.load(str(local)) if local.exists() else get_model_info(concrete)).metadata or {}
             pipeline = mlflow.sklearn.load_model(concrete)
         except MlflowException as error:
             raise UserError(f"survival model {uri}: cannot load ({error.message})") from None

@@ -17,6 +17,9 @@ import yaml
 
 from serving.settings import current_settings
 
+# A Bento carries its models: a served one must never need the MLflow store it was built from (a survival model
+# once asked the store about itself and the server did not start where no store was reachable).
+NO_TRACKING_STORE = {"MLFLOW_TRACKING_URI": "sqlite:////nonexistent/churnsense-no-tracking-store.db"}
 SERVER_LIMITS = {
     "CHURNSENSE_MAX_EVENTS": "300",
     "CHURNSENSE_MAX_TEXTS": "20",
@@ -229,7 +232,12 @@ def postgres_backed_server(bento_tag: str, postgres_event_store: str, session_tm
     """The Bento once more, one worker, its event store on PostgreSQL."""
     from serving.server import ServerProcess
 
-    env = {**SERVER_LIMITS, "CHURNSENSE_STORE_URL": postgres_event_store, "CHURNSENSE_WORKERS": "1"}
+    env = {
+        **SERVER_LIMITS,
+        **NO_TRACKING_STORE,
+        "CHURNSENSE_STORE_URL": postgres_event_store,
+        "CHURNSENSE_WORKERS": "1",
+    }
     process = ServerProcess(bento_tag, env=env, log_path=session_tmp / "server_postgres.log")
     process.start(ready_timeout_s=240)
     yield process
@@ -240,7 +248,7 @@ def postgres_backed_server(bento_tag: str, postgres_event_store: str, session_tm
 def server(bento_tag: str, event_store: str, session_tmp: Path):
     from serving.server import ServerProcess
 
-    env = {**SERVER_LIMITS, "CHURNSENSE_STORE_URL": event_store}
+    env = {**SERVER_LIMITS, **NO_TRACKING_STORE, "CHURNSENSE_STORE_URL": event_store}
     process = ServerProcess(bento_tag, env=env, log_path=session_tmp / "server.log")
     process.start(ready_timeout_s=240)
     yield process
@@ -253,7 +261,12 @@ def bentoml_batching_server(bento_tag: str, session_tmp: Path):
     """The same Bento with texts batched by BentoML behind /classify_texts (CHURNSENSE_SENTIMENT_BATCHING)."""
     from serving.server import ServerProcess
 
-    env = {**SERVER_LIMITS, "CHURNSENSE_SENTIMENT_BATCHING": "bentoml", "CHURNSENSE_WORKERS": "1"}
+    env = {
+        **SERVER_LIMITS,
+        **NO_TRACKING_STORE,
+        "CHURNSENSE_SENTIMENT_BATCHING": "bentoml",
+        "CHURNSENSE_WORKERS": "1",
+    }
     process = ServerProcess(bento_tag, env=env, log_path=session_tmp / "server_bentoml_batching.log")
     process.start(ready_timeout_s=240)
     yield process

@@ -209,3 +209,23 @@ def test_promotion_judges_held_out_models_so_an_overfitted_champion_does_not_win
     assert decision.champion_metrics["concordance"] == pytest.approx(overfitted.metrics["concordance"])
     assert decision.challenger_metrics["concordance"] == pytest.approx(better.metrics["concordance"])
     assert decision.promoted, decision.render()
+
+
+def test_a_copied_model_folder_loads_without_the_tracking_store(trained, tmp_path, monkeypatch):
+    """A Bento carries the model folder, not the MLflow store it came from: loading the folder must not ask a
+    tracking server about the logged model (the served Bento failed to start where no store was reachable)."""
+    import shutil
+
+    import mlflow
+
+    from models.survival import SurvivalModel
+
+    folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=trained.model_uri))
+    copy = shutil.copytree(folder, tmp_path / "mlflow_model")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    try:
+        model = SurvivalModel.load(str(copy))
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert model.summary is not None
