@@ -202,6 +202,13 @@ def prejoined_spec(folder: Path, tables: dict[str, pd.DataFrame], as_of: list[st
     return path
 
 
+def _spec_file(folder: Path, spec: dict, name: str) -> Path:
+    """`spec` written as a YAML file in `folder`."""
+    path = folder / name
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
 def _frame(spec_path: Path) -> pd.DataFrame:
     spec = load_spec(spec_path)
     data = load_data(spec)
@@ -295,14 +302,12 @@ def test_overlapping_types_between_sources_are_refused(tmp_path: Path) -> None:
     spec = yaml.safe_load(multi_spec(tmp_path).read_text())
     spec["events"][0]["type_prefix"] = ""
     spec["events"][2]["type"] = "high"  # the tickets' priority column also gives "high"
-    (tmp_path / "multi.spec.yaml").write_text(yaml.safe_dump(spec))
     with pytest.raises(DataLoadError, match=r"'tickets' and 'billing' both give event type\(s\) high"):
-        load_spec(tmp_path / "multi.spec.yaml")
+        load_spec(_spec_file(tmp_path, spec, "multi.spec.yaml"))
     spec["events"][0]["type_prefix"] = "ticket_"
     spec["events"][1]["type"] = "high"
-    (tmp_path / "multi.spec.yaml").write_text(yaml.safe_dump(spec))
     with pytest.raises(SpecError, match="sources 'usage' and 'billing' both give type 'high'"):
-        load_spec(tmp_path / "multi.spec.yaml")
+        load_spec(_spec_file(tmp_path, spec, "multi.spec.yaml"))
 
 
 def test_a_link_key_leading_to_two_customers_is_an_error(tmp_path: Path) -> None:
@@ -317,14 +322,12 @@ def test_spec_shape_errors_name_the_source(tmp_path: Path) -> None:
     make_tables(tmp_path)
     spec = yaml.safe_load(multi_spec(tmp_path).read_text())
     del spec["events"][1]["type"]
-    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(spec))
     with pytest.raises(SpecError, match=r"events\.1: .*exactly one of `type`"):
-        load_spec(tmp_path / "bad.yaml")
+        load_spec(_spec_file(tmp_path, spec, "bad.yaml"))
     spec = yaml.safe_load(multi_spec(tmp_path).read_text())
     spec["events"][2]["path"] = "nowhere.csv"
-    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(spec))
     with pytest.raises(DataLoadError, match="nowhere.csv"):
-        load_spec(tmp_path / "bad.yaml")
+        load_spec(_spec_file(tmp_path, spec, "bad.yaml"))
 
 
 def test_an_old_one_table_spec_is_read_as_before(tmp_path: Path) -> None:
@@ -442,18 +445,16 @@ def test_types_that_differ_only_by_whitespace_overlap(tmp_path: Path) -> None:
     spec = yaml.safe_load(multi_spec(tmp_path).read_text())
     spec["events"][0]["type_prefix"] = " "  # " high" is "high" once stripped
     spec["events"][2]["type"] = "high"
-    (tmp_path / "multi.spec.yaml").write_text(yaml.safe_dump(spec))
     with pytest.raises(DataLoadError, match="both give event type"):
-        load_spec(tmp_path / "multi.spec.yaml")
+        load_spec(_spec_file(tmp_path, spec, "multi.spec.yaml"))
 
 
 def test_a_fixed_type_that_is_a_column_of_its_source_is_refused(tmp_path: Path) -> None:
     make_tables(tmp_path)
     spec = yaml.safe_load(multi_spec(tmp_path).read_text())
     spec["events"][2]["type"] = "amount"  # meant as a column of types? that is `type_column`
-    (tmp_path / "multi.spec.yaml").write_text(yaml.safe_dump(spec))
     with pytest.raises(DataLoadError, match="'billing'.*type 'amount' is also a column.*type_column"):
-        load_spec(tmp_path / "multi.spec.yaml")
+        load_spec(_spec_file(tmp_path, spec, "multi.spec.yaml"))
 
 
 def test_rejects_of_staged_tables_name_the_users_files(tmp_path: Path) -> None:
@@ -480,13 +481,11 @@ def test_a_customers_file_without_its_id_column_is_an_error_naming_it(tmp_path: 
     make_tables(tmp_path)
     spec = yaml.safe_load(multi_spec(tmp_path).read_text())
     spec["customers"]["id"] = "acct_no"
-    (tmp_path / "multi.spec.yaml").write_text(yaml.safe_dump(spec))
     with pytest.raises(DataLoadError, match="accounts.csv: customers.id column 'acct_no' not found"):
-        load_spec(tmp_path / "multi.spec.yaml")
+        load_spec(_spec_file(tmp_path, spec, "multi.spec.yaml"))
     del spec["customers"]["id"], spec["customers"]["join"], spec["churn"]
-    (tmp_path / "multi.spec.yaml").write_text(yaml.safe_dump(spec))
     with pytest.raises(SpecError, match="several sources need customers.id"):
-        load_spec(tmp_path / "multi.spec.yaml")
+        load_spec(_spec_file(tmp_path, spec, "multi.spec.yaml"))
 
 
 def test_a_spec_keeps_its_two_newest_stages(tmp_path: Path) -> None:
