@@ -283,6 +283,7 @@ def log_churn_run(
     metrics = dict(evaluation.metrics)
     metrics |= {f"baseline_{k}": v for k, v in evaluation.baseline_metrics.items()}
     metrics |= {f"calibration_cv_log_loss_{k}": v for k, v in choice.calibration_losses.items()}
+    metrics |= {f"fresh_folds_cv_roc_auc_{k}": v for k, v in choice.confirmed.items()}
     metrics |= {
         "n_train": len(split.train),
         "n_valid": len(split.valid),
@@ -328,6 +329,7 @@ def log_churn_run(
         {
             "importance": evaluation.importance,
             "search": choice.trials,
+            "fresh_folds_cv_roc_auc": choice.confirmed,
             "chosen_by": choice.rule,
             "calibration_cv_log_loss": choice.calibration_losses,
         },

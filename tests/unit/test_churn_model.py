@@ -408,8 +408,9 @@ def test_search_picks_the_best_candidate_by_cross_validation():
     assert [t["params"] for t in choice.trials] == [{}, LIGHTGBM_DEFAULTS, *candidates]
     scores = [t["cv_roc_auc"] for t in choice.trials]
     assert scores[2] < max(scores)  # the one-leaf-pair stump is no match
-    picked = next(t for t in choice.trials if t["cv_roc_auc"] == choice.cv_roc_auc)
-    assert choice.rounds == picked["rounds"]
+    assert choice.params.num_leaves != 2
+    # The choice is scored again on fresh folds; its trees' number comes from there.
+    assert choice.cv_roc_auc in choice.confirmed.values() and "fresh folds" in choice.rule
     final = fit_calibrated(frame, schema, choice, config)
     assert final[-1].calibrated_classifiers_[0].estimator.trees_.booster_.current_iteration() == choice.rounds
 
@@ -446,6 +447,57 @@ def test_the_deadline_cuts_a_long_trial_short():
     (trial,) = choice.trials
     assert trial["cut_short"] and 1 <= trial["rounds"] < 20_000
     assert choice.search_seconds <= 1.5 + 1.0
+
+
+def _without_signal(n: int, seed: int) -> tuple[pd.DataFrame, FeatureSchema]:
+    """`_frame` with its labels shuffled: no feature says anything about churn."""
+    frame, schema = _frame(n, seed=seed)
+    frame[CHURNED] = np.random.default_rng(seed).permutation(frame[CHURNED].to_numpy())
+    return frame, schema
+
+
+def test_the_search_winner_is_scored_again_on_fresh_folds():
+    """On labels without signal the best of 30 trials looks good on the folds that chose it (the winner's curse).
+    Those scores must not choose the blend weight or the calibration: the choice is cross-validated again on
+    fresh folds, and the blend is weighed there (its trees-only ROC AUC is the fresh one)."""
+    frame, schema = _without_signal(400, seed=6)
+    config = ChurnConfig(**FAST | {"search": {"enabled": True, "max_trials": 30, "budget_s": 600}})
+    choice = choose_churn_model(frame, schema, config)
+    best = max(t["cv_roc_auc"] for t in choice.trials)
+    assert len(choice.trials) == 30 and best > 0.55
+    assert "fresh folds" in choice.rule
+    assert choice.cv_roc_auc in choice.confirmed.values() and choice.cv_roc_auc < best - 0.03
+    assert choice.blend_roc_auc[0.0] == choice.cv_roc_auc
+
+
+def test_calibration_never_reverses_the_model():
+    """Platt scaling has no sign constraint: on these rows without signal scikit-learn's sigmoid calibrator
+    learns a falling slope from the out-of-fold scores and would rank the final model's customers upside down.
+    Ours keeps the model's own log-odds then: probabilities rise with the model's score."""
+    from scipy.special import expit
+    from sklearn.calibration import CalibratedClassifierCV
+
+    from training.churn_blend import make_blend
+    from training.churn_fit import categorical_positions, cv_folds, make_trees
+
+    frame, schema = _without_signal(400, seed=6)
+    config = ChurnConfig(**FAST | {"calibration": {"method": "sigmoid"}, "blend": {"linear_weights": (1.0,)}})
+    choice = choose_churn_model(frame, schema, config)
+    ours = fit_calibrated(frame, schema, choice, config)
+    X = prepare_features(frame, schema)
+    y = frame[CHURNED].to_numpy(dtype=np.int64)
+    encoded = ours[0].transform(X)
+    categorical = categorical_positions(schema)
+    blend = make_blend(config, categorical, make_trees(choice.params, config.seed, choice.rounds), 1.0)
+    folds = cv_folds(frame[CUSTOMER_ID], y, config.calibration.folds, config.seed)
+    reference = CalibratedClassifierCV(blend, method="sigmoid", cv=folds, ensemble=False).fit(
+        encoded, y, categorical_feature=categorical
+    )
+    assert reference.calibrated_classifiers_[0].calibrators[0].a_ > 0  # scikit-learn's falls
+    score = ours[-1].calibrated_classifiers_[0].estimator.decision_function(encoded)
+    p = ours.predict_proba(X)[:, 1]
+    assert np.all(np.diff(p[np.argsort(score, kind="stable")]) >= 0)
+    np.testing.assert_allclose(p, expit(score), rtol=1e-12)
 
 
 def test_the_configured_booster_stays_unless_clearly_beaten():
