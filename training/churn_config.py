@@ -143,7 +143,9 @@ class SearchConfig(_Frozen):
     then draws from a fixed space (learning rate 0.02-0.2, 2-64 leaves, 5-200 rows per leaf, L2 0.001-30,
     40-100% of features, 50-100% of rows) by a generator seeded with `seed`. Each is scored by grouped
     cross-validated ROC AUC on the training rows (never the validation set). The configured booster stays
-    unless the best candidate beats it by more than one standard error. The search stops at `max_trials`,
+    unless the best candidate beats it by more than one standard error, and then again on folds of another seed
+    (`training.churn_fit._confirm`; the blend weight and calibration are chosen on those scores). The search
+    leaves time for those two cross-validations and stops at `max_trials`,
     before a trial that would end after `budget_s` if it took as long as the longest so far, or when the
     deadline cuts a trial short (it keeps the trees it has): the budget is a hard limit. The run logs every
     trial, and the same seed, thread count and number of trials give the same model.

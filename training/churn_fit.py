@@ -501,7 +501,7 @@ def keep_the_order(calibrated: CalibratedClassifierCV) -> bool:
     model fitted on every row: on RavenStack a held-out ROC AUC of 0.42 where the model itself ranked 0.58.
     A calibrator must not reverse a model; when its data cannot even tell which way the scores go, the
     model's own probabilities are the best estimate left (the blend's score is a log-odds fitted by log loss).
-    Isotonic calibrators rise by construction. Returns whether a calibrator was replaced (the run records it).
+    Isotonic calibrators rise by construction. Returns whether a calibrator was replaced (and warns).
     """
     replaced = False
     for classifier in calibrated.calibrated_classifiers_:
