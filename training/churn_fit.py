@@ -327,9 +327,12 @@ def choose_churn_model(train: pd.DataFrame, schema: FeatureSchema, config: Churn
     longest = 0.0  # the longest trial so far: the next one is expected to take as long
     for number, overrides in enumerate(candidates(config)):
         elapsed = time.perf_counter() - started
-        # Past the first trial, leave time to confirm the winner (`_confirm`: up to two more cross-validations).
-        reserve = longest * (1 + CONFIRMATION_TRIALS) if number else 0.0
-        if number >= config.search.max_trials or (number and elapsed + reserve > config.search.budget_s):
+        # The next trial is expected to take as long as the longest so far; after it, `_confirm` runs the
+        # configured booster and the best trial once more (each as long as it took in the search).
+        confirming = _confirmation_seconds(trials) if number else 0.0
+        if number >= config.search.max_trials or (
+            number and elapsed + longest + confirming > config.search.budget_s
+        ):
             break
         params = BoosterConfig(**config.booster.model_copy(update=overrides).model_dump())
         trial_started = time.perf_counter()
@@ -366,6 +369,7 @@ def choose_churn_model(train: pd.DataFrame, schema: FeatureSchema, config: Churn
         params, result, rule, confirmed = _confirm(
             tried[0][0],
             params,
+            result,
             rule,
             lambda p: cross_validate(p, config.seed, encoded, y, categorical, folds, deadline),
         )
@@ -422,12 +426,19 @@ def _one_standard_error(
             f"{best[1].standard_error:.4f})")  # fmt: skip
 
 
-# What `_confirm` may run after the search: the choice and the configured booster, cross-validated again.
-CONFIRMATION_TRIALS = 2
+def _confirmation_seconds(trials: list[dict[str, Any]]) -> float:
+    """What `_confirm` is expected to take for the trials so far: the best one again, and the configured
+    booster (the first) again when the best is another."""
+    best = max(range(len(trials)), key=lambda i: trials[i]["cv_roc_auc"])
+    return float(trials[best]["seconds"] + (trials[0]["seconds"] if best else 0.0))
 
 
 def _confirm(
-    configured: BoosterConfig, chosen: BoosterConfig, rule: str, cross_validated: Any
+    configured: BoosterConfig,
+    chosen: BoosterConfig,
+    searched: CrossValidated,
+    rule: str,
+    cross_validated: Any,
 ) -> tuple[BoosterConfig, CrossValidated, str, dict[str, float]]:
     """The search's choice cross-validated again on fresh folds (`cross_validated(params)`), against the
     configured booster on the same folds when the choice is another candidate.
@@ -439,12 +450,18 @@ def _confirm(
     that does not beat the configured booster on the fresh folds too is dropped for it.
 
     Returns the parameters, their fresh cross-validation (its trees' number and out-of-fold scores are the
-    ones used from here on), the rule and both fresh ROC AUCs.
+    ones used from here on), the rule and both fresh ROC AUCs. When the deadline cuts the fresh run short,
+    `searched` (the search's own cross-validation of `chosen`) stands, as before there was a confirmation.
     """
     again = cross_validated(chosen)
+    if again.cut_short:  # the budget ran out: the search's own scores are all there is
+        return chosen, searched, f"{rule}; not confirmed (the budget ran out)", {}
     if chosen is configured:
         return chosen, again, f"{rule}; fresh folds: {again.roc_auc:.4f}", {"chosen": again.roc_auc}
     baseline = cross_validated(configured)
+    if baseline.cut_short:
+        note = f"{rule}; fresh folds: {again.roc_auc:.4f} (the configured booster's run was cut short)"
+        return chosen, again, note, {"chosen": again.roc_auc}
     scores = {"chosen": again.roc_auc, "configured": baseline.roc_auc}
     if again.roc_auc > baseline.roc_auc:
         return (
