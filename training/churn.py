@@ -48,6 +48,7 @@ from training.churn_data import (
 )
 from training.churn_fit import (
     ChurnChoice,
+    auc_standard_error,
     choose_churn_model,
     clipped_log_loss,
     fit_baseline,
@@ -232,6 +233,7 @@ class ChurnRunResult:
     timings: dict[str, float]
     feature_version: str = FEATURE_VERSION
     validation_predictions: np.ndarray | None = field(default=None, repr=False)
+    warning: str | None = None  # `no_signal_warning` of the validation ROC AUC, when it applies
 
     def summary(self) -> dict[str, Any]:
         """JSON-friendly summary (what `--summary` writes)."""
@@ -248,7 +250,24 @@ class ChurnRunResult:
         ]
         lines += [f"  {name:<14}{m[name]:10.4f}{b[name]:10.4f}" for name in METRIC_NAMES]
         lines.append("  timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in self.timings.items()))
+        if self.warning:
+            lines.append(f"  warning: {self.warning}")
         return "\n".join(lines)
+
+
+def no_signal_warning(roc_auc: float, y: np.ndarray) -> str | None:
+    """A warning when the validation ROC AUC is not clearly above chance: its 95% interval (Hanley & McNeil)
+    reaches 0.5. Such a model ranks customers no better than a coin that we could tell apart on these rows;
+    its risks are close to the base rate, and its reasons are noise."""
+    positives = int(np.sum(y))
+    error = auc_standard_error(roc_auc, positives, int(len(y)) - positives)
+    low = roc_auc - 1.96 * error
+    if low > 0.5:
+        return None
+    return (
+        f"validation ROC AUC {roc_auc:.4f} (95% interval {low:.3f}-{roc_auc + 1.96 * error:.3f}) is not clearly "
+        "above chance: these features show no detectable churn signal on these rows"
+    )
 
 
 def log_churn_run(
@@ -470,6 +489,9 @@ def train_churn(
             )
         timings["total"] = round(time.perf_counter() - started, 3)
         mlflow.log_metrics({f"time_{k}_s": v for k, v in timings.items()})
+        warning = no_signal_warning(evaluation.metrics["roc_auc"], split.valid[CHURNED].to_numpy())
+        if warning:
+            mlflow.set_tag("warning", warning)
     result = ChurnRunResult(
         run_id=run_id,
         experiment_id=experiment_id,
@@ -484,7 +506,10 @@ def train_churn(
         n_valid=len(split.valid),
         timings=timings,
         validation_predictions=evaluation.valid_frame["churn_risk"].to_numpy(),
+        warning=warning,
     )
+    if result.warning:
+        logger.warning("%s", result.warning)
     logger.info("churn run %s registered as %s", run_id, model_uri)
     return result
 

@@ -470,6 +470,19 @@ def test_the_search_winner_is_scored_again_on_fresh_folds():
     assert choice.blend_roc_auc[0.0] == choice.cv_roc_auc
 
 
+def test_a_validation_roc_auc_within_chance_is_a_warning():
+    """The trainer warns when the held-out ROC AUC's 95% interval reaches 0.5 (RavenStack's one-table view:
+    100 validation accounts, 22 churned), and not for a clear signal on the same rows or a strong one on few."""
+    from training.churn import no_signal_warning
+
+    y = np.array([1] * 22 + [0] * 78)
+    warning = no_signal_warning(0.58, y)
+    assert warning and "0.5800" in warning and "no detectable churn signal" in warning
+    assert no_signal_warning(0.75, y) is None
+    assert no_signal_warning(0.40, y)  # below chance is no signal either
+    assert no_signal_warning(0.58, np.array([1] * 2000 + [0] * 8000)) is None  # 0.58 on 10,000 rows is real
+
+
 def test_calibration_never_reverses_the_model():
     """Platt scaling has no sign constraint: on these rows without signal scikit-learn's sigmoid calibrator
     learns a falling slope from the out-of-fold scores and would rank the final model's customers upside down.
