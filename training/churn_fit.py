@@ -365,14 +365,16 @@ def choose_churn_model(train: pd.DataFrame, schema: FeatureSchema, config: Churn
     if len(tried) > 1:
         # The winner of many trials is re-scored on folds it was not chosen on (`_confirm`); the blend weight and
         # the calibration are then chosen on those folds' scores.
-        folds = cv_folds(groups, y, config.search.folds, config.seed + 1)
+        fresh = cv_folds(groups, y, config.search.folds, config.seed + 1)
         params, result, rule, confirmed = _confirm(
             tried[0][0],
             params,
             result,
             rule,
-            lambda p: cross_validate(p, config.seed, encoded, y, categorical, folds, deadline),
+            lambda p: cross_validate(p, config.seed, encoded, y, categorical, fresh, deadline),
         )
+        if confirmed:  # `result` holds the fresh folds' scores (else still the search's)
+            folds = fresh
     search_seconds = time.perf_counter() - started
     weight, blend_auc, oof = choose_linear_weight(result.oof, encoded, y, categorical, folds, config)
     if config.calibration.method == "auto":

@@ -470,6 +470,26 @@ def test_the_search_winner_is_scored_again_on_fresh_folds():
     assert choice.blend_roc_auc[0.0] == choice.cv_roc_auc
 
 
+def test_the_confirmation_drops_a_choice_the_fresh_folds_do_not_bear_out():
+    """A candidate that loses to the configured booster on the fresh folds is dropped for it; a confirmation
+    the deadline cut short leaves the search's own scores standing (and says so)."""
+    from training.churn_fit import CrossValidated, _confirm
+
+    configured = ChurnConfig().booster
+    chosen = configured.model_copy(update={"num_leaves": 31})
+    searched = CrossValidated(0.70, 0.01, 40, np.zeros(4))
+    fresh = {
+        id(chosen): CrossValidated(0.65, 0.01, 30, np.ones(4)),
+        id(configured): CrossValidated(0.66, 0.01, 90, np.ones(4)),
+    }
+    params, result, rule, scores = _confirm(configured, chosen, searched, "best", lambda p: fresh[id(p)])
+    assert params is configured and result is fresh[id(configured)] and result.rounds == 90
+    assert scores == {"chosen": 0.65, "configured": 0.66} and "did not beat it on fresh folds" in rule
+    cut = CrossValidated(0.55, 0.01, 2, np.ones(4), cut_short=True)
+    params, result, rule, scores = _confirm(configured, chosen, searched, "best", lambda p: cut)
+    assert params is chosen and result is searched and scores == {} and "not confirmed" in rule
+
+
 def test_a_validation_roc_auc_within_chance_is_a_warning():
     """The trainer warns when the held-out ROC AUC's 95% interval reaches 0.5 (RavenStack's one-table view:
     100 validation accounts, 22 churned), and not for a clear signal on the same rows or a strong one on few."""
