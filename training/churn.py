@@ -39,6 +39,7 @@ from features.pipeline import AspectLabeler, SentimentScorer, SpecData
 from features.spec import DatasetSpec, load_spec
 from models.churn import ChurnModel, RiskCutoffs, prepare_features, risk_band
 from training import plots
+from training.churn_calibration import clipped_log_loss
 from training.churn_config import ChurnConfig, load_config
 from training.churn_data import (
     TrainValidationSplit,
@@ -50,7 +51,6 @@ from training.churn_fit import (
     ChurnChoice,
     auc_standard_error,
     choose_churn_model,
-    clipped_log_loss,
     fit_baseline,
     fit_calibrated,
 )
