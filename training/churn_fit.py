@@ -265,9 +265,8 @@ class ChurnChoice:
     rule: str = "the only candidate"
     linear_weight: float = 0.0
     blend_roc_auc: dict[float, float] = field(default_factory=dict)  # out-of-fold ROC AUC per linear weight
-    confirmed: dict[str, float] = field(
-        default_factory=dict
-    )  # fresh-fold CV ROC AUC of the choice and the config
+    # Fresh-fold CV ROC AUC of the choice and of the configured booster (`_confirm`).
+    confirmed: dict[str, float] = field(default_factory=dict)
 
     def logged_params(self) -> dict[str, str]:
         """What the run logs as `chosen.*`."""
