@@ -18,7 +18,7 @@ from typing import Any
 from churnsense.errors import UserError
 from models.catalog import registry_name_version
 
-INFERENCE_VERSION = "bi1"
+INFERENCE_VERSION = "bi2"  # bi2: int8 sums by torch._int_mm, fp32 on one thread
 """Bumped whenever the batch-invariant forward's arithmetic changes: cached scores of another version are not
 reused (`scoring_id`)."""
 

@@ -13,23 +13,25 @@ break that:
 `BatchInvariantBert` runs a BERT-family classifier (MiniLM, BERT, ...) on *packed* tokens, no padding:
 
 - every `nn.Linear` is an int8 matmul with **one activation scale per token** (each token row scaled by its own
-  max |value|) and per-output-channel weight scales (`Int8TokenLinear`, oneDNN's int8 kernel: AMX or VNNI where
-  the CPU has them). The matmul accumulates integers, which is exact whatever the order, so a token's output
-  depends on that token's row and the weights only;
+  max |value|) and per-output-channel weight scales (`Int8TokenLinear`, `torch._int_mm`). The matmul
+  accumulates integers, which is exact whatever the order, so a token's output depends on that token's row and
+  the weights only;
 - embeddings, LayerNorm, GELU and residual sums are per token (hidden sizes are multiples of 32, so every value
   goes through full vector lanes however the rows are split between threads);
 - attention runs per text, texts of one length stacked together: each text's attention sees only its own
   tokens, with the same shapes whoever else is in the batch.
 
-In fp32 (`int8=False`) the linears are float matmuls whose rounding may depend on how many rows they get, so each
-text runs alone (same shapes every time, slower). Architectures other than BERT fall back to `PerTextForward`:
-the Hugging Face model called on one text at a time (int8 dynamic or fp32), invariant for the same reason.
+In fp32 (`int8=False`) the linears are float matmuls whose rounding depends on how many rows they get and on the
+thread count, so each text runs alone (same shapes every time) on one torch thread (`one_torch_thread`): slower.
+Architectures other than BERT fall back to `PerTextForward`: the Hugging Face model called on one text at a time
+(int8 dynamic or fp32) on one thread, invariant for the same reasons.
 `tests/unit/test_text_encoder.py` checks bit-identity against neighbours, batch sizes and thread counts.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -54,9 +56,10 @@ def _quiet_quantized_warnings() -> Iterator[None]:
 
 
 def int8_matmul_available() -> bool:
-    """Whether this torch build has oneDNN's int8 linear (x86 builds do; it uses AMX or VNNI when present)."""
+    """Whether this torch build multiplies int8 matrices exactly on the CPU (`torch._int_mm`, int32 sums)."""
     try:
-        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qlinear_pointwise")
+        codes = torch.ones(1, 4, dtype=torch.int8)
+        return int(torch._int_mm(codes, codes.t())[0, 0]) == 4
     except (AttributeError, RuntimeError):
         return False
 
@@ -65,9 +68,10 @@ class Int8TokenLinear:
     """`y = x @ W.T + b` with int8 weights (one scale per output channel) and int8 activations (one scale per
     input row, symmetric): a row's result depends on that row and the weights alone, bit for bit.
 
-    oneDNN multiplies the int8 codes with int32 accumulation (exact in any order) and scales each output by its
-    channel's weight scale (the activation scale passed to it is exactly 1, so there is one rounding and no
-    order of multiplications to differ); the row's own scale and the bias are applied afterwards, elementwise.
+    `torch._int_mm` multiplies the int8 codes with int32 accumulation, which is exact whatever the kernel, the
+    thread count or the CPU; the sums then become float32 and take the channel's and the row's scale and the
+    bias elementwise (the same roundings for every row). oneDNN's `qlinear_pointwise`, used before, fell back to
+    its reference kernel on AMD EPYC (40x slower than the fp32 matmul it replaces).
     """
 
     def __init__(self, linear: torch.nn.Linear) -> None:
@@ -75,8 +79,8 @@ class Int8TokenLinear:
         self.out_features = weight.shape[0]
         self.weight_scales = (weight.abs().amax(dim=1) / 127.0).clamp_min(_TINY)
         codes = torch.round(weight / self.weight_scales[:, None]).to(torch.int8)
-        self.packed = torch.ops.onednn.qlinear_prepack(codes, None)
-        self.zero_points = torch.zeros(self.out_features, dtype=torch.long)
+        # (in, out): a view of the row-major (out, in) codes, the layout _int_mm reads fastest.
+        self.codes = codes.t()
         self.bias = None if linear.bias is None else linear.bias.detach().float().clone()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -84,14 +88,31 @@ class Int8TokenLinear:
         largest = torch.maximum(x.amax(dim=1, keepdim=True), x.amin(dim=1, keepdim=True).neg_())
         largest = largest.clamp_min_(_TINY)
         codes = (x * (127.0 / largest)).round_().to(torch.int8)
-        out = torch.ops.onednn.qlinear_pointwise(
-            codes, 1.0, 0, self.packed, self.weight_scales, self.zero_points,
-            None, 1.0, 0, torch.float32, "none", [None], "",
-        )  # fmt: skip
+        out = torch._int_mm(codes, self.codes).float().mul_(self.weight_scales)
         row_scale = largest.div_(127.0)
         if self.bias is None:
             return out.mul_(row_scale)
         return torch.addcmul(self.bias, out, row_scale, out=out)  # in place: no second large buffer
+
+
+_THREAD_COUNT_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Run the enclosed torch calls on one thread. fp32 matmuls (MKL's sgemm) split their sums between threads,
+    so their last bit depends on the thread count: 4 of 60 MiniLM texts' fp32 logits differed between 1 and 2
+    threads. One thread is one summation order everywhere. torch's thread count is process-wide, so the change
+    is made under a lock and undone afterwards (other threads' torch calls meanwhile run on one thread too)."""
+    with _THREAD_COUNT_LOCK:
+        threads = torch.get_num_threads()
+        if threads != 1:
+            torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            if threads != 1:
+                torch.set_num_threads(threads)
 
 
 class Fp32Linear:
@@ -183,7 +204,8 @@ class BatchInvariantBert:
         if not token_ids:
             return torch.zeros(0, 0)
         if self.texts_per_pass == 1 and len(token_ids) > 1:
-            return torch.cat([self.logits([ids]) for ids in token_ids])
+            with self._threads():
+                return torch.cat([self.logits([ids]) for ids in token_ids])
         x, order, starts, _ = self._states(token_ids)
         pooled = torch.tanh(self.pooler(x[torch.from_numpy(starts)]))
         logits = self.classifier(pooled)
@@ -197,7 +219,8 @@ class BatchInvariantBert:
         if not token_ids:
             return np.zeros((0, self.hidden))
         if self.texts_per_pass == 1 and len(token_ids) > 1:
-            return np.concatenate([self.mean_pooled([ids]) for ids in token_ids])
+            with self._threads():
+                return np.concatenate([self.mean_pooled([ids]) for ids in token_ids])
         x, order, starts, lengths = self._states(token_ids)
         states = x.numpy().astype(np.float64)
         pooled = np.stack([states[s : s + n].sum(axis=0) / n for s, n in zip(starts, lengths, strict=True)])
@@ -217,14 +240,19 @@ class BatchInvariantBert:
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
         ids = torch.tensor([i for k in order for i in token_ids[k]], dtype=torch.long)
         positions = torch.from_numpy(np.concatenate([np.arange(n) for n in lengths]))
-        x = F.embedding(ids, self.word) + self.token_type0
-        x = self.embed_norm(x + F.embedding(positions, self.position))
-        blocks = _length_blocks(lengths, starts)
-        for layer in self.layers:
-            context = self._attention(layer["qkv"](x), blocks)
-            x = layer["attn_norm"](layer["attn_out"](context) + x)
-            x = layer["out_norm"](layer["down"](layer["act"](layer["up"](x))) + x)
+        with self._threads():
+            x = F.embedding(ids, self.word) + self.token_type0
+            x = self.embed_norm(x + F.embedding(positions, self.position))
+            blocks = _length_blocks(lengths, starts)
+            for layer in self.layers:
+                context = self._attention(layer["qkv"](x), blocks)
+                x = layer["attn_norm"](layer["attn_out"](context) + x)
+                x = layer["out_norm"](layer["down"](layer["act"](layer["up"](x))) + x)
         return x, order, starts, lengths
+
+    def _threads(self) -> contextlib.AbstractContextManager[None]:
+        """int8 sums are exact on any thread count; fp32 ones are not, so fp32 runs on one thread."""
+        return contextlib.nullcontext() if self.int8 else one_torch_thread()
 
     def _attention(self, qkv: torch.Tensor, blocks: list[tuple[int, int, int]]) -> torch.Tensor:
         """Self-attention of each text over its own tokens. Texts of one length share one call: the same
@@ -285,10 +313,11 @@ class PerTextForward:
 
     @torch.inference_mode()
     def logits(self, token_ids: Sequence[TokenIds]) -> torch.Tensor:
-        rows = [
-            self.model(input_ids=torch.tensor([list(ids)], dtype=torch.long)).logits.float()
-            for ids in token_ids
-        ]
+        with one_torch_thread():  # the model's attention is fp32 in both modes
+            rows = [
+                self.model(input_ids=torch.tensor([list(ids)], dtype=torch.long)).logits.float()
+                for ids in token_ids
+            ]
         return torch.cat(rows) if rows else torch.zeros(0, 0)
 
 
@@ -297,14 +326,15 @@ class PerTextEncoder(PerTextForward):
 
     @torch.inference_mode()
     def mean_pooled(self, token_ids: Sequence[TokenIds]) -> np.ndarray:
-        rows = [
-            self.model(input_ids=torch.tensor([list(ids)], dtype=torch.long))
-            .last_hidden_state[0]
-            .numpy()
-            .astype(np.float64)
-            .mean(axis=0)
-            for ids in token_ids
-        ]
+        with one_torch_thread():
+            rows = [
+                self.model(input_ids=torch.tensor([list(ids)], dtype=torch.long))
+                .last_hidden_state[0]
+                .numpy()
+                .astype(np.float64)
+                .mean(axis=0)
+                for ids in token_ids
+            ]
         return np.stack(rows) if rows else np.zeros((0, int(self.model.config.hidden_size)))
 
 
