@@ -19,10 +19,11 @@ log-odds, the blend's `decision_function`):
   is exact, and a row's contributions add up to logit(churn_risk) - `base_logit`, where `base_logit` is the
   calibrated logit of the expected raw score (the model's reference point; close to, not equal to, the training
   churn rate's log-odds).
-- isotonic calibration (only chosen when clearly better calibrated): the map is a monotone step function, so
-  a row's raw SHAP values are scaled by one per-row factor (logit(churn_risk) - base_logit) / (raw - expected
-  raw). The additivity above still holds exactly; each feature keeps its TreeSHAP sign and its share of the
-  row's total, but the values are no longer Shapley values of the calibrated model itself.
+- isotonic calibration (only chosen when clearly better calibrated; centred, so it rises strictly between its
+  first and last step, `training.churn_calibration.centred`): the map is not linear, so a row's raw SHAP
+  values are scaled by one per-row factor (logit(churn_risk) - base_logit) / (raw - expected raw). The
+  additivity above still holds exactly; each feature keeps its TreeSHAP sign and its share of the row's total,
+  but the values are no longer Shapley values of the calibrated model itself.
 
 Every computation is per row (no batch statistics), so one row and a million rows give bit-identical outputs.
 """

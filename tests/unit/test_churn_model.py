@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy.special import logit
+from sklearn.metrics import roc_auc_score
 
 from features.columns import CHURNED, CUSTOMER_ID
 from features.engine import FEATURE_VERSION, FeatureSchema, build_customer_features, infer_schema
@@ -25,6 +26,7 @@ from models.churn import (
     risk_band,
 )
 from training.churn import model_metadata, pip_requirements, skops_trusted_types
+from training.churn_calibration import keep_the_order
 from training.churn_config import LIGHTGBM_DEFAULTS, ChurnConfig
 from training.churn_fit import choose_churn_model, fit_calibrated
 
@@ -595,8 +597,32 @@ def test_calibrated_fit_is_calibrated_classifier_cv_on_grouped_folds(method):
     reference = CalibratedClassifierCV(blend, method=method, cv=folds, ensemble=False).fit(
         encoded, y, categorical_feature=categorical
     )
+    keep_the_order(
+        reference
+    )  # the one change made to sklearn's fit (isotonic: centred; sigmoid: never falling)
     np.testing.assert_array_equal(ours.predict_proba(X), reference.predict_proba(encoded))
     assert ours[-1].calibrated_classifiers_[0].method == method
+
+
+def test_isotonic_calibration_keeps_the_models_order(isotonic_model):
+    """Isotonic regression pools runs of scores into flat steps, tying customers the model ranks apart (on an
+    e-commerce fold it cost 0.002 ROC AUC against a sigmoid on the same scores). The centred calibrator rises
+    strictly between its first and last step: every pair the model orders is ordered the same way."""
+    model, features = isotonic_model
+    calibrated = model.pipeline[-1].calibrated_classifiers_[0]
+    raw = calibrated.estimator.decision_function(
+        model.pipeline[0].transform(prepare_features(features, model.schema))
+    )
+    proba = model.predict_proba(features)
+    x = calibrated.calibrators[0].X_thresholds_
+    inside = (raw > x.min()) & (raw < x.max())
+    assert inside.mean() > 0.9
+    order = np.argsort(raw[inside], kind="stable")
+    rises = np.diff(raw[inside][order]) > 0
+    assert rises.mean() > 0.9
+    assert (np.diff(proba[inside][order])[rises] > 0).all()  # every step up in the score is a step up in risk
+    y = _customers(3000, seed=1)[CHURNED].to_numpy()
+    assert roc_auc_score(y[inside], proba[inside]) == roc_auc_score(y[inside], raw[inside])
 
 
 def test_a_model_from_before_lightgbm_is_refused_with_what_to_do(sigmoid_model):
