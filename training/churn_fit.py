@@ -36,7 +36,7 @@ from features.engine import FeatureSchema
 from models.churn import prepare_features
 from training.churn_blend import choose_linear_weight, make_blend
 from training.churn_calibration import choose_calibration, keep_the_order
-from training.churn_config import LIGHTGBM_DEFAULTS, BoosterConfig, ChurnConfig
+from training.churn_config import LIGHTGBM_DEFAULTS, BoosterConfig, ChurnConfig, SearchConfig
 
 logger = logging.getLogger(__name__)
 
@@ -305,7 +305,7 @@ def choose_churn_model(train: pd.DataFrame, schema: FeatureSchema, config: Churn
         elapsed = time.perf_counter() - started
         # The next trial is expected to take as long as the longest so far; after it, `_confirm` runs the
         # configured booster and the best trial once more (each as long as it took in the search).
-        confirming = _confirmation_seconds(trials) if number else 0.0
+        confirming = _confirmation_seconds(trials, config.search) if number else 0.0
         if number >= config.search.max_trials or (
             number and elapsed + longest + confirming > config.search.budget_s
         ):
@@ -341,7 +341,7 @@ def choose_churn_model(train: pd.DataFrame, schema: FeatureSchema, config: Churn
     if len(tried) > 1:
         # The winner of many trials is re-scored on folds it was not chosen on (`_confirm`); the blend weight and
         # the calibration are then chosen on those folds' scores.
-        fresh = cv_folds(groups, y, config.search.folds, config.seed + 1)
+        fresh = cv_folds(groups, y, config.search.confirm_folds, config.seed + 1)
         params, result, rule, confirmed = _confirm(
             tried[0][0],
             params,
@@ -404,11 +404,13 @@ def _one_standard_error(
             f"{best[1].standard_error:.4f})")  # fmt: skip
 
 
-def _confirmation_seconds(trials: list[dict[str, Any]]) -> float:
+def _confirmation_seconds(trials: list[dict[str, Any]], search: SearchConfig) -> float:
     """What `_confirm` is expected to take for the trials so far: the best one again, and the configured
-    booster (the first) again when the best is another."""
+    booster (the first) again when the best is another, each on `confirm_folds` folds (k folds fit k models on
+    (k - 1) / k of the rows: (k - 1) times the rows of one fit on all)."""
     best = max(range(len(trials)), key=lambda i: trials[i]["cv_roc_auc"])
-    return float(trials[best]["seconds"] + (trials[0]["seconds"] if best else 0.0))
+    scale = (search.confirm_folds - 1) / (search.folds - 1)
+    return float(scale * (trials[best]["seconds"] + (trials[0]["seconds"] if best else 0.0)))
 
 
 def _confirm(
