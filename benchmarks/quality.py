@@ -46,7 +46,7 @@ SHARED = {
     "ecommerce": ("ecommerce_churn", "ecommerce.spec.yaml"),
     "ravenstack": ("ravenstack_saas", "ravenstack.spec.yaml"),
     # The same accounts from all five tables (#19): monthly snapshots, churn dates from the churn events table.
-    "ravenstack_events": ("ravenstack_saas", "ravenstack_events.spec.yaml"),
+    "ravenstack_events": ("ravenstack_saas", "ravenstack-events.spec.yaml"),
 }
 SHARED_DATA = ROOT.parent / "shared" / "data"
 

@@ -112,7 +112,7 @@ def test_the_ravenstack_spec_reads_all_five_tables_trains_and_scores(tmp_path: P
     from training.churn_config import ChurnConfig
 
     folder = shared_file("ravenstack_saas", "ravenstack_accounts.csv").parent
-    spec_path = Path(__file__).resolve().parents[2] / "configs" / "ravenstack_events.spec.yaml"
+    spec_path = Path(__file__).resolve().parents[2] / "configs" / "ravenstack-events.spec.yaml"
     assert not validate_spec_file(spec_path).errors
     data = load_data(load_spec(spec_path))
     rows = sum(
