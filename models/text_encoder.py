@@ -203,12 +203,12 @@ class BatchInvariantBert:
             raise ValueError("this model has no classification head")
         if not token_ids:
             return torch.zeros(0, 0)
-        if self.texts_per_pass == 1 and len(token_ids) > 1:
-            with self._threads():
+        with self._threads():  # the pooler and the head too: fp32 linears all
+            if self.texts_per_pass == 1 and len(token_ids) > 1:
                 return torch.cat([self.logits([ids]) for ids in token_ids])
-        x, order, starts, _ = self._states(token_ids)
-        pooled = torch.tanh(self.pooler(x[torch.from_numpy(starts)]))
-        logits = self.classifier(pooled)
+            x, order, starts, _ = self._states(token_ids)
+            pooled = torch.tanh(self.pooler(x[torch.from_numpy(starts)]))
+            logits = self.classifier(pooled)
         return logits[torch.from_numpy(np.argsort(order, kind="stable"))]
 
     @torch.inference_mode()
@@ -219,7 +219,7 @@ class BatchInvariantBert:
         if not token_ids:
             return np.zeros((0, self.hidden))
         if self.texts_per_pass == 1 and len(token_ids) > 1:
-            with self._threads():
+            with self._threads():  # one thread-count change for the whole list, not one per text
                 return np.concatenate([self.mean_pooled([ids]) for ids in token_ids])
         x, order, starts, lengths = self._states(token_ids)
         states = x.numpy().astype(np.float64)

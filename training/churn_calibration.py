@@ -34,9 +34,7 @@ def choose_calibration(oof: np.ndarray, y: np.ndarray, folds: list, margin: floa
         losses["sigmoid"].append(
             clipped_log_loss(y[test_rows], sigmoid.predict_proba(oof[test_rows, None])[:, 1])
         )
-        isotonic = centred(
-            IsotonicRegression(out_of_bounds="clip", y_min=0, y_max=1).fit(oof[fit_rows], y[fit_rows])
-        )
+        isotonic = centred(_isotonic().fit(oof[fit_rows], y[fit_rows]))
         losses["isotonic"].append(clipped_log_loss(y[test_rows], isotonic.predict(oof[test_rows])))
     mean = {method: float(np.mean(values)) for method, values in losses.items()}
     method = "isotonic" if mean["isotonic"] < mean["sigmoid"] - margin else "sigmoid"
@@ -57,7 +55,12 @@ def centred(isotonic: IsotonicRegression) -> IsotonicRegression:
     levels, first = np.unique(y, return_index=True)  # y never falls: one entry per step, in order
     last = np.append(first[1:], len(y)) - 1
     centres = (x[first] + x[last]) / 2.0
-    return IsotonicRegression(out_of_bounds="clip", y_min=0, y_max=1).fit(centres, levels)
+    return _isotonic().fit(centres, levels)
+
+
+def _isotonic() -> IsotonicRegression:
+    """Probabilities in [0, 1], flat beyond the fitted range (what `CalibratedClassifierCV` fits)."""
+    return IsotonicRegression(out_of_bounds="clip", y_min=0, y_max=1)
 
 
 def keep_the_order(calibrated: CalibratedClassifierCV) -> bool:

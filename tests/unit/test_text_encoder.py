@@ -151,6 +151,8 @@ def test_a_minilm_sized_model_scores_the_same_on_one_and_two_threads(int8: bool)
             torch.set_num_threads(threads)
             scores[threads] = forward.logits(texts)
             assert torch.get_num_threads() == threads  # the forward puts the caller's thread count back
+            alone = torch.cat([forward.logits([t]) for t in texts[:8]])  # one text a call: the service's path
+            assert torch.equal(alone, scores[threads][:8])
     finally:
         torch.set_num_threads(before)
     assert torch.equal(scores[1], scores[2])
