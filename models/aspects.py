@@ -35,6 +35,7 @@ from churnsense.errors import UserError
 from features.text import normalise_text
 
 ASPECTS_FILE = "aspects.json"
+EMBED_BATCH = 64  # texts per forward pass of the sentence encoder
 ZERO_SHOT, TRAINED = "zero-shot", "trained"
 
 
@@ -110,7 +111,16 @@ class ZeroShotAspects:
         ids = self.tokenizer(normalised, truncation=True, max_length=self.max_length, padding=False)[
             "input_ids"
         ]
-        pooled = self.encoder.mean_pooled([list(i) for i in ids])
+        from models.sentiment import length_sorted_batches
+
+        pooled = self.encoder.mean_pooled([]) if not ids else None
+        # Passes of similar lengths (the sentiment scorer's batching): a text's row is the same in any batch,
+        # and thousands of texts in one pass would hold every token's states at once.
+        for index in length_sorted_batches([len(i) for i in ids], EMBED_BATCH):
+            rows = self.encoder.mean_pooled([list(ids[i]) for i in index])
+            if pooled is None:
+                pooled = np.zeros((len(ids), rows.shape[1]))
+            pooled[index] = rows
         norms = np.sqrt((pooled * pooled).sum(axis=1, keepdims=True))
         return pooled / np.maximum(norms, 1e-12)
 

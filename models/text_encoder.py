@@ -13,9 +13,9 @@ break that:
 `BatchInvariantBert` runs a BERT-family classifier (MiniLM, BERT, ...) on *packed* tokens, no padding:
 
 - every `nn.Linear` is an int8 matmul with **one activation scale per token** (each token row scaled by its own
-  max |value|) and per-output-channel weight scales (`Int8TokenLinear`, `torch._int_mm`). The matmul
-  accumulates integers, which is exact whatever the order, so a token's output depends on that token's row and
-  the weights only;
+  max |value|) and per-output-channel weight scales (`Int8TokenLinear`: `torch._int_mm`, or an fp32 matmul of
+  the codes in slices small enough to be exact). Both sum integers exactly whatever the order, so a token's
+  output depends on that token's row and the weights only;
 - embeddings, LayerNorm, GELU and residual sums are per token (hidden sizes are multiples of 32, so every value
   goes through full vector lanes however the rows are split between threads);
 - attention runs per text, texts of one length stacked together: each text's attention sees only its own
@@ -64,14 +64,23 @@ def int8_matmul_available() -> bool:
         return False
 
 
+# Integer codes in [-127, 127] multiply to at most 127^2; up to this many such products, and every partial sum of
+# them in any order, stay below 2^24, where float32 holds every integer: an fp32 matmul over at most this many
+# inputs is exact integer arithmetic, whatever its blocking, vector width or thread count.
+_EXACT_FP32_TERMS = (2**24) // (127 * 127)  # 1040
+
+
 class Int8TokenLinear:
     """`y = x @ W.T + b` with int8 weights (one scale per output channel) and int8 activations (one scale per
     input row, symmetric): a row's result depends on that row and the weights alone, bit for bit.
 
-    `torch._int_mm` multiplies the int8 codes with int32 accumulation, which is exact whatever the kernel, the
-    thread count or the CPU; the sums then become float32 and take the channel's and the row's scale and the
-    bias elementwise (the same roundings for every row). oneDNN's `qlinear_pointwise`, used before, fell back to
-    its reference kernel on AMD EPYC (40x slower than the fp32 matmul it replaces).
+    The codes' products are summed exactly, then become float32 and take the channel's and the row's scale and
+    the bias elementwise (the same roundings for every row). Two kernels give those exact sums, and so the same
+    bits: `torch._int_mm` (int32 accumulation; fast where the CPU has VNNI) and an fp32 matmul of the codes
+    held as floats, split into slices of at most `_EXACT_FP32_TERMS` inputs (fast on any CPU with AVX2, where
+    `_int_mm` ran 20x slower than fp32 on an AMD EPYC without AVX-512). `exact_int8_kernel` times both once per
+    process and picks the faster. oneDNN's `qlinear_pointwise`, used before, fell back to its reference kernel
+    on AMD EPYC (40x slower than fp32).
     """
 
     def __init__(self, linear: torch.nn.Linear) -> None:
@@ -79,20 +88,71 @@ class Int8TokenLinear:
         self.out_features = weight.shape[0]
         self.weight_scales = (weight.abs().amax(dim=1) / 127.0).clamp_min(_TINY)
         codes = torch.round(weight / self.weight_scales[:, None]).to(torch.int8)
+        self.kernel = exact_int8_kernel()
         # (in, out): a view of the row-major (out, in) codes, the layout _int_mm reads fastest.
         self.codes = codes.t()
+        inputs = weight.shape[1]
+        self.slices = [(a, min(a + _EXACT_FP32_TERMS, inputs)) for a in range(0, inputs, _EXACT_FP32_TERMS)]
+        # The same codes as float32, one contiguous (in, out) block per slice of inputs (fp32 kernel only).
+        self.float_codes = (
+            [self.codes[a:b].float().contiguous() for a, b in self.slices] if self.kernel == "fp32" else []
+        )
         self.bias = None if linear.bias is None else linear.bias.detach().float().clone()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        # Each row's largest |value| maps to 127 (a row of zeros divides by the smallest normal float).
+        # Each row's largest |value| maps to 127 (a row of zeros divides by the smallest normal float: its
+        # 0 * inf is NaN, code 0; the clamp keeps any code an int8 can hold, whichever kernel reads it).
         largest = torch.maximum(x.amax(dim=1, keepdim=True), x.amin(dim=1, keepdim=True).neg_())
         largest = largest.clamp_min_(_TINY)
-        codes = (x * (127.0 / largest)).round_().to(torch.int8)
-        out = torch._int_mm(codes, self.codes).float().mul_(self.weight_scales)
+        codes = (x * (127.0 / largest)).round_().nan_to_num_(0.0).clamp_(-127.0, 127.0)
+        out = exact_sums(codes, self).mul_(self.weight_scales)
         row_scale = largest.div_(127.0)
         if self.bias is None:
             return out.mul_(row_scale)
         return torch.addcmul(self.bias, out, row_scale, out=out)  # in place: no second large buffer
+
+
+def exact_sums(codes: torch.Tensor, layer: Int8TokenLinear) -> torch.Tensor:
+    """codes @ layer's weight codes, summed exactly, as float32 (each sum rounded once, to nearest)."""
+    if layer.kernel == "int_mm":
+        return torch._int_mm(codes.to(torch.int8), layer.codes).float()
+    if len(layer.slices) == 1:
+        return torch.mm(codes, layer.float_codes[0])  # |sum| < 2^24: already the exact integer
+    total = None  # each slice's sums are exact; their total is formed in int32, then rounded once
+    for (a, b), weights in zip(layer.slices, layer.float_codes, strict=True):
+        part = torch.mm(codes[:, a:b].contiguous(), weights).to(torch.int32)
+        total = part if total is None else total.add_(part)
+    return total.float()
+
+
+_KERNEL: list[str] = []
+
+
+def exact_int8_kernel() -> str:
+    """The kernel, "int_mm" or "fp32", that sums a MiniLM-sized layer (256 x 384 by 384 x 1536) faster here, timed
+    once per process (best of three). Both give identical bits, so the choice changes speed only."""
+    if _KERNEL:
+        return _KERNEL[0]
+    import time
+
+    codes = torch.randint(-127, 128, (256, 384), dtype=torch.int8)
+    weights = torch.randint(-127, 128, (1536, 384), dtype=torch.int8).t()
+    as_floats = (codes.float(), weights.float().contiguous())
+    timings = {}
+    for name, run in (
+        ("fp32", lambda: torch.mm(*as_floats)),
+        ("int_mm", lambda: torch._int_mm(codes, weights)),
+    ):
+        if name == "int_mm" and not int8_matmul_available():
+            continue
+        best = float("inf")
+        for _ in range(3):
+            started = time.perf_counter()
+            run()
+            best = min(best, time.perf_counter() - started)
+        timings[name] = best
+    _KERNEL.append(min(timings, key=timings.get))
+    return _KERNEL[0]
 
 
 _THREAD_COUNT_LOCK = threading.RLock()
@@ -340,13 +400,13 @@ class PerTextEncoder(PerTextForward):
 
 def invariant_encoder(model: Any, int8: bool) -> BatchInvariantBert | PerTextEncoder:
     """The fastest batch-invariant mean-pooling forward of a sentence encoder this model and machine support."""
-    if supports_packed_encoder(model) and (int8_matmul_available() or not int8):
+    if supports_packed_encoder(model):  # int8 needs no _int_mm: the fp32 kernel sums the codes exactly too
         return BatchInvariantBert(model, int8)
     return PerTextEncoder(model, int8)
 
 
 def invariant_forward(model: Any, int8: bool) -> BatchInvariantBert | PerTextForward:
     """The fastest batch-invariant forward this model and machine support."""
-    if supports_packed(model) and (int8_matmul_available() or not int8):
+    if supports_packed(model):
         return BatchInvariantBert(model, int8)
     return PerTextForward(model, int8)

@@ -174,6 +174,39 @@ def test_int8_linear_sums_exactly() -> None:
     torch.testing.assert_close(layer(x), linear(x), rtol=0.05, atol=0.05 * float(largest.max()))
 
 
+@pytest.mark.parametrize("inputs", [384, 1536, 2100])  # one slice; two (MiniLM's down projection); three
+def test_both_int8_kernels_give_the_exact_sums(monkeypatch: pytest.MonkeyPatch, inputs: int) -> None:
+    """`torch._int_mm` and the sliced fp32 matmul of the codes are exact integer sums: bit-identical layers on
+    1 and 2 threads, a row of zeros included, and equal to int64 arithmetic, so the kernel a CPU picks never
+    changes a score."""
+    from models import text_encoder
+    from models.text_encoder import Int8TokenLinear, int8_matmul_available
+
+    torch.manual_seed(3)
+    linear = torch.nn.Linear(inputs, 64)
+    x = torch.randn(50, inputs) * torch.logspace(-3, 3, 50)[:, None]
+    x[7] = 0.0
+    x[8, :] = 127.0  # every product at its largest: the sums' worst case for float32
+    outputs, threads_before = [], torch.get_num_threads()
+    try:
+        for kernel in ("fp32", "int_mm") if int8_matmul_available() else ("fp32",):
+            monkeypatch.setattr(text_encoder, "_KERNEL", [kernel])
+            layer = Int8TokenLinear(linear)
+            assert layer.kernel == kernel
+            for threads in (1, 2):
+                torch.set_num_threads(threads)
+                outputs.append(layer(x.clone()))
+    finally:
+        torch.set_num_threads(threads_before)
+    largest = x.abs().amax(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+    codes = (x * (127.0 / largest)).round().nan_to_num(0.0).to(torch.int64)
+    exact = (codes @ layer.codes.to(torch.int64)).float() * layer.weight_scales
+    expected = torch.addcmul(layer.bias, exact, largest / 127.0)
+    for out in outputs:
+        assert torch.equal(out, expected)
+    assert not outputs[0][7].isnan().any()
+
+
 def test_scores_are_a_function_of_the_normalised_text(tiny_classifier: Path) -> None:
     classifier = SentimentClassifier.from_pretrained_dir(tiny_classifier, quantize=True)
     variants = ["the crew was rude", "  the crew\twas\n rude ", "the\u00a0crew was rude\r\n"]
