@@ -5,23 +5,38 @@ from __future__ import annotations
 import numpy as np
 
 
-def sorted_pairs(
+def sorted_steps(
     customer: np.ndarray, minutes: np.ndarray, n_customers: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The (customer, minute) pairs sorted by customer, then minute.
+    """The events' customers sorted, and beside each the minutes since the customer's previous event (0 at a
+    customer's first event).
 
-    Only the sorted values are needed, not which event each was, so one sort of the int64 key customer x
-    (minutes spanned) + minute does it, several times faster than a two-key lexsort of 20M events, with the same
-    values. The lexsort remains for data whose key would not fit (customers x minutes spanned >= 2^62)."""
+    One sort of the int64 key customer << bits | minute (bits: enough for the minutes spanned) does it: several
+    times faster than a two-key lexsort of 20M events, and shifts and differences instead of divisions to take
+    it apart. The lexsort remains for data whose key would not fit (customers x minutes spanned >= 2^62)."""
     if len(minutes) == 0:
         return customer, minutes
     low = int(minutes.min())
-    spread = int(minutes.max()) - low + 1
-    if n_customers * spread >= 2**62:
+    bits = (int(minutes.max()) - low).bit_length()
+    if n_customers << bits < 2**62:
+        key = (customer.astype(np.int64) << bits) | (minutes - low)
+        key.sort()
+        by_customer = key >> bits
+        step = _steps(key)  # within a customer: the difference of the minutes
+    else:
         order = np.lexsort((minutes, customer))
-        return customer[order], minutes[order]
-    key = np.sort(customer * spread + (minutes - low))
-    return key // spread, key % spread + low
+        by_customer = customer[order]
+        step = _steps(minutes[order])
+    step[1:][by_customer[1:] != by_customer[:-1]] = 0  # a customer's first event
+    return by_customer, step
+
+
+def _steps(values: np.ndarray) -> np.ndarray:
+    """values[i] - values[i - 1], and 0 first (np.diff with prepend copies the whole array once more)."""
+    out = np.empty_like(values)
+    out[0] = 0
+    np.subtract(values[1:], values[:-1], out=out[1:])
+    return out
 
 
 def gap_block(customer: np.ndarray, times_ns: np.ndarray, n_customers: int) -> dict[str, np.ndarray]:
@@ -32,18 +47,17 @@ def gap_block(customer: np.ndarray, times_ns: np.ndarray, n_customers: int) -> d
     the integers small: pandas times span at most 585 years (3.1e8 minutes), whose square fits in int64.
     """
     minutes = times_ns // 60_000_000_000
-    by_customer, by_time = sorted_pairs(customer, minutes, n_customers)
-    same = by_customer[1:] == by_customer[:-1]
-    gaps = (by_time[1:] - by_time[:-1])[same]  # >= 0
-    owner = by_customer[1:][same]
-    n_gaps = np.bincount(owner, minlength=n_customers)
-    # `owner` is sorted: each customer's gaps are one run, summed by reduceat (exact integers, as np.add.at).
+    by_customer, step = sorted_steps(customer, minutes, n_customers)
+    n_gaps = np.zeros(n_customers, dtype=np.int64)
     span = np.zeros(n_customers, dtype=np.int64)
     squares = np.zeros(n_customers, dtype=np.int64)
-    if owner.size:
-        starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
-        span[owner[starts]] = np.add.reduceat(gaps, starts)
-        squares[owner[starts]] = np.add.reduceat(gaps * gaps, starts)  # at most span^2: no overflow either
+    if by_customer.size:
+        # Each customer's events are one run of the sorted arrays: summed by reduceat (exact integers).
+        starts = np.flatnonzero(np.r_[True, by_customer[1:] != by_customer[:-1]])
+        owner = by_customer[starts]
+        n_gaps[owner] = np.diff(starts, append=len(by_customer)) - 1
+        span[owner] = np.add.reduceat(step, starts)
+        squares[owner] = np.add.reduceat(step * step, starts)  # at most span^2: no overflow either
     mean = np.divide(span, n_gaps, out=np.full(n_customers, np.nan), where=n_gaps > 0)
     variance = np.divide(squares, n_gaps, out=np.full(n_customers, np.nan), where=n_gaps > 1) - mean * mean
     return {

@@ -15,8 +15,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from features.columns import (
     ASPECT,
@@ -29,6 +27,7 @@ from features.columns import (
     TEXT,
     TIMESTAMP,
 )
+from features.parquet_read import read_parquet
 from features.raw import (
     ROW_PROBLEM,
     DataLoadError,
@@ -106,7 +105,7 @@ def read_table(
                     f"{file}: column(s) {', '.join(map(repr, missing))} not found (has: {', '.join(present[:30])})"
                 )
         if is_parquet(file):
-            frames.append(_read_parquet(file, columns, dictionary_columns))
+            frames.append(read_parquet(file, columns, dictionary_columns))
         else:
             dtype = {c: "string" for c in string_columns if c in present}
             frame = read_csv_rows(file, table.read_options, columns, dtype=dtype or None)
@@ -127,18 +126,6 @@ def available_columns_of(file: Path, table: TableSpec) -> list[str]:
     if is_parquet(file):
         return list(parquet_file(file).schema_arrow.names)
     return csv_header(file, table.read_options)
-
-
-def _read_parquet(file: Path, columns: list[str] | None, dictionary_columns: tuple[str, ...]) -> pd.DataFrame:
-    schema = parquet_file(file).schema_arrow
-    if columns is not None and ROW_PROBLEM in schema.names:  # a batch bucket's rows keep their CSV problems
-        columns = [*columns, ROW_PROBLEM]
-    wanted = [c for c in dictionary_columns if c in schema.names and pa.types.is_string(schema.field(c).type)]
-    try:
-        table = pq.read_table(file, columns=columns, read_dictionary=wanted or None)
-    except (OSError, pa.ArrowInvalid) as error:
-        raise DataLoadError(f"{file}: cannot read Parquet ({error})") from None
-    return table.to_pandas()
 
 
 def parse_timestamps(values: pd.Series) -> pd.Series:

@@ -110,7 +110,8 @@ def aspect_block(
     out = {}
     for which, counted in enumerate((about, about & (score < NEGATIVE_SENTIMENT))):
         table = np.bincount(
-            customer[counted] * len(aspects) + code[counted], minlength=n_customers * len(aspects)
+            customer[counted].astype(np.int64) * len(aspects) + code[counted],
+            minlength=n_customers * len(aspects),
         ).reshape(n_customers, len(aspects))
         for j, aspect in enumerate(aspects):
             out[aspect_feature_names(aspect, longest)[which]] = table[:, j].astype("float64")

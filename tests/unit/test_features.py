@@ -249,6 +249,41 @@ def test_one_customer_alone_equals_its_row_among_thousands():
     assert checked > 0  # the comparison covered NaN positions too (C02999 has no events)
 
 
+@pytest.mark.parametrize("with_customers", [True, False])
+def test_the_customers_split_between_threads_give_the_one_thread_features_bit_for_bit(
+    monkeypatch, with_customers
+):
+    """For millions of events the engine splits the customers between threads; the features must be those of
+    one thread exactly (value sums in the same order, text and aspect aggregates, unseen and excluded types,
+    events of unknown customers), with the customers table given or taken from the events."""
+    from features import event_block
+
+    customers, events = _random_data(3000, 60_000, seed=12)
+    events["aspect"] = pd.Series(
+        np.random.default_rng(3).choice(["billing", "delay", None], len(events)), dtype="str"
+    ).where(events[SENTIMENT].notna())
+    events.loc[events.index[::97], EVENT_TYPE] = "cancel"  # excluded
+    schema = infer_schema(
+        customers if with_customers else None,
+        events,
+        value_columns=("amount",),
+        exclude_event_types=("cancel",),
+        aspects=("billing", "delay"),
+    )
+    assert schema.aspects and schema.lifetime and schema.use_sentiment
+    frame = events.astype({CUSTOMER_ID: "category", EVENT_TYPE: "category"})
+    frame.loc[frame.index[:40], CUSTOMER_ID] = np.nan  # no id: counts for nobody
+    known = customers.iloc[:2500] if with_customers else None  # events of customers not in the table
+    monkeypatch.setattr(event_block, "feature_threads", lambda: 1)
+    one = build_customer_features(frame, AS_OF, schema, customers=known)
+    monkeypatch.setattr(event_block, "PARALLEL_MIN_EVENTS", 0)
+    for threads in (2, 3):  # 3: ranges of unequal size
+        monkeypatch.setattr(event_block, "feature_threads", lambda n=threads: n)
+        split = build_customer_features(frame, AS_OF, schema, customers=known)
+        pd.testing.assert_frame_equal(split, one, check_exact=True)
+    assert one["n_texts_about_billing_90d"].sum() > 0 and one["sum_amount_90d"].notna().all()
+
+
 def test_profile_rows_follow_the_customers_table_whatever_its_id_dtype():
     # Rows are the customers table's rows in its order: integer ids (a DataFrame built by hand) keep their
     # profile values instead of being looked up as strings and lost; all-missing profile columns stay typed.
@@ -526,9 +561,9 @@ def test_a_few_customers_profile_texts_read_as_many_customers_do(dtype):
 
 
 def test_gap_features_equal_the_two_key_sort_reference_bit_for_bit():
-    """The gap mean and spread come from one sort of a combined (customer, minute) key and per-customer run
-    sums; they must equal the plain reference (lexsort, np.add.at) exactly, ties and lone events included."""
-    from features.gaps import gap_block, sorted_pairs
+    """The gap mean and spread come from one sort of a combined (customer << bits | minute) key and
+    per-customer run sums; they must equal the plain reference (lexsort, np.add.at) exactly, ties and lone events included."""
+    from features.gaps import gap_block, sorted_steps
 
     rng = np.random.default_rng(11)
     n_customers, n = 300, 5_000
@@ -553,7 +588,7 @@ def test_gap_features_equal_the_two_key_sort_reference_bit_for_bit():
     np.testing.assert_array_equal(got["gap_sd_days"], np.sqrt(np.maximum(variance, 0.0)) / 1_440.0)
     # The two-key sort is the fallback when the combined key could overflow: same pairs.
     for fast, slow in zip(
-        sorted_pairs(customer, minutes, n_customers), sorted_pairs(customer, minutes, 2**61), strict=True
+        sorted_steps(customer, minutes, n_customers), sorted_steps(customer, minutes, 2**61), strict=True
     ):
         np.testing.assert_array_equal(fast, slow)
     assert np.isnan(got["gap_mean_days"][-20:]).all()

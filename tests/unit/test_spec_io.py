@@ -280,3 +280,55 @@ def test_every_shipped_spec_and_text_config_loads():
             assert load_aspect_config(path).aspects
     for path in sorted(root.glob("sentiment*.yaml")):
         load_sentiment_config(path)
+
+
+def test_parquet_row_groups_with_their_own_dictionaries_read_as_one_categorical(tmp_path, monkeypatch):
+    """A Parquet file whose row groups each carry their own id dictionary (as pyarrow and Spark write them)
+    reads to the same frame by the row-group path as by pyarrow's whole-table conversion: same ids and
+    categories in order of first appearance, missing ids, NaN values and NaT times where the file has nulls,
+    and times in nanoseconds."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from features import parquet_read as io
+
+    rng = np.random.default_rng(5)
+    n = 3_000
+    ids = np.array([f"c{i:04d}" for i in rng.integers(0, 900, n)], dtype=object)
+    ids[[10, 2_500]] = None
+    amount = rng.normal(size=n)
+    amount[[3, 1_800]] = np.nan
+    times = pd.Series(pd.date_range("2024-01-01", periods=n, freq="37min")).astype("datetime64[us]")
+    times[[4, 2_999]] = pd.NaT
+    table = pa.table(
+        {
+            "cid": pa.array(ids, pa.string()).dictionary_encode(),
+            "at": pa.array(times),
+            "kind": pa.array(rng.choice(["login", "view", "pay"], n)),
+            "amount": pa.array(amount, from_pandas=True),
+        }
+    )
+    path = tmp_path / "events.parquet"
+    pq.write_table(table, path, row_group_size=700)  # five row groups, five dictionaries
+    assert pq.ParquetFile(path).num_row_groups == 5
+    columns, coded = ["cid", "at", "kind", "amount"], ("cid", "kind")
+    monkeypatch.setattr(io, "_SMALL", 0)  # every dictionary through churnsense's own unification
+    fast = io._read_row_groups(path, columns, coded)
+    by_pyarrow = pq.read_table(path).column("cid").to_pandas()
+    assert list(fast["cid"].cat.categories) == list(by_pyarrow.cat.categories)
+    monkeypatch.setattr(io, "_read_row_groups", lambda *_: None)
+    whole = io.read_parquet(path, columns, coded)
+    pd.testing.assert_frame_equal(fast, whole)
+    assert isinstance(fast["cid"].dtype, pd.CategoricalDtype) and fast["at"].dtype == "datetime64[ns]"
+    assert fast["cid"].isna().sum() == 2 and fast["at"].isna().sum() == 2 and fast["amount"].isna().sum() == 2
+    assert fast["cid"].astype(object).where(fast["cid"].notna(), None).tolist() == ids.tolist()
+    # One id list from many chunks' dictionaries, a null inside a dictionary included (pyarrow refuses those).
+    chunks = pa.chunked_array(
+        [
+            pa.array(["b", "a", None, "b"]).dictionary_encode(),
+            pa.DictionaryArray.from_arrays(pa.array([0, 1, None, 0], pa.int32()), pa.array(["x", None])),
+        ]
+    )
+    assert io.categorical_of(chunks).tolist() == ["b", "a", np.nan, "b", "x", np.nan, np.nan, "x"]
+    assert list(io.categorical_of(chunks).categories) == ["b", "a", "x"]
