@@ -1,13 +1,15 @@
 """Feature-engine benchmark: 1,000,000 customers / ~20,000,000 events, against DuckDB as the yardstick.
 
-    .venv/bin/python benchmarks/features.py [--customers 1000000] [--data bench_out/sim_1m]
+    .venv/bin/python benchmarks/features.py [--customers 1000000] [--data bench_out/sim_1m] [--repeat 3]
 
 Generates the data once with the simulator (cached under bench_out/), then, in the same run and each in a fresh
 subprocess (so peak memory is per engine):
   - churnsense: read events.parquet -> `build_customer_features` (the engine every path uses);
   - DuckDB: the same aggregation written as one SQL query over the same Parquet file.
-Prints wall time, peak RSS and the ratio churnsense / DuckDB, and checks that both agree on every feature.
-Targets: within 1.5x of DuckDB, under 6 GB peak.
+Each round runs DuckDB, then churnsense (`--repeat` rounds, default 3: this shared machine's speed drifts by
++-20% within minutes); the table shows the round with the median ratio, and the target uses the median of the
+paired ratios. Prints wall time, peak RSS and the ratio churnsense / DuckDB, and checks that both agree on every
+feature. Targets: at most 0.8x DuckDB, under 6 GB peak.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from statistics import median
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -183,6 +186,12 @@ def main() -> None:
     )
     parser.add_argument("--customers", type=int, default=1_000_000)
     parser.add_argument("--data", type=Path, default=None, help="folder with events.parquet + spec.yaml")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="paired rounds (DuckDB, then churnsense); the median ratio counts",
+    )
     parser.add_argument("--child", choices=["churnsense", "duckdb"], help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -191,19 +200,33 @@ def main() -> None:
         child(args.child, folder, args.out)
         return
     ensure_data(folder, args.customers)
-    results = {}
-    for engine in ("duckdb", "churnsense"):
-        results[engine] = in_subprocess(engine, folder, folder / f"features_{engine}.parquet")
-    ours, yard = results["churnsense"], results["duckdb"]
+    rounds = []  # (DuckDB, churnsense) measured back to back: the machine's speed drifts between rounds
+    for round_ in range(args.repeat):
+        pair = {}
+        for engine in ("duckdb", "churnsense"):
+            pair[engine] = in_subprocess(engine, folder, folder / f"features_{engine}.parquet")
+        rounds.append(pair)
+        if args.repeat > 1:
+            ratio = pair["churnsense"]["total_s"] / pair["duckdb"]["total_s"]
+            print(f"round {round_ + 1}: DuckDB {pair['duckdb']['total_s']:.2f} s, churnsense "
+                  f"{pair['churnsense']['total_s']:.2f} s, ratio {ratio:.2f}x", flush=True)  # fmt: skip
+    ratios = sorted(r["churnsense"]["total_s"] / r["duckdb"]["total_s"] for r in rounds)
+    middle = min(
+        rounds, key=lambda r: abs(r["churnsense"]["total_s"] / r["duckdb"]["total_s"] - median(ratios))
+    )
+    ours, yard = middle["churnsense"], middle["duckdb"]
     print(f"\nfeature build as of {AS_OF}: {ours['rows']:,} customers, {ours['events']:,} events (2 cores)")
     print(f"{'engine':<34}{'wall s':>9}{'peak GB':>9}")
     print(f"{'DuckDB SQL (yardstick)':<34}{yard['total_s']:9.2f}{yard['peak_rss_gb']:9.2f}")
     print(f"{'churnsense read + features':<34}{ours['total_s']:9.2f}{ours['peak_rss_gb']:9.2f}")
     print(f"{'  of which read Parquet':<34}{ours['read_s']:9.2f}")
     print(f"{'  of which build_customer_features':<34}{ours['features_s']:9.2f}")
-    ratio = ours["total_s"] / yard["total_s"]
+    ratio = median(ratios)
+    verdict = "met" if ratio <= 0.8 else "MISSED"
+    spread = f", rounds {ratios[0]:.2f}-{ratios[-1]:.2f}x" if len(ratios) > 1 else ""
     print(
-        f"ratio churnsense / DuckDB: {ratio:.2f}x (target <= 1.5x); peak {ours['peak_rss_gb']:.2f} GB (target < 6)"
+        f"ratio churnsense / DuckDB: {ratio:.2f}x, median of {len(ratios)} paired round(s){spread} "
+        f"(target <= 0.8x: {verdict}); peak {ours['peak_rss_gb']:.2f} GB (target < 6)"
     )
     print(compare(folder / "features_churnsense.parquet", folder / "features_duckdb.parquet"))
 

@@ -100,6 +100,33 @@ def _read_row_groups(
     return frame
 
 
+def _encode(dictionaries: list[pa.Array]) -> tuple[np.ndarray, pa.Array]:
+    """Each entry's position in the dictionaries' union (-1 for a null entry), and that union in order of
+    first appearance. The two halves are encoded in threads, then their (smaller) unions once more."""
+
+    def encode(arrays: list[pa.Array]) -> tuple[np.ndarray, pa.Array]:
+        try:
+            every = pa.concat_arrays(arrays)
+        except (pa.ArrowInvalid, pa.ArrowCapacityError):  # more than 2 GB of text: 64-bit offsets
+            every = pa.concat_arrays([a.cast(pa.large_string()) for a in arrays])
+        encoded = pc.dictionary_encode(every)
+        return encoded.indices.fill_null(-1).to_numpy(), encoded.dictionary  # int32
+
+    if len(dictionaries) < 2 or pa.cpu_count() < 2:
+        return encode(dictionaries)
+    middle = len(dictionaries) // 2
+    with cf.ThreadPoolExecutor(2, thread_name_prefix="encode") as pool:  # Arrow's kernels free the GIL
+        (first, first_union), (second, second_union) = pool.map(
+            encode, (dictionaries[:middle], dictionaries[middle:])
+        )
+    # The union of the two unions keeps the first half's order, then the second's new entries: the order of
+    # first appearance over all dictionaries, as one pass would give it.
+    where, union = encode([first_union, second_union])
+    lookup = np.concatenate([where[first], where[len(first_union) + second]])
+    lookup[np.concatenate([first, second]) < 0] = -1
+    return lookup, union
+
+
 def _is_text(kind: pa.DataType) -> bool:
     if pa.types.is_dictionary(kind):
         kind = kind.value_type
@@ -137,20 +164,20 @@ def categorical_of(column: pa.ChunkedArray) -> pd.Categorical:
         d.null_count for d in dictionaries
     ):
         return column.to_pandas().array  # a few types or ids: pyarrow's own unification is quicker
-    try:
-        every = pa.concat_arrays(dictionaries)
-    except (pa.ArrowInvalid, pa.ArrowCapacityError):  # more than 2 GB of text: 64-bit offsets
-        every = pa.concat_arrays([d.cast(pa.large_string()) for d in dictionaries])
-    encoded = pc.dictionary_encode(every)
-    lookup = encoded.indices.fill_null(-1).to_numpy()  # int32; a null inside a dictionary: missing
+    lookup, dictionary = _encode(dictionaries)
     codes = np.empty(len(column), dtype=lookup.dtype)
-    at = 0
-    for chunk, start in zip(column.chunks, starts, strict=True):  # chunk by chunk: the temporaries stay small
-        indices = chunk.indices.fill_null(0) if chunk.indices.null_count else chunk.indices
-        part = codes[at : at + len(chunk)]
-        np.take(lookup, indices.to_numpy().astype(np.intp) + start, out=part)
-        if chunk.null_count:
-            part[chunk.is_null().to_numpy(zero_copy_only=False)] = -1
-        at += len(chunk)
-    categories = pd.Index(encoded.dictionary.to_pandas(), dtype="str")
+    offsets = np.concatenate([[0], np.cumsum([len(chunk) for chunk in column.chunks])]).astype(np.int64)
+
+    def fill(part: range) -> None:  # chunk by chunk: the temporaries stay small
+        for i in part:
+            chunk, rows = column.chunks[i], codes[offsets[i] : offsets[i + 1]]
+            indices = chunk.indices.fill_null(0) if chunk.indices.null_count else chunk.indices
+            np.take(lookup, indices.to_numpy().astype(np.intp) + starts[i], out=rows)
+            if chunk.null_count:
+                rows[chunk.is_null().to_numpy(zero_copy_only=False)] = -1
+
+    halves = (range(0, column.num_chunks // 2), range(column.num_chunks // 2, column.num_chunks))
+    with cf.ThreadPoolExecutor(min(2, max(1, pa.cpu_count())), thread_name_prefix="codes") as pool:
+        list(pool.map(fill, halves))
+    categories = pd.Index(dictionary.to_pandas(), dtype="str")
     return pd.Categorical.from_codes(codes, categories=categories, validate=False)
