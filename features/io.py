@@ -128,18 +128,30 @@ def available_columns_of(file: Path, table: TableSpec) -> list[str]:
     return csv_header(file, table.read_options)
 
 
+BAD_TIME = "is missing, not a date, or outside 1678-2261"  # the years nanosecond times hold
+
+
 def parse_timestamps(values: pd.Series) -> pd.Series:
-    """Parse to naive UTC `datetime64[ns]`; unparseable values become NaT (callers reject those rows)."""
+    """Parse to naive UTC `datetime64[ns]`; unparseable values and times nanoseconds cannot hold (a 9999-12-31
+    placeholder) become NaT, and callers reject those rows (`BAD_TIME`)."""
     if isinstance(values.dtype, pd.DatetimeTZDtype):
-        return values.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[ns]")
+        return _nanoseconds(values.dt.tz_convert("UTC").dt.tz_localize(None))
     if pd.api.types.is_datetime64_dtype(values.dtype):
-        return values.astype("datetime64[ns]")
+        return _nanoseconds(values)
     as_text = values.astype("string").str.strip()
     parsed = pd.to_datetime(as_text, errors="coerce", utc=True, format="ISO8601")
     retry = parsed.isna() & as_text.notna() & (as_text != "")
     if retry.any():
         parsed.loc[retry] = pd.to_datetime(as_text[retry], errors="coerce", utc=True, format="mixed")
-    return parsed.dt.tz_localize(None).astype("datetime64[ns]")
+    return _nanoseconds(parsed.dt.tz_localize(None))
+
+
+def _nanoseconds(values: pd.Series) -> pd.Series:
+    """Naive times of any unit as `datetime64[ns]`, NaT where nanoseconds cannot hold them."""
+    if values.dtype == "datetime64[ns]":
+        return values
+    inside = (values >= pd.Timestamp.min) & (values <= pd.Timestamp.max)
+    return values.where(inside).astype("datetime64[ns]")
 
 
 def parse_churn_label(values: pd.Series, positive: Any = None) -> pd.Series:
@@ -332,7 +344,7 @@ def load_events(spec: DatasetSpec, with_text: bool = True, known_ids: pd.Index |
         checks.append((np.array([reason is not None for reason in row_problems]), "", row_problems))
     checks += [
         (ids.isna().to_numpy(), es.id, "customer id is empty"),
-        (timestamps.isna().to_numpy(), es.time, "timestamp is missing or not a date"),
+        (timestamps.isna().to_numpy(), es.time, f"timestamp {BAD_TIME}"),
         (types.isna().to_numpy(), es.type, "event type is empty"),
     ]
     if known_ids is not None:

@@ -33,7 +33,14 @@ import pyarrow.parquet as pq
 
 from churnsense.environment import paths
 from features.columns import ASPECT, CUSTOMER_ID, EVENT_TYPE, SENTIMENT, TEXT, TIMESTAMP
-from features.io import aspect_names, available_columns_of, parse_timestamps, read_table, resolve_files
+from features.io import (
+    BAD_TIME,
+    aspect_names,
+    available_columns_of,
+    parse_timestamps,
+    read_table,
+    resolve_files,
+)
 from features.raw import ROW_PROBLEM, DataLoadError
 from features.spec import (
     ChurnTableSpec,
@@ -325,7 +332,7 @@ def _churn_dates(
         found.add(churn_ids.isna().to_numpy(), churn.id, "customer id is empty")
         unknown = ~churn_ids.isin(known).fillna(False).to_numpy()
         found.add(unknown & churn_ids.notna().to_numpy(), churn.id, "customer id matches no customer")
-        found.add(dates.isna().to_numpy(), churn.date, f"{churn.date} is missing or not a date")
+        found.add(dates.isna().to_numpy(), churn.date, f"{churn.date} {BAD_TIME}")
         usable = pd.isna(found.reasons)
         frames.append(pd.DataFrame({CUSTOMER_ID: churn_ids[usable], "date": dates[usable]}))
         if found.any:
@@ -427,7 +434,7 @@ def _source_events(
         unknown = ~ids.isin(known).fillna(False).to_numpy() & ids.notna().to_numpy()
         found.add(unknown, source.id, "customer id matches no customer (or its customer row was rejected)")
     times = parse_timestamps(frame[source.time])
-    found.add(times.isna().to_numpy(), source.time, "timestamp is missing or not a date")
+    found.add(times.isna().to_numpy(), source.time, f"timestamp {BAD_TIME}")
     if source.type_column:
         types = _stripped(frame[source.type_column])
         found.add(types.isna().to_numpy(), source.type_column, "event type is empty")

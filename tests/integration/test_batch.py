@@ -72,7 +72,7 @@ def churn(models):
 
 # Injected rows: (file part, 0-based data row in that file, what is wrong, the loader's reason).
 BAD_EVENTS = [
-    (2, 5, {"timestamp": "not a date"}, "timestamp is missing or not a date"),
+    (2, 5, {"timestamp": "not a date"}, "timestamp is missing, not a date, or outside 1678-2261"),
     (2, 9, {"customer_id": ""}, "customer id is empty"),
     (2, 14, {"amount": "abc"}, "amount is not a number"),
     (1, 3, {"event_type": " "}, "event type is empty"),

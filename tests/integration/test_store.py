@@ -145,7 +145,7 @@ def test_bad_rows_go_to_the_rejects_file_and_the_store_keeps_the_rest(
         [
             "row has 4 fields, the header has 3",
             "customer id is empty",
-            "timestamp is missing or not a date",
+            "timestamp is missing, not a date, or outside 1678-2261",
             "customer id not in the customers table (or its customer row was rejected)",
             "amount is not a number",
         ]

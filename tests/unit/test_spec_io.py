@@ -174,7 +174,7 @@ def test_load_events_strips_ids_and_rejects_blank_ones(tmp_path, suffix):
     assert reasons == {
         2: "customer id is empty",
         3: "customer id is empty",
-        4: "timestamp is missing or not a date",
+        4: "timestamp is missing, not a date, or outside 1678-2261",
         5: "event type is empty",
     }
 
@@ -332,3 +332,34 @@ def test_parquet_row_groups_with_their_own_dictionaries_read_as_one_categorical(
     )
     assert io.categorical_of(chunks).tolist() == ["b", "a", np.nan, "b", "x", np.nan, np.nan, "x"]
     assert list(io.categorical_of(chunks).categories) == ["b", "a", "x"]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_time_nanoseconds_cannot_hold_is_a_rejected_row_not_a_crash(tmp_path, suffix):
+    """A 3000-01-01 or 9999-12-31 placeholder (beyond pandas' nanosecond range) used to raise
+    OutOfBoundsDatetime from every loader; it is one rejected row naming the column, and the rest load."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    times = [
+        dt.datetime(2024, 1, 1),
+        dt.datetime(3000, 1, 1),
+        dt.datetime(9999, 12, 31),
+        dt.datetime(1600, 1, 1),
+    ]
+    if suffix == ".parquet":
+        table = pa.table(
+            {"cid": ["a", "b", "c", "d"], "at": pa.array(times, pa.timestamp("us")), "kind": ["x"] * 4}
+        )
+        pq.write_table(table, tmp_path / "e.parquet")
+    else:
+        (tmp_path / "e.csv").write_text(
+            "cid,at,kind\n" + "".join(f"{c},{t:%Y-%m-%d},x\n" for c, t in zip("abcd", times, strict=True))
+        )
+    spec = load_spec(_spec(tmp_path, f"events: {{path: e{suffix}, id: cid, time: at, type: kind}}\n"))
+    frame, rejects = load_events(spec)
+    assert frame[CUSTOMER_ID].tolist() == ["a"] and frame[TIMESTAMP].dtype == "datetime64[ns]"
+    assert dict(zip(rejects["row"], rejects["reason"], strict=True)) == {
+        row: "timestamp is missing, not a date, or outside 1678-2261" for row in (1, 2, 3)
+    }
+    assert set(rejects["column"]) == {"at"}
