@@ -27,7 +27,8 @@ def read_parquet(file: Path, columns: list[str] | None, dictionary_columns: tupl
         columns = [*columns, ROW_PROBLEM]
     wanted = [c for c in dictionary_columns if c in schema.names and pa.types.is_string(schema.field(c).type)]
     try:
-        fast = _read_row_groups(file, columns or schema.names, dictionary_columns)
+        names = schema.names if columns is None else columns
+        fast = _read_row_groups(file, names, dictionary_columns) if len(set(names)) == len(names) else None
         if fast is not None:
             return fast
         table = pq.read_table(file, columns=columns, read_dictionary=wanted or None)
@@ -171,6 +172,9 @@ def categorical_of(column: pa.ChunkedArray) -> pd.Categorical:
     def fill(part: range) -> None:  # chunk by chunk: the temporaries stay small
         for i in part:
             chunk, rows = column.chunks[i], codes[offsets[i] : offsets[i + 1]]
+            if len(chunk.dictionary) == 0:  # a chunk of missing ids only (say, the file's last row group)
+                rows[:] = -1
+                continue
             indices = chunk.indices.fill_null(0) if chunk.indices.null_count else chunk.indices
             np.take(lookup, indices.to_numpy().astype(np.intp) + starts[i], out=rows)
             if chunk.null_count:

@@ -317,12 +317,27 @@ def test_parquet_row_groups_with_their_own_dictionaries_read_as_one_categorical(
     fast = io._read_row_groups(path, columns, coded)
     by_pyarrow = pq.read_table(path).column("cid").to_pandas()
     assert list(fast["cid"].cat.categories) == list(by_pyarrow.cat.categories)
+    read_row_groups = io._read_row_groups
     monkeypatch.setattr(io, "_read_row_groups", lambda *_: None)
     whole = io.read_parquet(path, columns, coded)
     pd.testing.assert_frame_equal(fast, whole)
     assert isinstance(fast["cid"].dtype, pd.CategoricalDtype) and fast["at"].dtype == "datetime64[ns]"
     assert fast["cid"].isna().sum() == 2 and fast["at"].isna().sum() == 2 and fast["amount"].isna().sum() == 2
     assert fast["cid"].astype(object).where(fast["cid"].notna(), None).tolist() == ids.tolist()
+    # The last row group holds only missing ids (as a file sorted by id ends): its dictionary is empty.
+    tail = pa.concat_tables(
+        [
+            table.slice(0, 2_000),
+            table.slice(2_000, 700).set_column(0, "cid", pa.nulls(700, table["cid"].type)),
+        ]
+    )
+    pq.write_table(tail, tmp_path / "tail.parquet", row_group_size=700)
+    fast = read_row_groups(tmp_path / "tail.parquet", columns, coded)
+    assert fast["cid"].isna().sum() == 700 + int(table["cid"].slice(0, 2_000).null_count)
+    assert (
+        fast["cid"][:2_000].astype(object).where(fast["cid"][:2_000].notna(), None).tolist()
+        == ids[:2_000].tolist()
+    )
     # One id list from many chunks' dictionaries, a null inside a dictionary included (pyarrow refuses those).
     chunks = pa.chunked_array(
         [
