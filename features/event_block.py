@@ -202,7 +202,24 @@ def _codes(values: pd.Series, categories: pd.Index) -> np.ndarray:
         # int32: half the memory of int64 for 20M events (a schema has far fewer than 2^31 ids or types).
         lookup = np.append(categories.get_indexer(values.cat.categories.astype(str)), -1).astype(np.int32)
         return lookup[values.cat.codes.to_numpy()]  # code -1 (missing) takes the appended -1
+    if len(values) <= _FEW_VALUES and isinstance(values.dtype, pd.StringDtype):
+        return few_codes(values, categories)
     return categories.get_indexer(values.astype(str)).astype(np.int32)
+
+
+_FEW_VALUES = 512  # a request's events: a dict lookup beats pandas' index machinery (~20 vs ~160 us)
+
+
+def few_codes(values: pd.Series, categories: pd.Index) -> np.ndarray:
+    """`categories.get_indexer(values.astype(str))` for a few text values (a `StringDtype` column) and unique
+    text categories: a missing value, as every value the categories lack, is -1."""
+    lookup = {name: i for i, name in enumerate(categories.tolist())}
+    if len(lookup) < len(categories):  # repeated categories: pandas refuses them, as it always did
+        return categories.get_indexer(values.astype(str)).astype(np.int32)
+    texts = values.to_numpy(dtype=object)
+    return np.fromiter(
+        (lookup.get(v, -1) if type(v) is str else -1 for v in texts), dtype=np.int32, count=len(texts)
+    )
 
 
 def _group_max(keys: np.ndarray, values: np.ndarray, size: int, fill: float | int) -> np.ndarray:

@@ -85,6 +85,9 @@ def sentiment_block(
     }
 
 
+_FEW_TEXTS = 512  # below this, aspect names are looked up in a dict (~10x faster than pandas' index)
+
+
 def aspect_block(
     events: pd.DataFrame,
     keep: np.ndarray,
@@ -101,9 +104,17 @@ def aspect_block(
             "this feature schema needs an `aspect` column on the events (the aspect of each text)"
         )
     named = events[ASPECT]
-    missing = named.isna().to_numpy()
-    code = pd.Index(aspects).get_indexer(named.astype(str)).astype(np.int64)
-    code[missing] = -1
+    if len(named) <= _FEW_TEXTS and isinstance(named.dtype, pd.StringDtype):  # a request's events
+        lookup = {aspect: j for j, aspect in enumerate(aspects)}
+        code = np.fromiter(
+            (lookup.get(v, -1) if type(v) is str else -1 for v in named.to_numpy(dtype=object)),
+            dtype=np.int64,
+            count=len(named),
+        )
+    else:
+        missing = named.isna().to_numpy()
+        code = pd.Index(aspects).get_indexer(named.astype(str)).astype(np.int64)
+        code[missing] = -1
     code = code[keep]
     score = events[SENTIMENT].to_numpy(dtype="float64")[keep]
     about = (code >= 0) & ~np.isnan(score) & (age <= longest * DAY_NS)

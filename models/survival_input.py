@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from features.engine import FeatureSchema
+from models.tree_input import categorical_values, numeric_block
 
 MISSING_CATEGORY = "(missing)"
 
@@ -57,7 +58,7 @@ class FastDesign:
     def transform(self, features: pd.DataFrame) -> np.ndarray | None:
         """The design matrix of `features` (engine output), or None when a column is not plain numbers."""
         try:
-            raw = features[self.numeric].to_numpy(dtype=np.float64, na_value=np.nan)
+            raw = numeric_block(features, self.numeric)
         except (TypeError, ValueError):
             return None
         missing = np.isnan(raw)
@@ -67,6 +68,7 @@ class FastDesign:
         numbers /= self.scale
         blocks = [numbers]
         for name, categories in zip(self.categorical, self.categories, strict=True):
-            text = features[name].astype("string").to_numpy(dtype=object, na_value=MISSING_CATEGORY)
+            text = categorical_values(features[name])
+            text[pd.isna(text)] = MISSING_CATEGORY
             blocks.append((text[:, None] == categories[None, :]).astype(np.float64))
         return np.hstack(blocks)

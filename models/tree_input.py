@@ -23,6 +23,7 @@ from features.engine import FeatureSchema
 
 _UNKNOWN = "\x00churnsense-unknown-category\x00"
 _DICT_LOOKUP_ROWS = 256  # below this, a Python dict lookup beats building a pandas index
+_FEW_ROWS = 64  # a request's customers: below this, `numeric_block` goes through Python objects
 
 
 def _is_missing(value: Any) -> bool:
@@ -53,12 +54,20 @@ def numeric_block(features: pd.DataFrame, columns: list[str]) -> np.ndarray:
     """Numeric columns as one float64 matrix, non-numbers as NaN (what `prepare_features` gives the encoder)."""
     if not columns:
         return np.empty((len(features), 0))
-    # By position: a label lookup of ~70 columns costs more than scoring one customer online.
-    positions = _positions(tuple(features.columns), tuple(columns))
+    # By position: a label lookup of ~70 columns costs more than scoring one customer online. (`tolist` first:
+    # iterating a `str` Index is 6x slower.)
+    positions = _positions(tuple(features.columns.tolist()), tuple(columns))
     if (positions < 0).any():
         raise KeyError(
             f"features lack column(s): {[c for c, p in zip(columns, positions, strict=True) if p < 0]}"
         )
+    if len(features) <= _FEW_ROWS and all(
+        isinstance(dtype, np.dtype) and dtype.kind in "fiu" for dtype in features.dtypes.to_numpy()[positions]
+    ):
+        # A request's few rows: one conversion of the whole frame to Python numbers and back is ~5x cheaper
+        # than pandas selecting the columns, and gives the same float64 values (an int or float converts to
+        # the same double either way).
+        return features.to_numpy(dtype=object)[:, positions].astype(np.float64)
     frame = features.iloc[:, positions]
     if all(pd.api.types.is_numeric_dtype(dtype) for dtype in frame.dtypes):
         return frame.to_numpy(dtype=np.float64, na_value=np.nan)

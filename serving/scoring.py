@@ -36,8 +36,11 @@ SurvivalScorer = Callable[[pd.DataFrame], pd.DataFrame]
 
 def time_to_churn(answers: pd.DataFrame) -> list[TimeToChurn]:
     """`SurvivalModel.summary` rows as answers (NaN -> null)."""
-    rows = answers.to_dict(orient="records")
-    return [TimeToChurn(**{k: None if np.isnan(v) else float(v) for k, v in row.items()}) for row in rows]
+    names = [str(name) for name in answers.columns]
+    values = answers.to_numpy(dtype=np.float64).tolist()  # Python floats; to_dict costs ~10x more per row
+    return [
+        TimeToChurn(**{k: None if v != v else v for k, v in zip(names, row, strict=True)}) for row in values
+    ]
 
 
 def request_error(title: str, problems: Sequence[tuple[tuple[str | int, ...], str]]) -> ValidationError:
