@@ -93,6 +93,17 @@ def _iso(ns: int) -> str:
     return pd.Timestamp(ns, unit="ns").isoformat() + "Z"
 
 
+def _as_text(values: pd.Series, missing: float | str) -> np.ndarray:
+    """A column as an object array of text, missing values as `missing` (NaN: what `astype(str)` leaves for
+    them; "": no aspect). A text column is read as it is: converting it first cost ~0.2 ms a column for one
+    request's 50 events, and gives the same values."""
+    if isinstance(values.dtype, pd.StringDtype):
+        return values.to_numpy(dtype=object, na_value=missing)
+    if missing == "":
+        return values.astype("string").fillna("").to_numpy(dtype=object)
+    return values.astype(str).to_numpy(dtype=object)
+
+
 def _number(value: Any) -> float | None:
     return None if value is None or (isinstance(value, float) and np.isnan(value)) else float(value)
 
@@ -133,7 +144,7 @@ class EvidenceFinder:
             return {key: [self._empty(r["feature"]) for r in rows] for key, rows in reasons.items()}
         as_of_ns = to_timestamp_ns(as_of)
         times = events[TIMESTAMP].to_numpy("datetime64[ns]").view("int64")
-        customers = events[CUSTOMER_ID].astype(str).to_numpy(dtype=object)
+        customers = _as_text(events[CUSTOMER_ID], np.nan)
         rows_of: dict[str, list[int]] = {key: [] for key in reasons}
         for i in np.flatnonzero(times < as_of_ns):
             found = rows_of.get(customers[i])
@@ -162,7 +173,7 @@ class EvidenceFinder:
 
     def _arrays(self, events: pd.DataFrame, times: np.ndarray) -> _Events:
         schema = self.schema
-        types = events[EVENT_TYPE].astype(str).to_numpy(dtype=object)
+        types = _as_text(events[EVENT_TYPE], np.nan)
         texts = None
         if TEXT in events.columns:
             texts = events[TEXT].astype(object).to_numpy()
@@ -174,9 +185,7 @@ class EvidenceFinder:
             scores=events[SENTIMENT].to_numpy(dtype="float64") if SENTIMENT in events.columns else None,
             texts=texts,
             # "" for none: compares as a string ("" is no aspect name).
-            aspects=events[ASPECT].astype("string").fillna("").to_numpy(dtype=object)
-            if ASPECT in events.columns
-            else None,
+            aspects=_as_text(events[ASPECT], "") if ASPECT in events.columns else None,
             values={
                 v: events[v].to_numpy(dtype="float64") for v in schema.value_columns if v in events.columns
             },

@@ -104,3 +104,32 @@ def test_numeric_block_of_few_rows_equals_the_general_conversion(monkeypatch: py
     assert np.array_equal(fast.view(np.int64), general.view(np.int64))  # the same bits, -0.0 and NaN included
     with pytest.raises(KeyError, match="missing"):
         tree_input.numeric_block(frame, ["a", "missing"])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_evidence_reads_text_columns_as_it_reads_object_columns(seed: int) -> None:
+    """Text (`str`/"string") columns are read as they are; object columns are converted first. Both give the same
+    evidence, texts and aspects (missing ones included) alike."""
+    from features.columns import TEXT
+    from features.evidence import EvidenceFinder, rules_for
+
+    schema = FeatureSchema(
+        event_types=("login", "ticket"),
+        value_columns=("amount",),
+        excluded_event_types=("churn",),
+        use_sentiment=True,
+        lifetime=True,
+        aspects=("billing", "delay"),
+    )
+    events, _ = _events(np.random.default_rng(seed), 80, 3)
+    events = events[events[CUSTOMER_ID].notna() & events[EVENT_TYPE].notna()].reset_index(drop=True)
+    texts = np.array(["late again", None, " refund please ", "thanks"], dtype=object)
+    events[TEXT] = pd.array(texts[np.arange(len(events)) % 4].tolist(), dtype="str")
+    as_objects = events.astype({CUSTOMER_ID: object, EVENT_TYPE: object, ASPECT: object, TEXT: object})
+    reasons = {f"c{i}": [{"feature": name} for name in rules_for(schema)] for i in range(3)}
+    finder = EvidenceFinder(schema)
+    text_path = finder.find(events, AS_OF, reasons)
+    object_path = finder.find(as_objects, AS_OF, reasons)
+    assert text_path == object_path
+    about = [e.get("aspect") for rows in text_path.values() for r in rows if r for e in r["events"]]
+    assert "billing" in about  # not vacuous: aspect evidence was found
