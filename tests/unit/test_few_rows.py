@@ -3,6 +3,8 @@ paths give, bit for bit: a customer scored alone must be scored as in a batch of
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,6 +17,16 @@ from features.engine import FeatureSchema, build_customer_features
 from features.event_block import few_codes
 
 AS_OF = pd.Timestamp("2024-10-01")
+SCHEMA = FeatureSchema(  # counted, excluded and unseen types, values, texts and aspects, profiles
+    event_types=("login", "ticket"),
+    value_columns=("amount",),
+    profile_numeric=("seats",),
+    profile_categorical=("plan",),
+    excluded_event_types=("churn",),
+    use_sentiment=True,
+    lifetime=True,
+    aspects=("billing", "delay"),
+)
 
 
 @pytest.mark.parametrize("dtype", ["string", "str"])
@@ -66,16 +78,7 @@ def _events(rng: np.random.Generator, n: int, customers: int) -> tuple[pd.DataFr
 def test_a_request_sized_frame_gets_the_same_features_on_the_few_rows_shortcuts(
     seed: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    schema = FeatureSchema(
-        event_types=("login", "ticket"),
-        value_columns=("amount",),
-        profile_numeric=("seats",),
-        profile_categorical=("plan",),
-        excluded_event_types=("churn",),
-        use_sentiment=True,
-        lifetime=True,
-        aspects=("billing", "delay"),
-    )
+    schema = SCHEMA
     events, customers = _events(np.random.default_rng(seed), 60, 3)
     fast = build_customer_features(events, AS_OF, schema, customers=customers)
     monkeypatch.setattr(event_block, "_FEW_VALUES", 0)
@@ -113,14 +116,7 @@ def test_evidence_reads_text_columns_as_it_reads_object_columns(seed: int) -> No
     from features.columns import TEXT
     from features.evidence import EvidenceFinder, rules_for
 
-    schema = FeatureSchema(
-        event_types=("login", "ticket"),
-        value_columns=("amount",),
-        excluded_event_types=("churn",),
-        use_sentiment=True,
-        lifetime=True,
-        aspects=("billing", "delay"),
-    )
+    schema = dataclasses.replace(SCHEMA, profile_numeric=(), profile_categorical=())
     events, _ = _events(np.random.default_rng(seed), 80, 3)
     events = events[events[CUSTOMER_ID].notna() & events[EVENT_TYPE].notna()].reset_index(drop=True)
     texts = np.array(["late again", None, " refund please ", "thanks"], dtype=object)
