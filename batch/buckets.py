@@ -37,6 +37,7 @@ from batch.workers import (
     aspect_labeler,
     aspect_model,
     churn_model,
+    collector_paused,
     phrase_finder,
     sentiment_scorer,
     survival_model,
@@ -270,6 +271,11 @@ def score_bucket(plan: BatchPlan, customers_file: Path | None, events_file: Path
         and the rows of each table in the bucket: every one of them is scored, not a customer at `as_of`, or
         rejected, and the summary shows that sum.
     """
+    with collector_paused():
+        return _score_bucket(plan, customers_file, events_file)
+
+
+def _score_bucket(plan: BatchPlan, customers_file: Path | None, events_file: Path | None) -> BucketResult:
     spec = bucket_spec(plan, customers_file, events_file)
     rows_in = {
         kind: sum(pq.ParquetFile(p).metadata.num_rows for p in _bucket_files(path))
@@ -288,8 +294,12 @@ def score_bucket(plan: BatchPlan, customers_file: Path | None, events_file: Path
         return BucketResult(RESULT_SCHEMA.empty_table(), rejects, rows_in)
     churn_event = plan.spec.events.churn_event if plan.spec.events else None
     why_not = ineligible_reasons(data.customers, data.events, plan.as_of, churn_event)
-    why_not = why_not.reindex(pd.Index(features.index).astype(str)).to_numpy(dtype=object)
+    ids = pd.Index(features.index).astype(str)
+    why_not = why_not.reindex(ids).to_numpy(dtype=object)
     eligible = np.array([reason is None for reason in why_not], dtype=bool)
+    # Only customers at `as_of` are scored (the others keep their row, without a score): their features
+    # were built with everyone's, but their contributions (TreeSHAP, most of a bucket's time) are not needed.
+    features = features if eligible.all() else features[eligible]
     scored = model.score(features, top_k=plan.top_k)
     if plan.evidence:
         reasons = dict(zip(pd.Index(scored.index).astype(str), scored["reasons"], strict=True))
@@ -305,7 +315,7 @@ def score_bucket(plan: BatchPlan, customers_file: Path | None, events_file: Path
             annotate_aspects(quoted, aspect_model(plan.aspect_model, plan.tracking_uri))
     survival = survival_model(plan)
     times = survival.summary(features) if survival is not None else None
-    table = result_table(scored, plan, eligible, why_not, times, plan.survival_version)
+    table = result_table(ids, scored, plan, eligible, why_not, times, plan.survival_version)
     return BucketResult(table, rejects, rows_in)
 
 

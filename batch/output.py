@@ -69,6 +69,7 @@ assert list(REJECT_SCHEMA.names) == REJECT_COLUMNS
 
 
 def result_table(
+    ids: pd.Index,
     scored: pd.DataFrame,
     plan: BatchPlan,
     eligible: np.ndarray,
@@ -76,23 +77,29 @@ def result_table(
     times: pd.DataFrame | None = None,
     survival_version: str | None = None,
 ) -> pa.Table:
-    """`ChurnModel.score` output (indexed by customer_id) as an Arrow table with `RESULT_SCHEMA`; ineligible
-    customers keep their row (the engines drop or flag them) with no risk or band and empty reasons. `times`:
-    `SurvivalModel.summary` of the same rows, by `survival_version`, or None."""
-    n = len(scored)
-    ids = pd.Index(scored.index).astype(str)
+    """One row per customer of `ids` with `RESULT_SCHEMA`. `scored`: `ChurnModel.score` output for the eligible
+    customers (`ids[eligible]`, in that order); the others keep their row (the engines drop or flag them) with
+    no risk or band and empty reasons. `times`: `SurvivalModel.summary` of the same rows as `scored`, by
+    `survival_version`, or None."""
+    n = len(ids)
+    if len(scored) != int(eligible.sum()):
+        raise ValueError(f"{len(scored)} scored rows for {int(eligible.sum())} eligible customers")
     lineage = plan.sentiment.lineage if plan.sentiment is not None else None
 
     def scored_only(values: np.ndarray, kind: pa.DataType) -> pa.Array:
-        return pa.array(values, kind, mask=~eligible)
+        full = np.full(n, np.nan) if values.dtype.kind == "f" else np.full(n, None, dtype=object)
+        full[eligible] = values
+        return pa.array(full, kind, mask=~eligible)
 
-    reasons = reasons_array([row if ok else [] for row, ok in zip(scored["reasons"], eligible, strict=True)])
+    reasons: list[Any] = [[]] * n
+    for row, found in zip(np.flatnonzero(eligible).tolist(), scored["reasons"], strict=True):
+        reasons[row] = found
     return pa.table(
         {
             "customer_id": pa.array(ids.to_numpy(dtype=object), pa.string()),
             "churn_risk": scored_only(scored["churn_risk"].to_numpy(dtype="float64"), pa.float64()),
             "risk_band": scored_only(scored["risk_band"].astype(str).to_numpy(dtype=object), pa.string()),
-            "reasons": reasons,
+            "reasons": reasons_array(reasons),
             "base_value": scored_only(scored["base_value"].to_numpy(dtype="float64"), pa.float64()),
             "other_contribution": scored_only(
                 scored["other_contribution"].to_numpy(dtype="float64"), pa.float64()
@@ -116,8 +123,11 @@ def result_table(
 
 
 def _time_column(times: pd.DataFrame | None, name: str, eligible: np.ndarray) -> pa.Array:
-    """A time-to-churn column: null (never NaN) where there is no answer, as the service answers null."""
-    values = times[name].to_numpy(dtype="float64") if times is not None else np.full(len(eligible), np.nan)
+    """A time-to-churn column: null (never NaN) where there is no answer, as the service answers null.
+    `times`: the eligible customers' rows."""
+    values = np.full(len(eligible), np.nan)
+    if times is not None:
+        values[eligible] = times[name].to_numpy(dtype="float64")
     return pa.array(values, pa.float64(), mask=~eligible | np.isnan(values))
 
 
@@ -133,13 +143,27 @@ def reasons_array(reasons: Sequence[Any]) -> pa.Array:
     flat = [item for row in rows for item in row]
     offsets = np.zeros(len(rows) + 1, dtype=np.int32)
     np.cumsum([len(row) for row in rows], out=offsets[1:])
-    values = [item.get("value") for item in flat]
+    # One pass over a million customers' reasons, the common value types (a float, a text) inline.
+    features, texts, contributions, evidence = [], [], np.empty(len(flat)), []
+    for i, item in enumerate(flat):
+        features.append(str(item["feature"]))
+        value = item.get("value")
+        kind = type(value)
+        if kind is float:
+            texts.append(None if value != value else repr(value))
+        elif kind is str:
+            texts.append(value)
+        else:
+            texts.append(None if _missing(value) else reason_value_text(value))
+        contributions[i] = item.get("contribution", np.nan)
+        found = item.get("evidence")
+        evidence.append(None if found is None else evidence_text(found))
     structs = pa.StructArray.from_arrays(
         [
-            pa.array([str(item["feature"]) for item in flat], pa.string()),
-            pa.array([None if _missing(v) else reason_value_text(v) for v in values], pa.string()),
-            pa.array(np.fromiter((item.get("contribution", np.nan) for item in flat), float, len(flat))),
-            pa.array([evidence_text(item.get("evidence")) for item in flat], pa.string()),
+            pa.array(features, pa.string()),
+            pa.array(texts, pa.string()),
+            pa.array(contributions),
+            pa.array(evidence, pa.string()),
         ],
         fields=list(REASON_TYPE),
     )

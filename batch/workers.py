@@ -9,6 +9,7 @@ for the first one's.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import pickle
@@ -104,6 +105,10 @@ def install_models(plan: BatchPlan, blob: bytes) -> None:
         _churn_models.setdefault(key, churn)
         if plan.survival_uri is not None:
             _survival_models.setdefault(survival_key, survival)
+        # The models and every module loaded by now live as long as the worker: out of the collector's reach,
+        # so the collection after each bucket (`collector_paused`) scans only what the bucket left.
+        gc.collect()
+        gc.freeze()
 
 
 def sentiment_scorer(source: SentimentSource, tracking_uri: str | None = None) -> Any:
@@ -172,6 +177,25 @@ def sentiment_scorer_in_use(source: SentimentSource, scorer: Any) -> Iterator[No
         _sentiment_models.pop(key, None)
         if previous is not None:
             _sentiment_models[key] = previous
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside (what it made is collected once, at the end).
+
+    Scoring a bucket builds a few Python objects per customer (its reasons), all alive until the bucket is
+    written: the collector's passes over them found nothing to free and cost 12% of a bucket (50,000
+    customers: 5.2 s -> 4.6 s without them). Reference counting frees everything else as usual.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.collect()
 
 
 def limit_threads() -> None:

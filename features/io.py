@@ -348,9 +348,10 @@ def load_events(spec: DatasetSpec, with_text: bool = True, known_ids: pd.Index |
         (types.isna().to_numpy(), es.type, "event type is empty"),
     ]
     if known_ids is not None:
-        known = pd.Index(known_ids.astype(str))
         names = pd.Index(ids.cat.categories.astype(str))
-        unknown_code = np.append(~names.isin(known), False)  # code -1 (no id) is reported as empty above
+        unknown_code = np.append(
+            ~ids_in(names, known_ids), False
+        )  # code -1 (no id) is reported as empty above
         checks.append((unknown_code[ids.cat.codes.to_numpy()], es.id, UNKNOWN_CUSTOMER))
     for name in es.values:
         raw = frame[name]
@@ -375,6 +376,19 @@ def load_events(spec: DatasetSpec, with_text: bool = True, known_ids: pd.Index |
     if not keep.all():
         out = out[keep].reset_index(drop=True)
     return Loaded(out, _concat_rejects(rejects))
+
+
+def ids_in(ids: pd.Index, known: pd.Index | pd.Series) -> np.ndarray:
+    """Whether each of `ids` (text) is among `known` (compared as text): Arrow's hash lookup, ~100x faster than
+    pandas' `isin` on `str` values, which turns them into Python strings first."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    def as_arrow(values: pd.Index | pd.Series) -> pa.Array:
+        return pa.array(pd.Index(values).astype(str).array)
+
+    found = pc.is_in(as_arrow(ids), value_set=as_arrow(known)).fill_null(False)
+    return np.asarray(found.to_numpy(zero_copy_only=False), dtype=bool)
 
 
 def aspect_names(values: pd.Series, column: str) -> pd.Series:

@@ -32,6 +32,7 @@ from features.columns import AS_OF, CHURN_DATE, CHURNED, CUSTOMER_ID, EVENT_TYPE
 from features.io import (
     TRUE_LABELS,
     available_columns_of,
+    ids_in,
     load_customers,
     load_events,
     parse_churn_label,
@@ -511,7 +512,7 @@ def _check_unknown_customers(
 ) -> None:
     keys = events[CUSTOMER_ID]
     names = keys.cat.categories.astype(str)
-    unknown = ~np.asarray(names.isin(customers[CUSTOMER_ID].astype(str)), dtype=bool)
+    unknown = ~ids_in(names, customers[CUSTOMER_ID])
     if not unknown.any():
         return
     per_name = np.bincount(keys.cat.codes.to_numpy() + 1, minlength=len(names) + 1)[1:]

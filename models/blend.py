@@ -194,13 +194,16 @@ class LinearTreesBlend(ClassifierMixin, BaseEstimator):
         """Each column's share of linear(x) - `linear_expected_` (exact)."""
         return self._terms(np.asarray(X, dtype=np.float64)) - self.column_means_
 
-    def linear_score(self, X: np.ndarray) -> np.ndarray:
-        """The logistic regression's log-odds, summed column by column (the same bits for any row count)."""
-        contributions = self.linear_contributions(X)
-        total = np.full(contributions.shape[0], self.linear_expected_)
-        for j in range(contributions.shape[1]):
-            total += contributions[:, j]
-        return total
+    def linear_score(self, X: np.ndarray, contributions: np.ndarray | None = None) -> np.ndarray:
+        """The logistic regression's log-odds: `linear_expected_` plus each column's contribution, added left to
+        right (a running sum, never a pairwise one, so the same bits for any row count). `contributions`:
+        `linear_contributions(X)` when the caller has them already."""
+        if contributions is None:
+            contributions = self.linear_contributions(X)
+        terms = np.empty((contributions.shape[0], contributions.shape[1] + 1))
+        terms[:, 0] = self.linear_expected_
+        terms[:, 1:] = contributions
+        return np.cumsum(terms, axis=1)[:, -1]  # `accumulate` adds strictly in order
 
     def tree_score(self, X: np.ndarray, num_threads: int = 0) -> np.ndarray:
         """The trees' raw log-odds (zeros without trees); each row on its own whatever the thread count."""

@@ -143,6 +143,16 @@ def _json_value(value: Any) -> float | str | None:
     return str(value)
 
 
+def _json_values(values: np.ndarray) -> list[float | str | None]:
+    """`_json_value` of each element; a float array in one `tolist` (NaN -> None)."""
+    if values.dtype.kind != "f":
+        return [_json_value(v) for v in values]
+    out: list[Any] = values.tolist()
+    for i in np.flatnonzero(np.isnan(values)).tolist():
+        out[i] = None
+    return out
+
+
 class ChurnModel:
     """A loaded churn model: calibrated probabilities, risk bands and exact per-customer reasons.
 
@@ -296,12 +306,19 @@ class ChurnModel:
     def _predict(self, trees_input: np.ndarray, **kwargs: Any) -> np.ndarray:
         """LightGBM's raw log-odds (`raw_score=True`) or contributions (`pred_contrib=True`); each row on its own
         whatever the thread count, so a customer gives the same bits alone or in a batch."""
+        if len(trees_input) == 0:  # LightGBM divides by the row count
+            return np.zeros((0, trees_input.shape[1] + 1) if kwargs.get("pred_contrib") else 0)
         threads = 1 if len(trees_input) <= _ONE_THREAD_ROWS else 0  # 0: OpenMP's default
         return self._trees.predict(trees_input, num_threads=threads, **kwargs)
 
-    def _raw(self, trees_input: np.ndarray) -> np.ndarray:
+    def _linear_terms(self, trees_input: np.ndarray) -> np.ndarray | None:
+        """The blend's linear part per input column (None without a blend): computed once per call, read by
+        both the score and its contributions."""
+        return self.blend.linear_contributions(trees_input) if self.blend is not None else None
+
+    def _raw(self, trees_input: np.ndarray, linear: np.ndarray | None) -> np.ndarray:
         """The classifier's raw log-odds (what the calibrator reads): `LinearTreesBlend.decision_function`'s
-        arithmetic (the same booster call as its `tree_score`), or the trees' alone."""
+        arithmetic (the same booster call as its `tree_score`), or the trees' alone. `linear`: `_linear_terms`."""
         trees = (
             self._predict(trees_input, raw_score=True)
             if self._trees is not None
@@ -309,9 +326,9 @@ class ChurnModel:
         )
         if self.blend is None:
             return trees
-        return self.blend.blend(self.blend.linear_score(trees_input), trees)
+        return self.blend.blend(self.blend.linear_score(trees_input, linear), trees)
 
-    def _raw_contributions(self, trees_input: np.ndarray) -> np.ndarray:
+    def _raw_contributions(self, trees_input: np.ndarray, linear: np.ndarray | None) -> np.ndarray:
         """Each input column's share of raw - `expected_raw` (exact: linear terms plus TreeSHAP)."""
         n, width = trees_input.shape
         trees = (
@@ -321,7 +338,7 @@ class ChurnModel:
         )
         if self.blend is None:
             return trees
-        return self.blend.blend(self.blend.linear_contributions(trees_input), trees)
+        return self.blend.blend(linear, trees)
 
     def _calibrate(self, raw: np.ndarray) -> np.ndarray:
         """The fitted calibrator on raw scores, as `CalibratedClassifierCV.predict_proba` applies it."""
@@ -339,10 +356,11 @@ class ChurnModel:
         per-call input checks.
         """
         trees_input, values = self._trees_input(features)
-        proba = self._calibrate(self._raw(trees_input))
+        linear = self._linear_terms(trees_input)
+        proba = self._calibrate(self._raw(trees_input, linear))
         if not explain:
             return values, proba, None
-        shap = self._raw_contributions(trees_input)
+        shap = self._raw_contributions(trees_input, linear)
         raw = np.zeros((trees_input.shape[0], len(self.columns)))
         raw[:, self._used_columns] = shap[:, self._encoded_position]
         if self.calibration == "sigmoid":
@@ -364,15 +382,21 @@ class ChurnModel:
         _, _, contributions = self._scored(features, explain=True)
         return pd.DataFrame(contributions, index=features.index, columns=self.columns)
 
-    def _reasons(
-        self, features: pd.DataFrame, values: dict[str, np.ndarray], contributions: np.ndarray, top_k: int
-    ) -> list[list[dict]]:
-        n = contributions.shape[0]
+    @staticmethod
+    def _top(contributions: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(columns, contributions) of each row's `top_k` largest |contribution|, largest first, ties in column
+        order."""
         k = max(0, min(int(top_k), contributions.shape[1]))
+        top = np.argsort(-np.abs(contributions), axis=1, kind="stable")[:, :k]
+        return top, np.take_along_axis(contributions, top, axis=1)
+
+    def _reasons(
+        self, features: pd.DataFrame, values: dict[str, np.ndarray], top: np.ndarray, picked: np.ndarray
+    ) -> list[list[dict]]:
+        """`{"feature", "value", "contribution"}` per (row, rank) of `_top`'s output."""
+        n, k = top.shape
         if k == 0 or n == 0:
             return [[] for _ in range(n)]
-        top = np.argsort(-np.abs(contributions), axis=1, kind="stable")[:, :k]
-        picked = np.take_along_axis(contributions, top, axis=1)
         shown = np.empty((n, k), dtype=object)
         categorical = set(self.schema.profile_categorical)
         for column in np.unique(top):
@@ -384,22 +408,25 @@ class ChurnModel:
                     else numeric_block(features, [name])[:, 0]
                 )
             rows, ranks = np.nonzero(top == column)
-            source = values[name]
-            shown[rows, ranks] = [_json_value(v) for v in source[rows]]
-        names = self.columns
+            shown[rows, ranks] = _json_values(values[name][rows])
+        # Whole-array `tolist` (Python floats and strings, as `float()` and `str()` give) and one zip per row:
+        # a million customers' reasons in a fraction of the time of per-element indexing.
+        names = np.asarray(self.columns, dtype=object)[top].tolist()
         return [
             [
-                {"feature": names[top[i, r]], "value": shown[i, r], "contribution": float(picked[i, r])}
-                for r in range(k)
+                {"feature": feature, "value": value, "contribution": contribution}
+                for feature, value, contribution in zip(row_names, row_values, row_contributions, strict=True)
             ]
-            for i in range(n)
+            for row_names, row_values, row_contributions in zip(
+                names, shown.tolist(), picked.tolist(), strict=True
+            )
         ]
 
     def explain(self, features: pd.DataFrame, top_k: int = 5) -> list[list[dict]]:
         """Per row, the `top_k` features with the largest |contribution| (calibrated log-odds), largest first:
         `{"feature", "value", "contribution"}`; positive pushes towards churn."""
         values, _, contributions = self._scored(features, explain=True)
-        return self._reasons(features, values, contributions, top_k)
+        return self._reasons(features, values, *self._top(contributions, top_k))
 
     def score(self, features: pd.DataFrame, top_k: int = 5) -> pd.DataFrame:
         """`churn_risk` (calibrated probability), `risk_band`, `reasons` (list of dicts), `base_value` and
@@ -410,13 +437,15 @@ class ChurnModel:
         logit(churn_risk), to float rounding.
         """
         values, proba, contributions = self._scored(features, explain=top_k > 0)
-        reasons = self._reasons(features, values, contributions, top_k) if contributions is not None else None
-        listed = np.array(
-            [sum(r["contribution"] for r in row) for row in reasons]
-            if reasons is not None
-            else np.zeros(len(proba)),
-            dtype=np.float64,
-        )
+        reasons = None
+        listed = np.zeros(len(proba))
+        if contributions is not None:
+            top, picked = self._top(contributions, top_k)
+            reasons = self._reasons(features, values, top, picked)
+            # The listed contributions added left to right from 0.0, as `sum()` of the row's reasons would.
+            running = np.zeros((len(proba), picked.shape[1] + 1))
+            running[:, 1:] = picked
+            listed = np.cumsum(running, axis=1)[:, -1]
         total = logit(np.clip(proba, _LOGIT_EPS, 1 - _LOGIT_EPS)) - self.base_logit
         out = pd.DataFrame(
             {

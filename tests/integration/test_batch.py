@@ -636,14 +636,16 @@ def test_time_to_churn_columns_hold_nulls_never_nan():
         },
         index=scored.index,
     )  # fmt: skip
+    ids = scored.index
+    scored, times = scored[eligible], times[eligible]  # only the eligible customers are scored
     for table in (
-        result_table(scored, plan, eligible, why_not, times, "7"),
-        result_table(scored, plan, eligible, why_not),
+        result_table(ids, scored, plan, eligible, why_not, times, "7"),
+        result_table(ids, scored, plan, eligible, why_not),
     ):
         for name in ("survival_30d", "expected_days_to_churn", "expected_days_more_than"):
             column = table.column(name)
             values = column.to_numpy(zero_copy_only=False)
             assert column.null_count == int(np.isnan(values).sum()), name  # every missing value is a null
-    with_times = result_table(scored, plan, eligible, why_not, times, "7")
+    with_times = result_table(ids, scored, plan, eligible, why_not, times, "7")
     assert with_times.column("survival_30d").to_pylist() == [0.9, None, None]  # c: ineligible
     assert with_times.column("expected_days_more_than").to_pylist() == [300.0, None, None]

@@ -302,6 +302,10 @@ def test_reasons_reconcile_with_the_risk(sigmoid_model, isotonic_model, top_k):
         p = np.clip(scored["churn_risk"].to_numpy(), 1e-9, 1 - 1e-9)
         np.testing.assert_allclose(total, logit(p), rtol=0, atol=1e-9)
         assert (scored["base_value"] == model.base_logit).all()
+        # Exactly: what the listed reasons leave over is computed from their sum in the order they are listed.
+        np.testing.assert_array_equal(
+            scored["other_contribution"].to_numpy(), (logit(p) - model.base_logit) - listed
+        )
         if top_k == 0:
             assert (scored["reasons"].map(len) == 0).all()
         else:
@@ -310,6 +314,14 @@ def test_reasons_reconcile_with_the_risk(sigmoid_model, isotonic_model, top_k):
             np.testing.assert_allclose(
                 listed + scored["other_contribution"].to_numpy(), all_contributions.sum(axis=1), atol=1e-6
             )
+
+
+def test_no_rows_score_to_an_empty_answer(sigmoid_model):
+    """A bucket or request with no customer to score gets an empty frame (LightGBM alone fails on 0 rows)."""
+    model, features = sigmoid_model
+    scored = model.score(features.iloc[:0], top_k=5)
+    assert len(scored) == 0 and list(scored.columns) == list(model.score(features.iloc[:1]).columns)
+    assert model.contributions(features.iloc[:0]).shape == (0, len(model.columns))
 
 
 def test_unknown_categories_and_missing_values_are_scored(sigmoid_model):
