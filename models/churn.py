@@ -447,19 +447,19 @@ class ChurnModel:
             running[:, 1:] = picked
             listed = np.cumsum(running, axis=1)[:, -1]
         total = logit(np.clip(proba, _LOGIT_EPS, 1 - _LOGIT_EPS)) - self.base_logit
-        out = pd.DataFrame(
+        column = np.empty(len(proba), dtype=object)  # one list per row (a list of lists would become 2-D)
+        for i, row in enumerate(reasons if reasons is not None else [[] for _ in range(len(proba))]):
+            column[i] = row
+        return pd.DataFrame(  # in one call: adding a column afterwards costs a quarter of a millisecond
             {
                 "churn_risk": proba,
-                "risk_band": risk_band(proba, self.cutoffs),
+                "risk_band": pd.array(risk_band(proba, self.cutoffs), dtype="str"),
                 "base_value": np.full(len(proba), float(self.base_logit)),
                 "other_contribution": total - listed,
+                "reasons": column,
             },
             index=features.index,
         )
-        out["reasons"] = pd.Series(
-            reasons if reasons is not None else [[] for _ in range(len(out))], index=out.index, dtype=object
-        )
-        return out
 
 
 def check_contract(metadata: Mapping[str, Any], uri: str = "model") -> FeatureSchema:

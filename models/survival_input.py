@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from features.engine import FeatureSchema
-from models.tree_input import categorical_values, numeric_block
+from models.tree_input import categorical_values, few_rows, numeric_block
 
 MISSING_CATEGORY = "(missing)"
 
@@ -57,8 +57,9 @@ class FastDesign:
 
     def transform(self, features: pd.DataFrame) -> np.ndarray | None:
         """The design matrix of `features` (engine output), or None when a column is not plain numbers."""
+        few = few_rows(features, self.numeric, self.categorical)
         try:
-            raw = numeric_block(features, self.numeric)
+            raw = few[0] if few is not None else numeric_block(features, self.numeric)
         except (TypeError, ValueError):
             return None
         missing = np.isnan(raw)
@@ -67,8 +68,8 @@ class FastDesign:
         numbers -= self.mean
         numbers /= self.scale
         blocks = [numbers]
-        for name, categories in zip(self.categorical, self.categories, strict=True):
-            text = categorical_values(features[name])
+        for k, (name, categories) in enumerate(zip(self.categorical, self.categories, strict=True)):
+            text = few[1][k] if few is not None else categorical_values(features[name])
             text[pd.isna(text)] = MISSING_CATEGORY
             blocks.append((text[:, None] == categories[None, :]).astype(np.float64))
         return np.hstack(blocks)

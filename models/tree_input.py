@@ -61,13 +61,10 @@ def numeric_block(features: pd.DataFrame, columns: list[str]) -> np.ndarray:
         raise KeyError(
             f"features lack column(s): {[c for c, p in zip(columns, positions, strict=True) if p < 0]}"
         )
-    if len(features) <= _FEW_ROWS and all(
-        isinstance(dtype, np.dtype) and dtype.kind in "fiu" for dtype in features.dtypes.to_numpy()[positions]
-    ):
-        # A request's few rows: one conversion of the whole frame to Python numbers and back is ~5x cheaper
-        # than pandas selecting the columns, and gives the same float64 values (an int or float converts to
-        # the same double either way).
-        return features.to_numpy(dtype=object)[:, positions].astype(np.float64)
+    if len(features) <= _FEW_ROWS:
+        block = _plain_numbers(features.to_numpy(dtype=object)[:, positions])
+        if block is not None:
+            return block
     frame = features.iloc[:, positions]
     if all(pd.api.types.is_numeric_dtype(dtype) for dtype in frame.dtypes):
         return frame.to_numpy(dtype=np.float64, na_value=np.nan)
@@ -77,6 +74,54 @@ def numeric_block(features: pd.DataFrame, columns: list[str]) -> np.ndarray:
             for c in columns
         ]
     )
+
+
+def _plain_numbers(values: np.ndarray) -> np.ndarray | None:
+    """Python numbers (what a frame's numeric columns become as objects) as float64, the same doubles pandas'
+    conversion gives; None when any value is something else (a text, a bool, pd.NA: the general path)."""
+    if all(type(v) is float or type(v) is int for v in values.flat):
+        return values.astype(np.float64)
+    return None
+
+
+def _plain_texts(values: np.ndarray) -> np.ndarray | None:
+    """Texts and missing values as `categorical_values` gives them (None for missing); None when any value is
+    something else (a number in a text column: the general path turns it into its text)."""
+    out = values.copy()
+    for i, value in enumerate(values):
+        if type(value) is str:
+            continue
+        if value is None or value is pd.NA or (type(value) is float and value != value):
+            out[i] = None
+        else:
+            return None
+    return out
+
+
+def few_rows(
+    features: pd.DataFrame, numeric: list[str], categorical: list[str]
+) -> tuple[np.ndarray, list[np.ndarray]] | None:
+    """A request's few rows: (`numeric_block(features, numeric)`, `categorical_values` of each of
+    `categorical`) from one conversion of the whole frame to Python objects, ~4x cheaper than pandas selecting
+    the columns one by one; None for more rows, a missing column or a value of another kind (the caller then
+    takes the general path, which gives the same values or names the problem)."""
+    if len(features) > _FEW_ROWS:
+        return None
+    names = tuple(features.columns.tolist())
+    numbers, texts = _positions(names, tuple(numeric)), _positions(names, tuple(categorical))
+    if (numbers < 0).any() or (texts < 0).any():
+        return None
+    values = features.to_numpy(dtype=object)
+    block = _plain_numbers(values[:, numbers])
+    if block is None:
+        return None
+    columns = []
+    for position in texts.tolist():
+        column = _plain_texts(values[:, position])
+        if column is None:
+            return None
+        columns.append(column)
+    return block, columns
 
 
 class TreeInput:
@@ -149,13 +194,14 @@ class TreeInput:
         """(trees' input matrix, the feature values as the model saw them: float64 or text/None per column)."""
         n = len(features)
         out = np.empty((n, len(self.trees_columns)))
-        numeric = numeric_block(features, self.numeric)
+        few = few_rows(features, self.numeric, self.categorical)
+        numeric = few[0] if few is not None else numeric_block(features, self.numeric)
         values: dict[str, np.ndarray] = {}
         for j, name in enumerate(self.numeric):
             out[:, self._positions[name]] = numeric[:, j]
             values[name] = numeric[:, j]
-        for name in self.categorical:
-            text = categorical_values(features[name])
+        for k, name in enumerate(self.categorical):
+            text = few[1][k] if few is not None else categorical_values(features[name])
             values[name] = text
             codes, missing, unknown = self._codes[name], self._missing_code[name], self._unknown_code[name]
             if n <= _DICT_LOOKUP_ROWS:

@@ -109,6 +109,40 @@ def test_numeric_block_of_few_rows_equals_the_general_conversion(monkeypatch: py
         tree_input.numeric_block(frame, ["a", "missing"])
 
 
+def test_few_rows_equal_the_general_conversions_or_step_aside() -> None:
+    """`few_rows` gives `numeric_block` and `categorical_values` bit for bit, on every kind of column a frame can
+    bring; on a value it cannot take as it is (a text among numbers, a number in a text column, pd.NA) it steps
+    aside (None) and the general path decides."""
+    plain = pd.DataFrame(
+        {
+            "a": np.array([1.5, np.nan, -0.0, 1e308]),
+            "b": np.array([3, -7, 2**53 + 1, 0], dtype=np.int64),
+            "o": pd.Series([1, 2.5, np.nan, 4], dtype=object),  # numbers in an object column
+            "plan": pd.array(["pro", None, "free", "pro"], dtype="str"),
+            "region": pd.Series(["eu", None, np.nan, "us"], dtype=object),
+            "tier": pd.array(["x", pd.NA, "y", "x"], dtype="string"),
+        }
+    )
+    numeric, categorical = ["a", "b", "o"], ["plan", "region", "tier"]
+    few = tree_input.few_rows(plain, numeric, categorical)
+    assert few is not None
+    general = tree_input.numeric_block(plain.astype({"o": "float64"}), numeric)
+    assert np.array_equal(few[0].view(np.int64), general.view(np.int64))
+    for got, name in zip(few[1], categorical, strict=True):
+        expected = tree_input.categorical_values(plain[name])
+        assert got.dtype == object and got.tolist() == expected.tolist()
+    for odd in (
+        plain.assign(o=pd.Series([1, "2", 2.5, 3], dtype=object)),  # a text among numbers
+        plain.assign(o=pd.Series([1, None, 2.5, 3], dtype=object)),  # None among numbers
+        plain.assign(a=pd.array([1.0, None, 2.0, 3.0], dtype="Float64")),  # pd.NA
+        plain.assign(b=np.array([True, False, True, True])),  # bools are no numbers here
+        plain.assign(region=pd.Series([1, None, "eu", "us"], dtype=object)),  # a number in a text column
+    ):
+        assert tree_input.few_rows(odd, numeric, categorical) is None
+    assert tree_input.few_rows(plain, [*numeric, "absent"], categorical) is None
+    assert tree_input.few_rows(pd.concat([plain] * 20), numeric, categorical) is None  # not a few rows
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_evidence_reads_text_columns_as_it_reads_object_columns(seed: int) -> None:
     """Text (`str`/"string") columns are read as they are; object columns are converted first. Both give the same
