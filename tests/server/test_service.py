@@ -267,6 +267,33 @@ def test_balance_connections_closes_only_the_busier_workers_excess(tmp_path):
     assert sorted(WorkerCounts(tmp_path, name="a").all()) == [3, 4]  # b published before it saw port 22
 
 
+def test_worker_counts_write_a_changed_count_at_once_and_an_unchanged_one_only_to_stay_fresh(
+    tmp_path, monkeypatch
+):
+    import serving.connections as connections
+
+    now = [1000.0]
+    monkeypatch.setattr(connections.time, "time", lambda: now[0])
+    writes: list[str] = []
+    real = connections.atomic_write_text
+
+    def counted(text, path):  # noqa: ANN001, ANN202
+        writes.append(text)
+        real(text, path)
+
+    monkeypatch.setattr(connections, "atomic_write_text", counted)
+    counts = connections.WorkerCounts(tmp_path, name="a")
+    counts.publish(3)
+    now[0] += connections.SYNC_S
+    counts.publish(3)  # unchanged, and fresh: no write (the heartbeat calls this 20 times a second)
+    counts.publish(4)  # changed: written at once
+    assert writes == ["3", "4"]
+    now[0] += connections.REFRESH_S
+    counts.publish(4)  # unchanged but a third of the way to stale: written again, so others keep counting it
+    assert writes == ["3", "4", "4"] and connections.REFRESH_S < connections.STALE_S
+    assert counts.all() == [4]
+
+
 @pytest.mark.slow
 def test_online_scoring_in_process_equalsoffline_score(models, canonical):
     """`serving.scoring` with the real (small) models gives the batch path's numbers for the same customer."""
