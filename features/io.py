@@ -349,9 +349,8 @@ def load_events(spec: DatasetSpec, with_text: bool = True, known_ids: pd.Index |
     ]
     if known_ids is not None:
         names = pd.Index(ids.cat.categories.astype(str))
-        unknown_code = np.append(
-            ~ids_in(names, known_ids), False
-        )  # code -1 (no id) is reported as empty above
+        # Code -1 (no id) is reported as empty above.
+        unknown_code = np.append(~ids_in(names, known_ids), False)
         checks.append((unknown_code[ids.cat.codes.to_numpy()], es.id, UNKNOWN_CUSTOMER))
     for name in es.values:
         raw = frame[name]

@@ -84,7 +84,7 @@ def _plain_numbers(values: np.ndarray) -> np.ndarray | None:
     return None
 
 
-def _plain_texts(values: np.ndarray) -> np.ndarray | None:
+def _texts_as_they_are(values: np.ndarray) -> np.ndarray | None:
     """Texts and missing values as `categorical_values` gives them (None for missing); None when any value is
     something else (a number in a text column: the general path turns it into its text)."""
     out = values.copy()
@@ -117,7 +117,7 @@ def few_rows(
         return None
     columns = []
     for position in texts.tolist():
-        column = _plain_texts(values[:, position])
+        column = _texts_as_they_are(values[:, position])
         if column is None:
             return None
         columns.append(column)
