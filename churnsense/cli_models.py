@@ -160,7 +160,8 @@ def train_aspects_command(
         bool,
         typer.Option(
             "--fine-tune",
-            help="fine-tune a classifier on the spec's labels (the sentiment trainer) instead of zero-shot",
+            help="fine-tune a classifier on the spec's labels (the sentiment trainer) instead of zero-shot; it is "
+            "averaged with a class-balanced TF-IDF model at a weight chosen on validation",
         ),
     ] = False,
     config: Annotated[
@@ -172,7 +173,8 @@ def train_aspects_command(
 
     Zero-shot embeds each aspect's description with the packaged sentence encoder and names the most similar
     aspect, or the taxonomy's none label below the threshold; with --spec it is scored on the labelled test
-    split (its threshold chosen on validation). --fine-tune trains a classifier on the labels instead."""
+    split (its threshold chosen on validation). --fine-tune trains a classifier on the labels instead and
+    averages its probabilities with a class-balanced TF-IDF model's, the weight chosen on validation macro-F1."""
     passive_omp_threads()
     from training.aspects import load_aspect_config, train_fine_tuned, train_zero_shot
 

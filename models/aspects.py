@@ -12,12 +12,17 @@ Two kinds, one interface (`predict(texts) -> AspectPredictions`):
   that similarity reaches `threshold`, else `none_label` ("none of these").
 - **trained** (`TrainedAspects`), when there are: a fine-tuned sequence classifier whose classes are the
   aspects (`churnsense train aspects --spec`, the sentiment trainer's fine-tuning with reason labels); scores
-  are class probabilities, the most probable class wins.
+  are class probabilities, the most probable class wins. The trainer usually adds a second half: a
+  class-balanced TF-IDF + logistic regression, whose probabilities are averaged with the classifier's at a
+  weight chosen on validation (`training.aspect_averaging`; it wins on the rare reasons, the classifier on the
+  common ones).
 
 Both are batch invariant (`models.text_encoder`): a text's aspect and scores depend on the text and the model
 alone, whatever else is scored with it. A zero-shot model is saved as a folder: the encoder's Hugging Face files
 plus `aspects.json` (names, descriptions, threshold, none label, max_length, their embeddings are recomputed at
-load); a trained one is a sentiment-style classifier folder.
+load); a trained one is a sentiment-style classifier folder, with `aspect_average.json` (the weight) and
+`aspect_tfidf.skops` (the TF-IDF half) beside its weights when it has one: one folder, so its digest (the cache
+key and the churn model's `AspectLineage`) covers every number behind an answer.
 """
 
 from __future__ import annotations
@@ -32,9 +37,12 @@ from typing import Any
 import numpy as np
 
 from churnsense.errors import UserError
+from features.columns import TEXT
 from features.text import normalise_text
 
 ASPECTS_FILE = "aspects.json"
+AVERAGE_FILE = "aspect_average.json"  # a trained model's TF-IDF half: its file and weight
+TFIDF_FILE = "aspect_tfidf.skops"
 EMBED_BATCH = 64  # texts per forward pass of the sentence encoder
 ZERO_SHOT, TRAINED = "zero-shot", "trained"
 
@@ -187,22 +195,95 @@ class ZeroShotAspects:
 
 
 class TrainedAspects:
-    """Aspects from a fine-tuned classifier (a `models.sentiment.SentimentClassifier` over the aspect names)."""
+    """Aspects from a fine-tuned classifier (a `models.sentiment.SentimentClassifier` over the aspect names),
+    optionally averaged with a TF-IDF model's probabilities.
+
+    Args:
+        classifier: the fine-tuned classifier (its labels are the aspect names).
+        tfidf: a fitted scikit-learn pipeline taking a frame with a `text` column (`tfidf_frame`), whose classes
+            include every aspect name; None for the classifier alone.
+        weight: the classifier's share of the average, in [0, 1] (1 without `tfidf`).
+    Both halves are batch invariant: TF-IDF and logistic regression score each row on its own.
+    """
 
     kind = TRAINED
 
-    def __init__(self, classifier: Any) -> None:
+    def __init__(self, classifier: Any, tfidf: Any = None, weight: float = 1.0) -> None:
         self.classifier = classifier
         self.names = list(classifier.labels)
         self.labels = self.names
         self.source = classifier.source
         self.digest, self.quantized = classifier.digest, classifier.quantized
+        if not 0.0 <= float(weight) <= 1.0:
+            raise AspectModelError(f"weight {weight}: the classifier's share must be between 0 and 1")
+        self.tfidf, self.weight = tfidf, float(weight) if tfidf is not None else 1.0
+        if tfidf is not None:
+            classes = [str(c) for c in tfidf.classes_]
+            missing = [n for n in self.names if n not in classes]
+            if missing:
+                raise AspectModelError(f"the TF-IDF half has no class for aspects {missing}")
+            self._columns = [classes.index(n) for n in self.names]
+
+    @staticmethod
+    def tfidf_frame(texts: list[str | None]) -> Any:
+        """What the TF-IDF half reads (and is fitted on): texts normalised as every scorer does, missing -> ""."""
+        import pandas as pd
+
+        return pd.DataFrame({TEXT: [normalise_text(t) or "" for t in texts]}, dtype=object)
+
+    def tfidf_proba(self, texts: list[str | None]) -> np.ndarray:
+        """The TF-IDF half's probabilities, columns in `names` order."""
+        return self.tfidf.predict_proba(self.tfidf_frame(texts))[:, self._columns].astype(np.float64)
 
     def predict(self, texts: list[str | None]) -> AspectPredictions:
-        proba = self.classifier.predict_proba(list(texts)).astype(np.float64)
+        texts = list(texts)
+        proba = self.classifier.predict_proba(texts).astype(np.float64)
+        if self.tfidf is not None and texts:
+            proba = self.weight * proba + (1.0 - self.weight) * self.tfidf_proba(texts)
         index = proba.argmax(axis=1) if len(proba) else np.zeros(0, dtype=int)
         best = proba.max(axis=1) if len(proba) else np.zeros(0)
         return AspectPredictions([self.names[i] for i in index], proba, self.names, best)
+
+    @classmethod
+    def from_folder(cls, folder: Path, quantize: bool | None = None) -> TrainedAspects:
+        """A trained model's folder (its classifier folder, or an MLflow model folder holding it), with its TF-IDF
+        half when the classifier folder has one."""
+        from models.sentiment import SentimentClassifier
+
+        classifier = SentimentClassifier.load(folder, quantize=quantize)
+        found = sorted(folder.rglob(AVERAGE_FILE))
+        if not found:
+            return cls(classifier)
+        home = found[0].parent
+        if not (home / "config.json").is_file():
+            raise AspectModelError(f"{found[0]}: not beside the classifier's weights (config.json)")
+        spec = json.loads(found[0].read_text(encoding="utf-8"))
+        return cls(classifier, load_tfidf(home / str(spec["tfidf"])), float(spec["weight"]))
+
+    def save_average(self, folder: Path) -> None:
+        """The TF-IDF half and the weight, into the classifier's folder `folder` (before its digest is taken)."""
+        import skops.io
+
+        if self.tfidf is None:
+            return
+        (folder / TFIDF_FILE).write_bytes(skops.io.dumps(self.tfidf))
+        spec = {"weight": self.weight, "tfidf": TFIDF_FILE}
+        (folder / AVERAGE_FILE).write_text(json.dumps(spec, indent=2), encoding="utf-8")
+
+
+def load_tfidf(path: Path) -> Any:
+    """A TF-IDF pipeline saved with skops, refused if it holds any type skops does not trust by default (a
+    TF-IDF + logistic regression pipeline holds none; skops never runs code of a type it was not told to trust,
+    and this is never told)."""
+    import skops.io
+
+    if not path.is_file():
+        raise AspectModelError(f"{path}: the aspect model's TF-IDF half is missing")
+    data = path.read_bytes()
+    untrusted = skops.io.get_untrusted_types(data=data)
+    if untrusted:
+        raise AspectModelError(f"{path}: refusing to load types skops does not trust by default: {untrusted}")
+    return skops.io.loads(data)
 
 
 AspectModel = ZeroShotAspects | TrainedAspects
@@ -249,7 +330,7 @@ def annotate_aspects(evidence: Any, cache: AspectCache | Callable[[list[str]], l
 def load_aspect_model(source: str | Path, quantize: bool | None = None) -> AspectModel:
     """An aspect model from a registry or run URI (`models:/churnsense-aspects@champion`) or a local folder (a
     zero-shot folder, a trained classifier folder, or an MLflow model folder holding either)."""
-    from models.sentiment import SentimentClassifier, download_model
+    from models.sentiment import download_model
 
     text = str(source)
     if text.startswith("models:/"):
@@ -267,4 +348,4 @@ def load_aspect_model(source: str | Path, quantize: bool | None = None) -> Aspec
     found = sorted(folder.rglob(ASPECTS_FILE))
     if found:
         return ZeroShotAspects.from_folder(found[0].parent, quantize=True if quantize is None else quantize)
-    return TrainedAspects(SentimentClassifier.load(folder, quantize=quantize))
+    return TrainedAspects.from_folder(folder, quantize=quantize)

@@ -1,8 +1,8 @@
-"""The MLflow `pyfunc` face of a zero-shot aspect model: one artifact, the folder `ZeroShotAspects.save` wrote.
+"""The MLflow `pyfunc` face of an aspect model: one artifact, the model's folder (`ZeroShotAspects.save` wrote a
+zero-shot one; a trained one is the classifier's folder with its TF-IDF half, `training.aspect_averaging`).
 
 `mlflow.pyfunc.load_model("models:/churnsense-aspects@champion").predict(frame)` takes a `text` column (or a list of
-strings) and returns `aspect`, `aspect_score` and `score_<aspect>` per text. A trained aspect model is a
-sentiment-style classifier and is logged by the sentiment trainer (`models.sentiment_pyfunc`).
+strings) and returns `aspect`, `aspect_score` and `score_<aspect>` per text: the answers churnsense itself gives.
 """
 
 from __future__ import annotations
@@ -12,20 +12,20 @@ from typing import Any
 import mlflow.pyfunc
 import pandas as pd
 
-from models.aspects import AspectPredictions, ZeroShotAspects
+from models.aspects import AspectPredictions, load_aspect_model
 from models.sentiment_pyfunc import texts_from_input
 
 ASPECT_ARTIFACT = "aspect_model"
 
 
 class AspectsPyfunc(mlflow.pyfunc.PythonModel):
-    """Loads `ZeroShotAspects` from the `aspect_model` artifact in `load_context` (never at import time)."""
+    """Loads the aspect model from the `aspect_model` artifact in `load_context` (never at import time)."""
 
     def load_context(self, context: Any) -> None:
         from pathlib import Path
 
         config = dict(context.model_config or {})
-        self.model = ZeroShotAspects.from_folder(
+        self.model = load_aspect_model(
             Path(context.artifacts[ASPECT_ARTIFACT]), quantize=bool(config.get("quantize", True))
         )
 

@@ -10,7 +10,8 @@ the trained model would use (`training.reviews.prepare_reviews`, the sentiment c
 with `tune_threshold`, its "none of these" threshold is chosen on the validation split by macro-F1.
 
 Trained (`train_fine_tuned`): the sentiment trainer's fine-tuning (`training.sentiment.train_sentiment`) with
-the reasons as classes, registered under the aspect model's name with its TF-IDF baseline logged beside it.
+the reasons as classes, averaged with a class-balanced TF-IDF model at a weight chosen on validation
+(`training.aspect_averaging`), registered under the aspect model's name.
 Both register under `churnsense-aspects` (configurable); a run is tagged `churnsense.model: aspects`.
 """
 
@@ -168,6 +169,14 @@ class AspectRunResult:
 
     def headline(self) -> str:
         where = self.model_uri
+        if self.kind == "trained" and "shipped_test_macro_f1" in self.metrics:
+            m = self.metrics
+            return (
+                f"trained aspect model {where} (run {self.run_id}): test accuracy {m['shipped_test_accuracy']:.4f} "
+                f"macro-F1 {m['shipped_test_macro_f1']:.4f}, the fine-tuned encoder (alone: "
+                f"{m['test_macro_f1']:.4f}) averaged with a balanced TF-IDF model (alone: "
+                f"{m['tfidf_half_test_macro_f1']:.4f}) at encoder weight {m['average_weight']:g}"
+            )
         scores = ", ".join(f"{k} {v:.4f}" for k, v in sorted(self.metrics.items()) if k.startswith("test_"))
         return f"{self.kind} aspect model {where} (run {self.run_id})" + (f": {scores}" if scores else "")
 
@@ -236,7 +245,7 @@ def train_zero_shot(config: AspectConfig, spec: Any = None) -> AspectRunResult:
 
 def _log_model(folder: Path, model: ZeroShotAspects, config: AspectConfig) -> Any:
     from models.aspects_pyfunc import ASPECT_ARTIFACT, AspectsPyfunc
-    from training.sentiment import log_text_pyfunc
+    from training.text_logging import log_text_pyfunc
 
     example = pd.DataFrame({TEXT: ["I was charged twice this month", "thanks, all sorted"]}).astype(
         {TEXT: object}
@@ -267,9 +276,12 @@ def _threshold_figure(curve: dict[float, float], chosen: float) -> Any:
     return figure
 
 
-def train_fine_tuned(spec: Any, config_path: Path | str | None = None, **overrides: Any) -> Any:
-    """The sentiment trainer on the spec's reasons, registered as the aspect model (unless the config names
-    another). Returns its `SentimentRunResult`."""
+def train_fine_tuned(spec: Any, config_path: Path | str | None = None, **overrides: Any) -> AspectRunResult:
+    """The sentiment trainer on the spec's reasons, averaged with a balanced TF-IDF model at a weight chosen on
+    validation (`training.aspect_averaging`), registered as the aspect model (unless the config names another)."""
+    from mlflow import MlflowClient
+
+    from training.aspect_averaging import package_aspects
     from training.sentiment import train_sentiment
     from training.sentiment_config import read_config_file
 
@@ -277,12 +289,12 @@ def train_fine_tuned(spec: Any, config_path: Path | str | None = None, **overrid
     values.setdefault("model_name", ASPECT_MODEL_NAME)
     values.setdefault("experiment", "churnsense-aspects")
     values.update(overrides)
-    result = train_sentiment(spec, None, **values)
-    from mlflow import MlflowClient
-
+    result = train_sentiment(spec, None, package=package_aspects, **values)
     MlflowClient().set_tag(result.run_id, "churnsense.model", "aspects")
     MlflowClient().set_tag(result.run_id, "aspects.kind", "trained")
-    return result
+    trained = AspectRunResult(result.run_id, "trained", result.model_uri, result.version, result.metrics)
+    logger.info("%s", trained.headline())
+    return trained
 
 
 def evaluate_for_promotion(model_uri: str, challenger_version: Any) -> dict[str, float]:

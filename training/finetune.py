@@ -44,14 +44,20 @@ logger = logging.getLogger(__name__)
 
 def fit_baseline(train: pd.DataFrame, config: SentimentConfig) -> Any:
     """TF-IDF (word 1-2-grams + char_wb 2-5-grams) + logistic regression, as one sklearn `Pipeline` that takes
-    a frame with a `text` column and predicts label names."""
+    a frame with a `text` column and predicts label names, fitted on `train`."""
+    pipeline = baseline_pipeline(config, len(train))
+    return pipeline.fit(train[[TEXT]].astype({TEXT: object}), train[LABEL].astype(object))
+
+
+def baseline_pipeline(config: SentimentConfig, n_texts: int) -> Any:
+    """The baseline's unfitted pipeline for a training set of `n_texts`."""
     from sklearn.compose import ColumnTransformer
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
 
     # Tiny data sets (tests) would lose every n-gram to min_df=2.
-    min_df = 2 if len(train) >= 1000 else 1
+    min_df = 2 if n_texts >= 1000 else 1
     features = ColumnTransformer(
         [
             ("word", TfidfVectorizer(ngram_range=(1, 2), min_df=min_df, sublinear_tf=True), TEXT),
@@ -75,7 +81,7 @@ def fit_baseline(train: pd.DataFrame, config: SentimentConfig) -> Any:
             ),
         ]
     )
-    return pipeline.fit(train[[TEXT]].astype({TEXT: object}), train[LABEL].astype(object))
+    return pipeline
 
 
 def seed_everything(seed: int) -> None:

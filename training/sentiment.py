@@ -1,7 +1,7 @@
 """Sentiment training: fine-tune a pretrained encoder (and a TF-IDF baseline), track it in MLflow, register it.
 
     load_labelled_reviews -> clean_reviews -> check_labels -> split_reviews
-        -> fit_baseline, load_backbone -> fine_tune -> evaluate_models (val, test, int8) -> log_sentiment_model
+        -> fit_baseline, load_backbone -> fine_tune -> evaluate_models (val, test, int8) -> package (`training.text_logging`)
 
 `train_sentiment(spec, config)` runs the whole chain and returns a `SentimentRunResult`; the CLI command
 `churnsense train sentiment` and the demo call it. Promotion (`promote_sentiment`) scores the newest version
@@ -14,7 +14,6 @@ import json
 import logging
 import tempfile
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from training.finetune import classification_metrics, fine_tune, fit_baseline, l
 from training.reference import REFERENCE_ARTIFACT, text_reference
 from training.reviews import LABEL, ReviewSplits, prepare_reviews
 from training.sentiment_config import SentimentConfig, load_sentiment_config
+from training.text_logging import Packager, log_baseline_model, package_sentiment
 
 logger = logging.getLogger(__name__)
 
@@ -167,107 +167,6 @@ class SentimentRunResult:
         )
 
 
-def pip_requirements() -> list[str]:
-    """Pinned to what trained the model, passed explicitly so MLflow never guesses them."""
-    from importlib.metadata import version
-
-    return [
-        f"{name}=={version(name).split('+')[0]}"
-        for name in (
-            "mlflow",
-            "torch",
-            "transformers",
-            "tokenizers",
-            "safetensors",
-            "pandas",
-            "numpy",
-            "pyarrow",
-        )
-    ]
-
-
-def log_sentiment_model(
-    hf_dir: Path, classifier: SentimentClassifier, labels: list[str], config: SentimentConfig
-) -> Any:
-    """Log the fine-tuned model as a pyfunc (artifact = the HF folder) with signature, input example and
-    metadata; register it under `config.model_name` when `config.register_model`. Returns the `ModelInfo`."""
-
-    from models.sentiment_pyfunc import HF_ARTIFACT, SentimentPyfunc
-
-    example = pd.DataFrame(
-        {TEXT: ["the flight was great, thank you", "lost my bag and nobody answers"]}
-    ).astype({TEXT: object})
-    output = classifier.predict_frame(example[TEXT].tolist())
-    output = output.astype({"label": object})
-    return log_text_pyfunc(
-        SentimentPyfunc(),
-        {HF_ARTIFACT: str(hf_dir)},
-        example,
-        output,
-        metadata={
-            "labels": labels,
-            "backbone": config.backbone,
-            "max_length": config.max_length,
-            # The model's identity for caches and lineage (`models.sentiment.artifact_digest` of hf_model).
-            "artifact_digest": artifact_digest(hf_dir),
-        },
-        # MLflow also logs model_config as run params: keys must not clash with the config's own params.
-        model_config={
-            "quantize": config.quantize,
-            "num_threads": config.num_threads,
-            "inference_batch_size": 32,
-        },
-        registered_model_name=config.model_name if config.register_model else None,
-    )
-
-
-def log_text_pyfunc(
-    python_model: Any,
-    artifacts: dict[str, str],
-    example: pd.DataFrame,
-    output: pd.DataFrame,
-    metadata: dict[str, Any],
-    model_config: dict[str, Any],
-    registered_model_name: str | None,
-) -> Any:
-    """Log a text model as `model` (a pyfunc with its files as artifacts), with the signature of `example` ->
-    `output`, pinned requirements and metadata; register it when a name is given. Returns the `ModelInfo`."""
-    import mlflow
-    from mlflow.models import infer_signature
-
-    with warnings.catch_warnings():
-        # The explicit signature is the contract; MLflow's type-hint nag does not apply.
-        warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method.*")
-        return mlflow.pyfunc.log_model(
-            name="model",
-            python_model=python_model,
-            artifacts=artifacts,
-            signature=infer_signature(example, output),
-            input_example=example,
-            pip_requirements=pip_requirements(),
-            metadata=metadata,
-            model_config=model_config,
-            registered_model_name=registered_model_name,
-        )
-
-
-def log_baseline_model(baseline: Any, splits: ReviewSplits) -> Any:
-    """Log the TF-IDF baseline as a second model (`baseline`), not registered."""
-    import mlflow.sklearn
-    from mlflow.models import infer_signature
-
-    example = splits.train[[TEXT]].head(2).astype({TEXT: object})
-    from importlib.metadata import version
-
-    return mlflow.sklearn.log_model(
-        baseline,
-        name="baseline",
-        signature=infer_signature(example, np.asarray(baseline.predict(example), dtype=object)),
-        input_example=example,
-        pip_requirements=[f"scikit-learn=={version('scikit-learn')}", f"mlflow=={version('mlflow')}"],
-    )
-
-
 def log_run_start(
     spec: DatasetSpec,
     config: SentimentConfig,
@@ -302,6 +201,7 @@ def train_sentiment(
     spec: DatasetSpec | Path | str,
     config: SentimentConfig | Path | str | None = None,
     resume: str | None = None,
+    package: Packager = package_sentiment,
     **overrides: Any,
 ) -> SentimentRunResult:
     """Train, evaluate, log and register the sentiment model (and its baseline) in one MLflow run.
@@ -311,6 +211,7 @@ def train_sentiment(
         config: a `SentimentConfig`, a config YAML path, or None for `configs/sentiment.yaml`.
         resume: the id of a run that was stopped (killed, crashed): it continues from its checkpoint, in that
             run, with that run's config (`training.checkpoints`); give no `config` or overrides with it.
+        package: how the fine-tuned folder is logged (`Packager`; the aspect trainer passes its own).
         **overrides: config keys to change, e.g. ``max_steps=40`` for a one-minute demo.
     Returns: the run id, registered version, metrics, timings, cleaning counts and split sizes.
     """
@@ -420,9 +321,12 @@ def train_sentiment(
         started = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
             hf_dir = save_model_dir(fit, labels, config, Path(tmp, "hf_model"))
-            info = log_sentiment_model(hf_dir, classifier, labels, config)
-            classifier.digest = artifact_digest(hf_dir)
+            info, packaged = package(hf_dir, classifier, splits, labels, config)
+            classifier.digest = artifact_digest(hf_dir)  # after packaging: every file the model loads
         mlflow.set_tag("artifact_digest", classifier.digest)
+        if packaged:
+            mlflow.log_metrics(packaged)
+            evaluation.metrics.update(packaged)
         if baseline is not None:
             log_baseline_model(baseline, splits)
         timings["log_model_s"] = time.perf_counter() - started

@@ -4,6 +4,7 @@ the simulator's own issue references, and the rest runs on a tiny random encoder
 
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
 
@@ -132,25 +133,99 @@ def test_config_and_label_errors_name_the_problem(tiny_encoder: Path, labelled: 
         train_zero_shot(only_positive, load_spec(labelled))
 
 
-def test_fine_tuned_aspects_register_under_the_aspect_name_and_load(
-    tiny_encoder: Path, labelled: Path
+def test_fine_tuned_aspects_are_averaged_with_tfidf_registered_and_load(
+    tiny_encoder: Path, labelled: Path, tmp_path: Path
 ) -> None:
+    """The registered model is the average the trainer chose on validation, answers the same through MLflow's
+    pyfunc and alone or batched, and its digest covers its TF-IDF half."""
     import mlflow
+    import skops.io
+    from sklearn.preprocessing import FunctionTransformer
 
-    from models.aspects import TrainedAspects, load_aspect_model
+    from models.aspects import AVERAGE_FILE, TFIDF_FILE, AspectModelError, TrainedAspects, load_aspect_model
+    from models.lineage import AspectLineage, LineageError, check_lineage
+    from models.sentiment import download_model
+    from training.aspect_averaging import WEIGHTS, choose_weight
     from training.aspects import train_fine_tuned
+    from training.sentiment import load_validation_split
 
     name = f"test-aspects-{uuid.uuid4().hex[:8]}"
     result = train_fine_tuned(
         labelled, None, backbone=str(tiny_encoder), max_steps=4, batch_size=16, max_length=24,
         model_name=name, baseline=False, num_threads=1,
     )  # fmt: skip
-    assert result.version == "1"
-    assert mlflow.get_run(result.run_id).data.tags["churnsense.model"] == "aspects"
-    model = load_aspect_model(f"models:/{name}/1")
+    assert result.version == "1" and result.kind == "trained"
+    run = mlflow.get_run(result.run_id)
+    assert run.data.tags["churnsense.model"] == "aspects" and run.data.tags["aspects.kind"] == "trained"
+    for key in (
+        "shipped_test_macro_f1",
+        "shipped_val_macro_f1",
+        "tfidf_half_test_macro_f1",
+        "average_weight",
+    ):
+        assert run.data.metrics[key] == pytest.approx(result.metrics[key]), key
+    assert "encoder weight" in result.headline()
+    uri = f"models:/{name}/1"
+    model = load_aspect_model(uri)
     assert isinstance(model, TrainedAspects) and set(model.names) == {"negative", "neutral", "positive"}
-    predicted = model.predict(["the crew was rude", None])
-    assert predicted.scores.shape == (2, 3) and np.allclose(predicted.scores.sum(axis=1), 1.0, atol=1e-5)
+    assert (
+        model.tfidf is not None
+        and model.weight == result.metrics["average_weight"]
+        and model.weight in WEIGHTS
+    )
+
+    texts = [*review_texts(4, seed=11)["text"].tolist(), "the crew was rude", None, ""]
+    predicted = model.predict(texts)
+    encoder = model.classifier.predict_proba(texts).astype(np.float64)
+    expected = model.weight * encoder + (1 - model.weight) * model.tfidf_proba(texts)
+    np.testing.assert_array_equal(predicted.scores, expected)
+    assert np.allclose(predicted.scores.sum(axis=1), 1.0, atol=1e-5)
+    alone = np.concatenate([model.predict([t]).scores for t in texts])
+    np.testing.assert_array_equal(alone, predicted.scores)  # batch invariant, both halves
+    np.testing.assert_array_equal(model.predict(texts[::-1]).scores[::-1], predicted.scores)
+    served = mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"text": texts}))
+    assert served["aspect"].tolist() == predicted.aspects
+    np.testing.assert_array_equal(served["aspect_score"].to_numpy(), predicted.best)
+
+    validation = load_validation_split(result.run_id)
+    val_texts = validation["text"].tolist()
+    chosen, curve = choose_weight(
+        model.classifier.predict_proba(val_texts).astype(np.float64),
+        model.tfidf_proba(val_texts),
+        validation["label"].astype(str).tolist(),
+        model.names,
+    )
+    assert chosen == model.weight and curve[chosen] == max(curve.values())
+
+    # Another weight is another model: the churn model's lineage of this one refuses it.
+    folder = download_model(uri, tmp_path / "copy")
+    lineage = AspectLineage.of(model, uri)
+    average = next(folder.rglob(AVERAGE_FILE))
+    average.write_text(average.read_text().replace(str(model.weight), "0.55", 1), encoding="utf-8")
+    edited = load_aspect_model(folder, quantize=model.quantized)
+    assert edited.weight == 0.55
+    with pytest.raises(LineageError, match="expected"):
+        check_lineage(lineage, edited, what="aspect model")
+    # A TF-IDF half that would call anything outside scikit-learn is refused, not run.
+    (average.parent / TFIDF_FILE).write_bytes(skops.io.dumps(FunctionTransformer(os.path.basename)))
+    with pytest.raises(AspectModelError, match=r"refusing to load types .*posixpath\.basename"):
+        load_aspect_model(folder)
+
+
+def test_the_encoder_share_is_chosen_by_validation_macro_f1() -> None:
+    from training.aspect_averaging import choose_weight
+
+    names = ["a", "b", "c"]
+    truth = ["a", "b", "c", "c"]
+    # The encoder knows a and b, the TF-IDF model c: only a mix gets all four right.
+    encoder = np.array([[0.9, 0.05, 0.05], [0.05, 0.9, 0.05], [0.5, 0.4, 0.1], [0.4, 0.5, 0.1]])
+    tfidf = np.array([[0.3, 0.3, 0.4], [0.3, 0.3, 0.4], [0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    weight, curve = choose_weight(encoder, tfidf, truth, names)
+    assert curve[weight] == 1.0 and 0.0 < weight < 1.0
+    assert curve[1.0] < 1.0 and curve[0.0] < 1.0
+    best = [w for w, f1 in curve.items() if f1 == 1.0]
+    assert weight == max(best)  # among equals, the larger encoder share
+    assert choose_weight(encoder, encoder, truth, names)[0] == 1.0  # nothing to gain: the encoder alone
 
 
 def test_cli_aspect_errors_and_predict_sentiment_with_aspects(
