@@ -92,13 +92,29 @@ def paired_bootstrap(truth, mine, theirs, labels, resamples: int = 2000):  # noq
     return float(np.quantile(gaps, 0.025)), float(np.quantile(gaps, 0.975))
 
 
-def train_aspect_model(store: Path) -> str:
+def check_trained_on(uri: str, seed: int) -> None:
+    """Exit unless the registered model's run split with `seed`: another split's test texts were its training."""
+    from mlflow import MlflowClient
+
+    from models.catalog import registry_name_version, resolve_model_uri
+
+    pinned = registry_name_version(resolve_model_uri(uri)[0])
+    if pinned is None:
+        return  # a run or folder URI: nothing to check it against
+    run_id = MlflowClient().get_model_version(*pinned).run_id
+    logged = MlflowClient().get_run(run_id).data.params.get("seed")
+    if logged is not None and int(logged) != seed:
+        sys.exit(f"error: {uri} was trained on the split of seed {logged}, not {seed}: give --seed {logged}")
+
+
+def train_aspect_model(store: Path, seed: int | None) -> str:
     """Fine-tune into a store of its own under bench_out; returns the model URI."""
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store / 'mlflow.db'}"
     os.environ["CHURNSENSE_ARTIFACT_ROOT"] = str(store / "mlruns")
     from training.aspects import train_fine_tuned
 
-    result = train_fine_tuned(SPEC, ROOT / "configs" / "aspects_airline_trained.yaml", baseline=False)
+    recipe = ROOT / "configs" / "aspects_airline_trained.yaml"
+    result = train_fine_tuned(SPEC, recipe, baseline=False, **({"seed": seed} if seed is not None else {}))
     return result.model_uri
 
 
@@ -109,11 +125,16 @@ def main() -> None:
     parser.add_argument(
         "--trained", help="URI of a fine-tuned aspect model to score (in --tracking-uri's store)"
     )
-    parser.add_argument("--train", action="store_true", help="fine-tune one first (about 10 min on 2 cores)")
+    parser.add_argument("--train", action="store_true", help="fine-tune one first (about 20 min on 2 cores)")
     parser.add_argument(
         "--tracking-uri", help="the MLflow store --trained is in (default: MLFLOW_TRACKING_URI)"
     )
     parser.add_argument("--bench-dir", type=Path, default=ROOT / "bench_out")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        help="the split's seed (default: the sentiment config's); a --trained model must be trained with it",
+    )
     args = parser.parse_args()
     if not DATA.is_dir():
         print(f"aspects: skipped ({DATA} is absent)")
@@ -125,7 +146,7 @@ def main() -> None:
         os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
     trained_uri = args.trained
     if args.train:
-        trained_uri = train_aspect_model(args.bench_dir / "aspects_store")
+        trained_uri = train_aspect_model(args.bench_dir / "aspects_store", args.seed)
 
     import torch
 
@@ -143,11 +164,11 @@ def main() -> None:
     from training.sentiment_config import load_sentiment_config
 
     torch.set_num_threads(2)
-    config = load_sentiment_config(None)
+    config = load_sentiment_config(None, **({"seed": args.seed} if args.seed is not None else {}))
     _, _, labels, splits = prepare_reviews(load_spec(SPEC), config)
     truth = splits.test[LABEL].astype(str).tolist()
     texts = splits.test[TEXT].tolist()
-    print(f"airline reasons: {len(splits.train):,} train / {len(splits.validation):,} validation / {len(truth):,} test "
+    print(f"airline reasons (seed {config.seed}): {len(splits.train):,} train / {len(splits.validation):,} validation / {len(truth):,} test "
           f"texts, {len(labels)} reasons")  # fmt: skip
     rows: dict[str, tuple[dict[str, float], float]] = {}
     majority = splits.train[LABEL].astype(str).mode()[0]
@@ -161,6 +182,7 @@ def main() -> None:
         answers[name] = predicted
         started = time.perf_counter()
     if trained_uri:
+        check_trained_on(trained_uri, config.seed)
         started = time.perf_counter()
         trained = load_aspect_model(trained_uri)
         alone = TrainedAspects(trained.classifier)

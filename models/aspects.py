@@ -257,8 +257,12 @@ class TrainedAspects:
         home = found[0].parent
         if not (home / "config.json").is_file():
             raise AspectModelError(f"{found[0]}: not beside the classifier's weights (config.json)")
-        spec = json.loads(found[0].read_text(encoding="utf-8"))
-        return cls(classifier, load_tfidf(home / str(spec["tfidf"])), float(spec["weight"]))
+        try:
+            spec = json.loads(found[0].read_text(encoding="utf-8"))
+            tfidf_file, weight = str(spec["tfidf"]), float(spec["weight"])
+        except (ValueError, KeyError, TypeError) as error:
+            raise AspectModelError(f"{found[0]}: not an aspect average ({error!r})") from None
+        return cls(classifier, load_tfidf(home / tfidf_file), weight)
 
     def save_average(self, folder: Path) -> None:
         """The TF-IDF half and the weight, into the classifier's folder `folder` (before its digest is taken)."""

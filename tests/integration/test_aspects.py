@@ -206,6 +206,13 @@ def test_fine_tuned_aspects_are_averaged_with_tfidf_registered_and_load(
     assert edited.weight == 0.55
     with pytest.raises(LineageError, match="expected"):
         check_lineage(lineage, edited, what="aspect model")
+    average.write_text('{"weight": "heavy", "tfidf": "aspect_tfidf.skops"}', encoding="utf-8")
+    with pytest.raises(AspectModelError, match=r"aspect_average.json: not an aspect average .*heavy"):
+        load_aspect_model(folder)
+    average.write_text('{"weight": 1.5, "tfidf": "aspect_tfidf.skops"}', encoding="utf-8")
+    with pytest.raises(AspectModelError, match=r"weight 1.5: the classifier's share must be between 0 and 1"):
+        load_aspect_model(folder)
+    average.write_text('{"weight": 0.5, "tfidf": "aspect_tfidf.skops"}', encoding="utf-8")
     # A TF-IDF half that would call anything outside scikit-learn is refused, not run.
     (average.parent / TFIDF_FILE).write_bytes(skops.io.dumps(FunctionTransformer(os.path.basename)))
     with pytest.raises(AspectModelError, match=r"refusing to load types .*posixpath\.basename"):
