@@ -47,6 +47,7 @@ bench: setup ## run every benchmark (each prints ratios against yardsticks measu
 	$(PY) benchmarks/train_churn.py
 	$(PY) benchmarks/quality.py
 	$(PY) benchmarks/sentiment.py
+	$(PY) benchmarks/aspects.py
 	$(PY) benchmarks/batch.py
 	$(MAKE) postgres
 	$(PY) benchmarks/store.py
