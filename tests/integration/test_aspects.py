@@ -219,6 +219,26 @@ def test_fine_tuned_aspects_are_averaged_with_tfidf_registered_and_load(
         load_aspect_model(folder)
 
 
+def test_the_tfidf_half_is_balanced_and_cross_validated_unless_a_class_is_too_rare() -> None:
+    from models.aspects import TrainedAspects
+    from training.aspect_averaging import C_GRID, fit_tfidf_half
+    from training.sentiment_config import load_sentiment_config
+
+    config = load_sentiment_config(None)
+    frame = review_texts(12, seed=5)
+    model, c = fit_tfidf_half(frame, config)
+    assert c in C_GRID and model.named_steps["logreg"].class_weight == "balanced"
+    assert sorted(model.classes_) == ["negative", "neutral", "positive"]
+    rare = pd.concat(
+        [frame, pd.DataFrame({"text": ["a lost bag", "my bag was lost"], "label": ["bags"] * 2})]
+    )
+    model, c = fit_tfidf_half(rare, config)  # two "bags" texts cannot fill three folds: the config's C
+    assert c == config.baseline_c and "bags" in set(model.classes_)
+    # It reads texts as every scorer does: normalised (here, stray spaces and a missing text).
+    read = TrainedAspects.tfidf_frame(["  my   bag  was lost ", None])
+    assert read["text"].tolist() == ["my bag was lost", ""] and model.predict(read)[0] == "bags"
+
+
 def test_the_encoder_share_is_chosen_by_validation_macro_f1() -> None:
     from training.aspect_averaging import choose_weight
 
