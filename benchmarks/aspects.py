@@ -50,7 +50,7 @@ def tfidf_baselines(splits, config):  # noqa: ANN001, ANN201
     logged_s = time.perf_counter() - started
     balanced, c = fit_tfidf_half(splits.train, config, jobs=2)
     return {
-        "TF-IDF + LR (logged baseline, C=4)": (logged, logged_s),
+        f"TF-IDF + LR (logged baseline, C={config.baseline_c:g})": (logged, logged_s),
         f"TF-IDF + LR (balanced, C={c:g} by 3-fold CV)": (balanced, time.perf_counter() - started - logged_s),
     }
 
@@ -95,19 +95,29 @@ def paired_bootstrap(truth, mine, theirs, labels, resamples: int = 2000):  # noq
     return float(np.quantile(gaps, 0.025)), float(np.quantile(gaps, 0.975))
 
 
-def check_trained_on(uri: str, seed: int) -> None:
-    """Exit unless the registered model's run split with `seed`: another split's test texts were its training."""
+def check_trained_on(uri: str, config) -> None:  # noqa: ANN001
+    """Exit unless the model's run split as this benchmark does (seed, validation and test fractions, the same
+    texts): on another split, its test texts were its training texts."""
     from mlflow import MlflowClient
 
     from models.catalog import registry_name_version, resolve_model_uri
 
     pinned = registry_name_version(resolve_model_uri(uri)[0])
-    if pinned is None:
-        return  # a run or folder URI: nothing to check it against
-    run_id = MlflowClient().get_model_version(*pinned).run_id
-    logged = MlflowClient().get_run(run_id).data.params.get("seed")
-    if logged is not None and int(logged) != seed:
-        sys.exit(f"error: {uri} was trained on the split of seed {logged}, not {seed}: give --seed {logged}")
+    if pinned is not None:
+        run_id = MlflowClient().get_model_version(*pinned).run_id
+    elif uri.startswith("runs:/"):
+        run_id = uri.split("/")[1]
+    else:
+        sys.exit(
+            f"error: {uri}: give a registered model or a runs:/ URI, so its training split can be checked"
+        )
+    logged = MlflowClient().get_run(run_id).data.params
+    for key in ("seed", "val_fraction", "test_fraction", "max_train_examples"):
+        mine = str(getattr(config, key))
+        if logged.get(key) != mine:
+            sys.exit(
+                f"error: {uri} was trained with {key}={logged.get(key)}, this benchmark splits with {mine}"
+            )
 
 
 def train_aspect_model(store: Path, seed: int | None) -> str:
@@ -184,7 +194,7 @@ def main() -> None:
         answers[name] = model.predict(frame.astype({TEXT: object})).tolist()
         rows[name] = (aspect_metrics(truth, answers[name], labels), seconds)
     if trained_uri:
-        check_trained_on(trained_uri, config.seed)
+        check_trained_on(trained_uri, config)
         started = time.perf_counter()
         trained = load_aspect_model(trained_uri)
         alone = TrainedAspects(trained.classifier)

@@ -168,6 +168,13 @@ def train_aspects_command(
         Path | None,
         typer.Option("--config", help="with --fine-tune: keys to change from configs/sentiment.yaml"),
     ] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            "--resume",
+            help="with --fine-tune: continue a stopped aspect run from its last checkpoint, with its config",
+        ),
+    ] = None,
 ) -> None:
     """Build (zero-shot) or train (--fine-tune) the aspect model; log and register it as churnsense-aspects.
 
@@ -187,8 +194,10 @@ def train_aspects_command(
             raise UserError(
                 "--taxonomy is for the zero-shot model; a fine-tuned one learns the spec's labels"
             )
-        typer.echo(train_fine_tuned(spec, config).headline())
+        typer.echo(train_fine_tuned(spec, config, resume=resume).headline())
         return
+    if resume is not None:
+        raise UserError("--resume is for --fine-tune; a zero-shot model trains in seconds")
     if config is not None:
         raise UserError("--config is for --fine-tune; the zero-shot model is configured by --taxonomy")
     from features.spec import load_spec

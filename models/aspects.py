@@ -218,10 +218,11 @@ class TrainedAspects:
             raise AspectModelError(f"weight {weight}: the classifier's share must be between 0 and 1")
         self.tfidf, self.weight = tfidf, float(weight) if tfidf is not None else 1.0
         if tfidf is not None:
-            classes = [str(c) for c in tfidf.classes_]
-            missing = [n for n in self.names if n not in classes]
-            if missing:
-                raise AspectModelError(f"the TF-IDF half has no class for aspects {missing}")
+            classes = [str(c) for c in getattr(tfidf, "classes_", ())]
+            if not hasattr(tfidf, "predict_proba") or sorted(classes) != sorted(self.names):
+                raise AspectModelError(
+                    f"the TF-IDF half answers {classes}, not the classifier's aspects {sorted(self.names)}"
+                )
             self._columns = [classes.index(n) for n in self.names]
 
     @staticmethod
@@ -246,32 +247,39 @@ class TrainedAspects:
 
     @classmethod
     def from_folder(cls, folder: Path, quantize: bool | None = None) -> TrainedAspects:
-        """A trained model's folder (its classifier folder, or an MLflow model folder holding it), with its TF-IDF
-        half when the classifier folder has one."""
-        from models.sentiment import SentimentClassifier
+        """A trained model's folder (its classifier folder, or an MLflow model folder holding it), with the TF-IDF
+        half beside the classifier's weights when it has one. `quantize` None: the arithmetic the weight was
+        chosen under."""
+        from models.sentiment import SentimentClassifier, find_hf_dir
 
-        classifier = SentimentClassifier.load(folder, quantize=quantize)
-        found = sorted(folder.rglob(AVERAGE_FILE))
-        if not found:
-            return cls(classifier)
-        home = found[0].parent
-        if not (home / "config.json").is_file():
-            raise AspectModelError(f"{found[0]}: not beside the classifier's weights (config.json)")
+        home, _ = find_hf_dir(folder)  # the classifier folder `SentimentClassifier.load` reads, and digests
+        average = home / AVERAGE_FILE
+        if not average.is_file():
+            return cls(SentimentClassifier.load(folder, quantize=quantize))
         try:
-            spec = json.loads(found[0].read_text(encoding="utf-8"))
+            spec = json.loads(average.read_text(encoding="utf-8"))
             tfidf_file, weight = str(spec["tfidf"]), float(spec["weight"])
-        except (ValueError, KeyError, TypeError) as error:
-            raise AspectModelError(f"{found[0]}: not an aspect average ({error!r})") from None
-        return cls(classifier, load_tfidf(home / tfidf_file), weight)
+            chosen_under = spec.get("quantized")
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise AspectModelError(f"{average}: not an aspect average ({error!r})") from None
+        if tfidf_file != TFIDF_FILE:  # nothing from outside the digested folder
+            raise AspectModelError(f"{average}: tfidf must be {TFIDF_FILE!r}, got {tfidf_file!r}")
+        use = bool(chosen_under) if quantize is None and chosen_under is not None else quantize
+        classifier = SentimentClassifier.load(folder, quantize=use)
+        try:
+            return cls(classifier, load_tfidf(home / TFIDF_FILE), weight)
+        except AspectModelError as error:
+            raise AspectModelError(f"{home}: {error}") from None
 
     def save_average(self, folder: Path) -> None:
-        """The TF-IDF half and the weight, into the classifier's folder `folder` (before its digest is taken)."""
+        """The TF-IDF half, the weight and the arithmetic it was chosen under, into the classifier's folder
+        `folder` (before its digest is taken)."""
         import skops.io
 
         if self.tfidf is None:
             return
         (folder / TFIDF_FILE).write_bytes(skops.io.dumps(self.tfidf))
-        spec = {"weight": self.weight, "tfidf": TFIDF_FILE}
+        spec = {"weight": self.weight, "tfidf": TFIDF_FILE, "quantized": self.quantized}
         (folder / AVERAGE_FILE).write_text(json.dumps(spec, indent=2), encoding="utf-8")
 
 
@@ -284,7 +292,10 @@ def load_tfidf(path: Path) -> Any:
     if not path.is_file():
         raise AspectModelError(f"{path}: the aspect model's TF-IDF half is missing")
     data = path.read_bytes()
-    untrusted = skops.io.get_untrusted_types(data=data)
+    try:
+        untrusted = skops.io.get_untrusted_types(data=data)
+    except Exception as error:  # skops raises whatever its zip and JSON readers raise on a damaged file
+        raise AspectModelError(f"{path}: not a skops file ({error!r})") from None
     if untrusted:
         raise AspectModelError(f"{path}: refusing to load types skops does not trust by default: {untrusted}")
     return skops.io.loads(data)

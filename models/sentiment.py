@@ -216,7 +216,7 @@ class SentimentClassifier:
         folder = Path(source_text).expanduser()
         if not folder.exists():
             raise SentimentModelError(f"{folder}: no such model folder")
-        hf_dir, logged_config = _find_hf_dir(folder)
+        hf_dir, logged_config = find_hf_dir(folder)
         use_int8 = bool(logged_config.get("quantize", False)) if quantize is None else quantize
         threads = num_threads if num_threads is not None else logged_config.get("num_threads")
         classifier = cls.from_pretrained_dir(
@@ -350,7 +350,7 @@ def download_model(uri: str, destination: Path) -> Path:
         raise SentimentModelError(f"{uri}: cannot load the model ({error.message})") from None
 
 
-def _find_hf_dir(folder: Path) -> tuple[Path, dict[str, Any]]:
+def find_hf_dir(folder: Path) -> tuple[Path, dict[str, Any]]:
     """The Hugging Face folder inside `folder` (itself, or an MLflow model's artifacts) and the logged config."""
     logged: dict[str, Any] = {}
     mlmodel = folder / "MLmodel"

@@ -96,11 +96,15 @@ def package_aspects(
     )
     shipped = TrainedAspects(served, tfidf, weight)
     metrics: dict[str, float] = {"average_weight": weight, "average_tfidf_c": c}
+    alone = TrainedAspects(served)  # the encoder alone, as served (the run's test_* metrics are fp32)
     for part, frame in (("val", splits.validation), ("test", splits.test)):
         part_truth = frame[LABEL].astype(str).tolist()
         scored = shipped.predict(frame[TEXT].tolist())
         for key, value in aspect_metrics(part_truth, scored.aspects, sorted(set(part_truth))).items():
             metrics[f"shipped_{part}_{key}"] = value
+        metrics[f"encoder_{part}_macro_f1"] = aspect_metrics(
+            part_truth, alone.predict(frame[TEXT].tolist()).aspects, sorted(set(part_truth))
+        )["macro_f1"]
         tfidf_names = [shipped.names[i] for i in shipped.tfidf_proba(frame[TEXT].tolist()).argmax(axis=1)]
         metrics[f"tfidf_half_{part}_macro_f1"] = aspect_metrics(
             part_truth, tfidf_names, sorted(set(part_truth))
@@ -118,7 +122,7 @@ def log_trained_aspects(hf_dir: Path, model: TrainedAspects, config: SentimentCo
     """Log `hf_dir` (classifier + TF-IDF half) as the run's model with the aspect pyfunc; register it."""
     from models.aspects_pyfunc import ASPECT_ARTIFACT, AspectsPyfunc
     from models.lineage import artifact_digest
-    from training.text_logging import log_text_pyfunc
+    from training.text_logging import log_text_pyfunc, pip_requirements
 
     example = pd.DataFrame({TEXT: ["my bag never arrived", "two hours on hold"]}).astype({TEXT: object})
     return log_text_pyfunc(
@@ -136,6 +140,7 @@ def log_trained_aspects(hf_dir: Path, model: TrainedAspects, config: SentimentCo
         },
         model_config={"quantize": config.quantize},
         registered_model_name=config.model_name if config.register_model else None,
+        requirements=pip_requirements("scikit-learn", "scipy", "skops"),
     )
 
 

@@ -174,7 +174,7 @@ class AspectRunResult:
             return (
                 f"trained aspect model {where} (run {self.run_id}): test accuracy {m['shipped_test_accuracy']:.4f} "
                 f"macro-F1 {m['shipped_test_macro_f1']:.4f}, the fine-tuned encoder (alone: "
-                f"{m['test_macro_f1']:.4f}) averaged with a balanced TF-IDF model (alone: "
+                f"{m['encoder_test_macro_f1']:.4f}) averaged with a balanced TF-IDF model (alone: "
                 f"{m['tfidf_half_test_macro_f1']:.4f}) at encoder weight {m['average_weight']:g}"
             )
         scores = ", ".join(f"{k} {v:.4f}" for k, v in sorted(self.metrics.items()) if k.startswith("test_"))
@@ -276,20 +276,28 @@ def _threshold_figure(curve: dict[float, float], chosen: float) -> Any:
     return figure
 
 
-def train_fine_tuned(spec: Any, config_path: Path | str | None = None, **overrides: Any) -> AspectRunResult:
+def train_fine_tuned(
+    spec: Any, config_path: Path | str | None = None, resume: str | None = None, **overrides: Any
+) -> AspectRunResult:
     """The sentiment trainer on the spec's reasons, averaged with a balanced TF-IDF model at a weight chosen on
-    validation (`training.aspect_averaging`), registered as the aspect model (unless the config names another)."""
+    validation (`training.aspect_averaging`), registered as the aspect model (unless the config names another).
+    `resume`: the id of a stopped aspect run, continued from its checkpoint with its own config."""
     from mlflow import MlflowClient
 
     from training.aspect_averaging import package_aspects
     from training.sentiment import train_sentiment
     from training.sentiment_config import read_config_file
 
-    values = read_config_file(Path(config_path)) if config_path else {}
-    values.setdefault("model_name", ASPECT_MODEL_NAME)
-    values.setdefault("experiment", "churnsense-aspects")
-    values.update(overrides)
-    result = train_sentiment(spec, None, package=package_aspects, **values)
+    if resume is not None:
+        if config_path is not None or overrides:
+            raise UserError("--resume continues a run with its own config: give no --config with it")
+        result = train_sentiment(spec, None, resume=resume, package=package_aspects)
+    else:
+        values = read_config_file(Path(config_path)) if config_path else {}
+        values.setdefault("model_name", ASPECT_MODEL_NAME)
+        values.setdefault("experiment", "churnsense-aspects")
+        values.update(overrides)
+        result = train_sentiment(spec, None, package=package_aspects, **values)
     MlflowClient().set_tag(result.run_id, "churnsense.model", "aspects")
     MlflowClient().set_tag(result.run_id, "aspects.kind", "trained")
     trained = AspectRunResult(result.run_id, "trained", result.model_uri, result.version, result.metrics)

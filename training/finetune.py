@@ -66,7 +66,10 @@ def baseline_pipeline(config: SentimentConfig, n_texts: int) -> Any:
                 TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=min_df, sublinear_tf=True),
                 TEXT,
             ),
-        ]
+        ],
+        # Always sparse: a dense output (a tiny vocabulary) would go through a BLAS product whose rounding
+        # depends on the batch, and the aspect model's TF-IDF half must score a text the same in any batch.
+        sparse_threshold=1.0,
     )
     pipeline = Pipeline(
         [

@@ -197,6 +197,32 @@ def log_run_start(
         mlflow.log_artifact(str(validation_path), artifact_path="validation")
 
 
+PACKAGE_TAG = (
+    "churnsense.package"  # which packaging step a run ends with: a resumed run must end the same way
+)
+
+
+def package_name(package: Packager) -> str:
+    return f"{package.__module__}.{package.__qualname__}"
+
+
+def check_resumed_package(run_id: str, package: Packager) -> None:
+    """Refuse to resume a run with another packaging step than it started with (an aspect run resumed as a
+    sentiment run would register a model without its TF-IDF half, under the aspect name)."""
+    from mlflow import MlflowClient
+
+    started = MlflowClient().get_run(run_id).data.tags.get(PACKAGE_TAG)
+    if started is not None and started != package_name(package):
+        command = (
+            "churnsense train aspects --fine-tune"
+            if started.startswith("training.aspect")
+            else "churnsense train sentiment"
+        )
+        raise UserError(
+            f"--resume {run_id}: that run was started by `{command}`; resume it with that command"
+        )
+
+
 def train_sentiment(
     spec: DatasetSpec | Path | str,
     config: SentimentConfig | Path | str | None = None,
@@ -227,6 +253,7 @@ def train_sentiment(
     checkpoints = stopped = None
     if resume is not None:
         logged, checkpoints, stopped = resumable_run(resume)
+        check_resumed_package(resume, package)
         config = SentimentConfig(**logged)
     elif not isinstance(config, SentimentConfig):
         config = load_sentiment_config(config, **overrides)
@@ -251,6 +278,7 @@ def train_sentiment(
         if checkpoints is None:
             checkpoints = Checkpointer(checkpoint_folder(run.info.run_id), config.checkpoint_every_steps)
             log_run_start(spec, config, clean, report, splits, labels, fingerprint)
+            mlflow.set_tag(PACKAGE_TAG, package_name(package))
         checkpoints.claim()
 
         baseline = None

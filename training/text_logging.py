@@ -21,8 +21,9 @@ from training.reviews import ReviewSplits
 from training.sentiment_config import SentimentConfig
 
 
-def pip_requirements() -> list[str]:
-    """Pinned to what trained the model, passed explicitly so MLflow never guesses them."""
+def pip_requirements(*more: str) -> list[str]:
+    """Pinned to what trained the model, passed explicitly so MLflow never guesses them; `more`: further
+    distributions the model loads (an averaged aspect model: scikit-learn, scipy, skops)."""
     from importlib.metadata import version
 
     return [
@@ -36,6 +37,7 @@ def pip_requirements() -> list[str]:
             "pandas",
             "numpy",
             "pyarrow",
+            *more,
         )
     ]
 
@@ -102,6 +104,7 @@ def log_text_pyfunc(
     metadata: dict[str, Any],
     model_config: dict[str, Any],
     registered_model_name: str | None,
+    requirements: list[str] | None = None,
 ) -> Any:
     """Log a text model as `model` (a pyfunc with its files as artifacts), with the signature of `example` ->
     `output`, pinned requirements and metadata; register it when a name is given. Returns the `ModelInfo`."""
@@ -117,7 +120,7 @@ def log_text_pyfunc(
             artifacts=artifacts,
             signature=infer_signature(example, output),
             input_example=example,
-            pip_requirements=pip_requirements(),
+            pip_requirements=requirements or pip_requirements(),
             metadata=metadata,
             model_config=model_config,
             registered_model_name=registered_model_name,

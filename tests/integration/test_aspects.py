@@ -145,9 +145,11 @@ def test_fine_tuned_aspects_are_averaged_with_tfidf_registered_and_load(
     from models.aspects import AVERAGE_FILE, TFIDF_FILE, AspectModelError, TrainedAspects, load_aspect_model
     from models.lineage import AspectLineage, LineageError, check_lineage
     from models.sentiment import download_model
-    from training.aspect_averaging import WEIGHTS, choose_weight
+    from training.aspect_averaging import WEIGHTS, choose_weight, fit_tfidf_half, package_aspects
     from training.aspects import train_fine_tuned
-    from training.sentiment import load_validation_split
+    from training.sentiment import PACKAGE_TAG, check_resumed_package, load_validation_split, package_name
+    from training.sentiment_config import load_sentiment_config
+    from training.text_logging import package_sentiment
 
     name = f"test-aspects-{uuid.uuid4().hex[:8]}"
     result = train_fine_tuned(
@@ -165,6 +167,10 @@ def test_fine_tuned_aspects_are_averaged_with_tfidf_registered_and_load(
     ):
         assert run.data.metrics[key] == pytest.approx(result.metrics[key]), key
     assert "encoder weight" in result.headline()
+    assert run.data.tags[PACKAGE_TAG] == package_name(package_aspects)
+    with pytest.raises(UserError, match="started by `churnsense train aspects --fine-tune`"):
+        check_resumed_package(result.run_id, package_sentiment)  # it would register no TF-IDF half
+    check_resumed_package(result.run_id, package_aspects)
     uri = f"models:/{name}/1"
     model = load_aspect_model(uri)
     assert isinstance(model, TrainedAspects) and set(model.names) == {"negative", "neutral", "positive"}
@@ -206,6 +212,13 @@ def test_fine_tuned_aspects_are_averaged_with_tfidf_registered_and_load(
     assert edited.weight == 0.55
     with pytest.raises(LineageError, match="expected"):
         check_lineage(lineage, edited, what="aspect model")
+    # The bare classifier folder (no MLmodel to say int8 or fp32) scores as the weight was chosen.
+    assert load_aspect_model(average.parent).quantized == model.quantized
+    average.write_text('{"weight": 0.5, "tfidf": "../elsewhere.skops"}', encoding="utf-8")
+    with pytest.raises(
+        AspectModelError, match=r"tfidf must be 'aspect_tfidf.skops', got '../elsewhere.skops'"
+    ):
+        load_aspect_model(folder)
     average.write_text('{"weight": "heavy", "tfidf": "aspect_tfidf.skops"}', encoding="utf-8")
     with pytest.raises(AspectModelError, match=r"aspect_average.json: not an aspect average .*heavy"):
         load_aspect_model(folder)
@@ -213,8 +226,16 @@ def test_fine_tuned_aspects_are_averaged_with_tfidf_registered_and_load(
     with pytest.raises(AspectModelError, match=r"weight 1.5: the classifier's share must be between 0 and 1"):
         load_aspect_model(folder)
     average.write_text('{"weight": 0.5, "tfidf": "aspect_tfidf.skops"}', encoding="utf-8")
+    tfidf_file = average.parent / TFIDF_FILE
+    other = review_texts(4, seed=3).assign(label=lambda f: f["label"].replace({"neutral": "meh"}))
+    tfidf_file.write_bytes(skops.io.dumps(fit_tfidf_half(other, load_sentiment_config(None))[0]))
+    with pytest.raises(AspectModelError, match=r"TF-IDF half answers .*'meh'.*not the classifier's aspects"):
+        load_aspect_model(folder)
+    tfidf_file.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(AspectModelError, match=r"aspect_tfidf.skops: not a skops file"):
+        load_aspect_model(folder)
     # A TF-IDF half that would call anything outside scikit-learn is refused, not run.
-    (average.parent / TFIDF_FILE).write_bytes(skops.io.dumps(FunctionTransformer(os.path.basename)))
+    tfidf_file.write_bytes(skops.io.dumps(FunctionTransformer(os.path.basename)))
     with pytest.raises(AspectModelError, match=r"refusing to load types .*posixpath\.basename"):
         load_aspect_model(folder)
 
@@ -265,6 +286,8 @@ def test_cli_aspect_errors_and_predict_sentiment_with_aspects(
     assert code == 2 and "error: --fine-tune needs --spec" in err
     code, _, err = run_cli(["train", "aspects", "--config", str(tmp_path / "x.yaml")], capsys, monkeypatch)
     assert code == 2 and "--config is for --fine-tune" in err
+    code, _, err = run_cli(["train", "aspects", "--resume", "0123abcd"], capsys, monkeypatch)
+    assert code == 2 and "--resume is for --fine-tune" in err
     aspects = train_zero_shot(load_aspect_config(_taxonomy(tmp_path, str(tiny_encoder))))
     from training.sentiment import train_sentiment
 
