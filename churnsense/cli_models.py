@@ -214,7 +214,7 @@ def promote_aspects_command(
     name: Annotated[str, typer.Option("--name", help="registered model name")] = "churnsense-aspects",
 ) -> None:
     """Make the newest aspect model the champion if it is the first, or beats the champion's macro-F1 on its own
-    labelled validation split (a zero-shot model built without --spec has none: only --force promotes it).
+    labelled test split (a zero-shot model built without --spec has none: only --force promotes it).
     The next `churnsense build` serves the champion's aspects in /sentiment. Exit 0 when the champion moved."""
     passive_omp_threads()
     from training.aspects import promote_aspects

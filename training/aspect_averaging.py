@@ -84,7 +84,7 @@ def package_aspects(
     run's `model` (the aspect pyfunc). Returns (ModelInfo, metrics logged)."""
     import mlflow
 
-    from training.aspects import aspect_metrics
+    from training.aspects import aspect_metrics, log_promotion_split
 
     served = classifier.to_int8() if config.quantize else classifier
     tfidf, c = fit_tfidf_half(splits.train, config, jobs=2)
@@ -114,6 +114,7 @@ def package_aspects(
         "aspects: encoder weight %g (TF-IDF C=%g); validation macro-F1 by weight %s", weight, c, by_weight
     )
     shipped.save_average(hf_dir)
+    log_promotion_split(splits.test)  # not the validation split: it chose the weight
     mlflow.log_figure(weight_figure(curve, weight), "plots/average_weight_macro_f1.png")
     return log_trained_aspects(hf_dir, shipped, config), metrics
 

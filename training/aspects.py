@@ -224,11 +224,12 @@ def train_zero_shot(config: AspectConfig, spec: Any = None) -> AspectRunResult:
             mlflow.log_figure(_threshold_figure(curve, threshold), "plots/threshold_macro_f1.png")
         if metrics:
             mlflow.log_metrics(metrics)
-        if splits is not None:  # what `promote aspects` compares versions on
+        if splits is not None:  # the threshold's texts, and what `promote aspects` compares versions on
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp, "validation.parquet")
                 splits.validation.to_parquet(path, index=False)
                 mlflow.log_artifact(str(path), artifact_path="validation")
+            log_promotion_split(splits.test)
         with tempfile.TemporaryDirectory() as tmp:
             folder = model.save(Path(tmp) / "aspect_model", encoder_dir)
             info = _log_model(folder, model, config)
@@ -305,14 +306,33 @@ def train_fine_tuned(
     return trained
 
 
+PROMOTION_ARTIFACT = "promotion/test.parquet"
+"""The labelled texts versions are compared on: the run's test split. Not its validation split, which chose the
+zero-shot threshold and the trained model's weight, and would favour the challenger."""
+
+
+def log_promotion_split(test: pd.DataFrame) -> None:
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, Path(PROMOTION_ARTIFACT).name)
+        test.to_parquet(path, index=False)
+        mlflow.log_artifact(str(path), artifact_path=str(Path(PROMOTION_ARTIFACT).parent))
+
+
 def evaluate_for_promotion(model_uri: str, challenger_version: Any) -> dict[str, float]:
-    """`training.registry.Evaluator`: macro-F1 and accuracy of `model_uri` on the challenger's labelled
-    validation split (none logged: no metrics, so only --force promotes)."""
+    """`training.registry.Evaluator`: macro-F1 and accuracy of `model_uri` on the challenger's labelled test
+    split (runs from before it was logged: their validation split; none: no metrics, so only --force promotes)."""
     from training.sentiment import load_validation_split
 
-    try:
-        frame = load_validation_split(challenger_version.run_id)
-    except UserError:
+    frame = None
+    for artifact in (PROMOTION_ARTIFACT, "validation/validation.parquet"):
+        try:
+            frame = load_validation_split(challenger_version.run_id, artifact)
+            break
+        except UserError:
+            continue
+    if frame is None:
         return {}
     from models.aspects import load_aspect_model
 
@@ -323,7 +343,7 @@ def evaluate_for_promotion(model_uri: str, challenger_version: Any) -> dict[str,
 
 def promote_aspects(force: bool = False, model_name: str = ASPECT_MODEL_NAME) -> Any:
     """The newest aspect version becomes champion if it is the first, or beats the champion's macro-F1 on its
-    own labelled validation split; `force` overrides. Returns the `PromotionDecision`."""
+    own labelled test split (`PROMOTION_ARTIFACT`); `force` overrides. Returns the `PromotionDecision`."""
     from training.registry import PromotionPolicy, promote_newest
     from training.tracking import configure_mlflow
 

@@ -394,19 +394,18 @@ def write_summary(result: SentimentRunResult, path: Path) -> None:
 # --- promotion -------------------------------------------------------------------------------------------
 
 
-def load_validation_split(run_id: str) -> pd.DataFrame:
-    """The validation split a sentiment run logged (`validation/validation.parquet`)."""
+def load_validation_split(run_id: str, artifact: str = VALIDATION_ARTIFACT) -> pd.DataFrame:
+    """The validation split a sentiment run logged (`validation/validation.parquet`), or another split it logged
+    (`artifact`)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            local = mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path=VALIDATION_ARTIFACT, dst_path=tmp
-            )
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=tmp)
         except (MlflowException, OSError) as error:
             raise UserError(
-                f"run {run_id} has no {VALIDATION_ARTIFACT} to compare versions on; was it trained by "
+                f"run {run_id} has no {artifact} to compare versions on; was it trained by "
                 f"`churnsense train sentiment`? ({error})"
             ) from None
         return pd.read_parquet(local)

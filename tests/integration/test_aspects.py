@@ -146,7 +146,7 @@ def test_fine_tuned_aspects_are_averaged_with_tfidf_registered_and_load(
     from models.lineage import AspectLineage, LineageError, check_lineage
     from models.sentiment import download_model
     from training.aspect_averaging import WEIGHTS, choose_weight, fit_tfidf_half, package_aspects
-    from training.aspects import train_fine_tuned
+    from training.aspects import evaluate_for_promotion, train_fine_tuned
     from training.sentiment import PACKAGE_TAG, check_resumed_package, load_validation_split, package_name
     from training.sentiment_config import load_sentiment_config
     from training.text_logging import package_sentiment
@@ -171,6 +171,10 @@ def test_fine_tuned_aspects_are_averaged_with_tfidf_registered_and_load(
     with pytest.raises(UserError, match="started by `churnsense train aspects --fine-tune`"):
         check_resumed_package(result.run_id, package_sentiment)  # it would register no TF-IDF half
     check_resumed_package(result.run_id, package_aspects)
+    # Versions are compared on the run's test split, not on the validation split that chose the weight.
+    version = mlflow.MlflowClient().get_model_version(name, "1")
+    judged = evaluate_for_promotion(f"models:/{name}/1", version)
+    assert judged["macro_f1"] == pytest.approx(result.metrics["shipped_test_macro_f1"], abs=1e-12)
     uri = f"models:/{name}/1"
     model = load_aspect_model(uri)
     assert isinstance(model, TrainedAspects) and set(model.names) == {"negative", "neutral", "positive"}
