@@ -84,7 +84,7 @@ def package_aspects(
     run's `model` (the aspect pyfunc). Returns (ModelInfo, metrics logged)."""
     import mlflow
 
-    from training.aspects import aspect_metrics, log_promotion_split
+    from training.aspects import aspect_metrics, curve_figure, log_promotion_split
 
     served = classifier.to_int8() if config.quantize else classifier
     tfidf, c = fit_tfidf_half(splits.train, config, jobs=2)
@@ -115,7 +115,8 @@ def package_aspects(
     )
     shipped.save_average(hf_dir)
     log_promotion_split(splits.test)  # not the validation split: it chose the weight
-    mlflow.log_figure(weight_figure(curve, weight), "plots/average_weight_macro_f1.png")
+    share = "fine-tuned encoder's share (0 = TF-IDF alone, 1 = encoder alone)"
+    mlflow.log_figure(curve_figure(curve, weight, share), "plots/average_weight_macro_f1.png")
     return log_trained_aspects(hf_dir, shipped, config), metrics
 
 
@@ -143,17 +144,3 @@ def log_trained_aspects(hf_dir: Path, model: TrainedAspects, config: SentimentCo
         registered_model_name=config.model_name if config.register_model else None,
         requirements=pip_requirements("scikit-learn", "scipy", "skops"),
     )
-
-
-def weight_figure(curve: dict[float, float], chosen: float) -> Any:
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(6, 3.5))
-    axes = figure.subplots()
-    axes.plot(list(curve), list(curve.values()), marker="o")
-    axes.axvline(chosen, color="grey", linestyle="--", label=f"chosen {chosen:g}")
-    axes.set_xlabel("fine-tuned encoder's share (0 = TF-IDF alone, 1 = encoder alone)")
-    axes.set_ylabel("validation macro-F1")
-    axes.legend()
-    figure.tight_layout()
-    return figure

@@ -221,7 +221,8 @@ def train_zero_shot(config: AspectConfig, spec: Any = None) -> AspectRunResult:
         mlflow.log_param("chosen_threshold", threshold)
         mlflow.log_dict(config.model_dump(mode="json"), "config/aspects.yaml")
         if curve:
-            mlflow.log_figure(_threshold_figure(curve, threshold), "plots/threshold_macro_f1.png")
+            figure = curve_figure(curve, threshold, "threshold (cosine similarity)")
+            mlflow.log_figure(figure, "plots/threshold_macro_f1.png")
         if metrics:
             mlflow.log_metrics(metrics)
         if splits is not None:  # the threshold's texts, and what `promote aspects` compares versions on
@@ -263,14 +264,16 @@ def _log_model(folder: Path, model: ZeroShotAspects, config: AspectConfig) -> An
     )
 
 
-def _threshold_figure(curve: dict[float, float], chosen: float) -> Any:
+def curve_figure(curve: dict[float, float], chosen: float, xlabel: str) -> Any:
+    """Validation macro-F1 against a setting (the zero-shot threshold, the averaged model's weight), the chosen
+    value marked."""
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(6, 3.5))
     axes = figure.subplots()
     axes.plot(list(curve), list(curve.values()), marker="o")
-    axes.axvline(chosen, color="grey", linestyle="--", label=f"chosen {chosen:.3f}")
-    axes.set_xlabel("threshold (cosine similarity)")
+    axes.axvline(chosen, color="grey", linestyle="--", label=f"chosen {chosen:g}")
+    axes.set_xlabel(xlabel)
     axes.set_ylabel("validation macro-F1")
     axes.legend()
     figure.tight_layout()
