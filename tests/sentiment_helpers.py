@@ -38,19 +38,29 @@ def all_vocabulary_texts() -> list[str]:
     return [f"the {w} was is and a of to" for w in words] + review_texts(40, seed=99)["text"].tolist()
 
 
-def build_tiny_backbone(folder: Path, texts: list[str] | None = None) -> Path:
-    """A 2-layer, 32-wide BERT with random weights and a WordPiece tokenizer trained on `texts`, saved like a
-    pretrained checkpoint (what `from_pretrained(folder)` expects)."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+def build_tiny_backbone(folder: Path, texts: list[str] | None = None, seed: int = 0) -> Path:
+    """A 2-layer, 32-wide BERT with random weights drawn from `seed` and a WordPiece tokenizer of the words in
+    `texts`, saved like a pretrained checkpoint (what `from_pretrained(folder)` expects). The same arguments
+    give the same files in every process, whatever ran before."""
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     wordpiece = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     wordpiece.normalizer = normalizers.BertNormalizer(lowercase=True)
     wordpiece.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    wordpiece.train_from_iterator(
-        texts or all_vocabulary_texts(), trainers.WordPieceTrainer(vocab_size=400, special_tokens=specials)
-    )
+    # The vocabulary built here, not by `WordPieceTrainer`: the trainer breaks ties between merges, and numbers
+    # its tokens, in hash order, which differs from one process to the next, so every run had another tiny
+    # model (the monitor test once saw a text feature's PSI cross its threshold that way). Every word of
+    # `texts` whole, and each character alone and as a continuation, in a fixed order: the same ids every run.
+    words: set[str] = set()
+    for text in texts or all_vocabulary_texts():
+        normal = wordpiece.normalizer.normalize_str(text)
+        words.update(piece for piece, _ in wordpiece.pre_tokenizer.pre_tokenize_str(normal))
+    characters = sorted({c for word in words for c in word})
+    tokens = [*specials, *sorted(words - set(characters)), *characters, *(f"##{c}" for c in characters)]
+    wordpiece.model = models.WordPiece({token: i for i, token in enumerate(tokens)}, unk_token="[UNK]")
     cls_id, sep_id = wordpiece.token_to_id("[CLS]"), wordpiece.token_to_id("[SEP]")
     wordpiece.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
@@ -76,7 +86,10 @@ def build_tiny_backbone(folder: Path, texts: list[str] | None = None) -> Path:
         pad_token_id=wordpiece.token_to_id("[PAD]"),
     )
     folder.mkdir(parents=True, exist_ok=True)
-    BertModel(config).save_pretrained(folder)
+    with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
+        torch.manual_seed(seed)
+        backbone = BertModel(config)
+    backbone.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 
@@ -93,12 +106,12 @@ def write_reviews(folder: Path, frame: pd.DataFrame, name: str = "reviews.csv", 
     return spec
 
 
-def train_tiny_sentiment(folder: Path):
+def train_tiny_sentiment(folder: Path, seed: int = 0):
     """A tiny random-BERT sentiment model fine-tuned for six steps and registered in the session's store
     (the recipe the service and batch tests share). Returns the `SentimentRunResult`."""
     from training.sentiment import train_sentiment
 
-    backbone = build_tiny_backbone(folder / "tiny_bert")
+    backbone = build_tiny_backbone(folder / "tiny_bert", seed=seed)
     reviews = write_reviews(folder / "reviews", review_texts(40, seed=1))
     return train_sentiment(
         reviews,

@@ -39,10 +39,7 @@ def _taxonomy(folder: Path, backbone: str | None = None, **keys) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-
-    torch.manual_seed(0)
-    return build_tiny_backbone(tmp_path_factory.mktemp("tiny_encoder"))
+    return build_tiny_backbone(tmp_path_factory.mktemp("tiny_encoder"), seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
     folder = tmp_path_factory.mktemp("resume")
-    torch.manual_seed(0)
-    backbone = build_tiny_backbone(folder / "tiny_bert")
+    backbone = build_tiny_backbone(folder / "tiny_bert", seed=0)
     spec = write_reviews(folder / "reviews", review_texts(40, seed=2))
     name = f"test-resume-{uuid.uuid4().hex[:8]}"
     config = folder / "config.yaml"

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from tests.sentiment_helpers import review_texts, train_tiny_sentiment
 
@@ -44,8 +43,9 @@ def own_store(folder: Path) -> Iterator[str]:
 
 
 def _tiny_sentiment(folder: Path, seed: int):
-    torch.manual_seed(seed)  # a different random backbone per seed: two genuinely different models
-    return train_tiny_sentiment(folder)
+    return train_tiny_sentiment(
+        folder, seed=seed
+    )  # a random backbone per seed: two genuinely different models
 
 
 def test_a_cache_is_never_shared_by_same_name_and_version_in_two_stores(tmp_path: Path):

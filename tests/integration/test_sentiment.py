@@ -34,7 +34,7 @@ from training.reviews import SentimentDataError, clean_reviews, prepare_reviews
 from training.sentiment_config import SentimentConfigError, load_sentiment_config
 
 TINY = {
-    "learning_rate": 5e-3,
+    "learning_rate": 1e-2,  # learns the three classes from every backbone seed tried (0-4); 5e-3 from some
     "epochs": 10,
     "batch_size": 16,
     "max_length": 24,
@@ -48,10 +48,7 @@ TINY = {
 
 @pytest.fixture(scope="module")
 def backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-
-    torch.manual_seed(0)
-    return build_tiny_backbone(tmp_path_factory.mktemp("tiny_backbone"))
+    return build_tiny_backbone(tmp_path_factory.mktemp("tiny_backbone"), seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -28,8 +28,8 @@ def tiny_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random BERT sequence classifier saved as a model folder (no training needed for invariance)."""
     from transformers import AutoModelForSequenceClassification
 
-    torch.manual_seed(2)  # the same random backbone every run: a failure here reproduces
-    folder = build_tiny_backbone(tmp_path_factory.mktemp("tiny") / "bert")
+    # The same random backbone every run: a failure here reproduces.
+    folder = build_tiny_backbone(tmp_path_factory.mktemp("tiny") / "bert", seed=2)
     torch.manual_seed(3)
     model = AutoModelForSequenceClassification.from_pretrained(
         folder, num_labels=3, id2label={0: "negative", 1: "neutral", 2: "positive"},
