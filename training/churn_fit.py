@@ -27,7 +27,6 @@ from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
@@ -37,6 +36,7 @@ from models.churn import prepare_features
 from training.churn_blend import choose_linear_weight, make_blend
 from training.churn_calibration import choose_calibration, keep_the_order
 from training.churn_config import LIGHTGBM_DEFAULTS, BoosterConfig, ChurnConfig, SearchConfig
+from training.folds import cv_folds
 
 logger = logging.getLogger(__name__)
 
@@ -128,15 +128,6 @@ def make_baseline(schema: FeatureSchema, config: ChurnConfig) -> Pipeline:
             ("classifier", LogisticRegression(C=config.baseline.C, max_iter=config.baseline.max_iter)),
         ]
     )
-
-
-def cv_folds(groups: pd.Series, y: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Stratified folds that keep each customer's snapshots together."""
-    if groups.is_unique:
-        splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-        return list(splitter.split(np.zeros(len(y)), y))
-    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    return list(splitter.split(np.zeros(len(y)), y, groups=groups.to_numpy()))
 
 
 # --- search ------------------------------------------------------------------------------------------------
