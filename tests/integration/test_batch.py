@@ -498,10 +498,9 @@ def _copy_of(folder: Path, tmp_path: Path) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("damage", ["not parquet", "truncated"])
 def test_an_unreadable_parquet_file_is_a_one_line_error_and_leaves_nothing(
-    sim_dir: Path, models: dict, tmp_path: Path, damage: str
+    sim_dir: Path, models: dict, tmp_path: Path, damage: str, capsys, monkeypatch
 ):
-    import subprocess
-    import sys
+    from tests.cli import run_cli
 
     data = _copy_of(sim_dir, tmp_path)
     events = data / "events.parquet"
@@ -510,16 +509,18 @@ def test_an_unreadable_parquet_file_is_a_one_line_error_and_leaves_nothing(
     else:
         events.write_text("customer_id,timestamp\nC1,2024-01-01\n")
     out = tmp_path / "out" / "scores.parquet"
-    command = [sys.executable, "-c", "from churnsense.cli import main; main()", "score",
-               "--spec", str(data / "spec.yaml"), "--as-of", "2024-12-01", "--out", str(out),
-               "--model", models["churn_uri"], "--cache-dir", str(models["cache_dir"]), "--no-progress"]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2, done.stderr[-2000:]
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    # In this process, through the console script's `main()` (its error handling, its exit code).
+    code, _, stderr = run_cli(
+        ["score", "--spec", str(data / "spec.yaml"), "--as-of", "2024-12-01", "--out", str(out),
+         "--model", models["churn_uri"], "--cache-dir", str(models["cache_dir"]), "--no-progress"],
+        capsys, monkeypatch,
+    )  # fmt: skip
+    assert code == 2, stderr[-2000:]
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert errors == [
         f"error: {events}: cannot read Parquet " + errors[0].split("cannot read Parquet ", 1)[1]
     ]
-    assert "Traceback" not in done.stderr
+    assert "Traceback" not in stderr
     assert (
         not out.exists() and [p.name for p in out.parent.iterdir()] == []
     )  # no work folder with customer data
