@@ -12,8 +12,9 @@ MLmodel `metadata` carries the feature version, the `FeatureSchema` JSON, the co
 cut-offs; `load` refuses a model whose feature version or columns do not match what this code builds.
 
 Reasons are each feature's exact share of the raw log-odds: the blend's weighted linear term plus LightGBM's own
-TreeSHAP value (`pred_contrib`) of the trees, expressed in calibrated log-odds (the calibrator reads the raw
-log-odds, the blend's `decision_function`):
+TreeSHAP value of the trees (`pred_contrib`; for small trees looked up in per-tree tables LightGBM fills at load,
+`models.tree_contributions`, the same values to rounding at a fraction of the cost), expressed in calibrated
+log-odds (the calibrator reads the raw log-odds, the blend's `decision_function`):
 
 - sigmoid calibration: calibrated logit = slope * raw score + intercept, so each raw SHAP value times the slope
   is exact, and a row's contributions add up to logit(churn_risk) - `base_logit`, where `base_logit` is the
@@ -45,6 +46,7 @@ from churnsense.errors import UserError
 from features.engine import FEATURE_VERSION, FeatureSchema
 from models.blend import LinearTreesBlend
 from models.catalog import CHURN_MODEL, champion_uri
+from models.tree_contributions import ContributionTables
 from models.tree_input import TreeInput, categorical_values, numeric_block
 
 logger = logging.getLogger(__name__)
@@ -198,6 +200,8 @@ class ChurnModel:
                 "churnsense; reasons now come from LightGBM trees: retrain it (churnsense train churn)"
             )
         self._trees = trees.booster_ if trees is not None else None
+        # TreeSHAP by table lookup for small trees (None: `pred_contrib` itself).
+        self._contribution_tables = ContributionTables.build(self._trees) if self._trees is not None else None
         self._calibrator = pair.calibrators[0]
         self.calibration = str(pair.method)
         if self.calibration not in ("sigmoid", "isotonic"):
@@ -331,11 +335,12 @@ class ChurnModel:
     def _raw_contributions(self, trees_input: np.ndarray, linear: np.ndarray | None) -> np.ndarray:
         """Each input column's share of raw - `expected_raw` (exact: linear terms plus TreeSHAP)."""
         n, width = trees_input.shape
-        trees = (
-            self._predict(trees_input, pred_contrib=True)[:, :-1]
-            if self._trees is not None
-            else np.zeros((n, width))
-        )
+        if self._contribution_tables is not None:
+            trees = self._contribution_tables.contributions(trees_input)
+        elif self._trees is not None:
+            trees = self._predict(trees_input, pred_contrib=True)[:, :-1]
+        else:
+            trees = np.zeros((n, width))
         if self.blend is None:
             return trees
         return self.blend.blend(linear, trees)
