@@ -204,6 +204,11 @@ def partition_split(plan: BatchPlan, split: Split, index: int, folder: Path) -> 
     """Write a split's rows by bucket to `folder/<table>/bucket-NNNNN/part-<index>.parquet` (temporary names
     first, renamed at the end, so a rerun of a killed task simply overwrites). Returns rows read."""
     schema = raw_schema(plan, split.kind)
+    # Parquet dictionary pages only for the columns the loaders read as dictionaries (the events' id and type):
+    # elsewhere (timestamps, values, row numbers, CSV text) they are built and then dropped, for a third of the
+    # write time.
+    coded = [] if split.kind == CUSTOMERS else [plan.spec.events.id, plan.spec.events.type]
+    coded = [name for name in coded if name in schema.names]
     writers: dict[int, pq.ParquetWriter] = {}
     rows = 0
     # One open writer per bucket, each on a temporary name renamed when the split is done (removed on error).
@@ -214,7 +219,9 @@ def partition_split(plan: BatchPlan, split: Split, index: int, folder: Path) -> 
                 if bucket not in writers:
                     final = folder / split.kind / f"bucket-{bucket:05d}" / f"part-{index:05d}.parquet"
                     writers[bucket] = files.enter_context(
-                        pq.ParquetWriter(files.enter_context(atomic_path(final)), schema)
+                        pq.ParquetWriter(
+                            files.enter_context(atomic_path(final)), schema, use_dictionary=coded or False
+                        )
                     )
                 writers[bucket].write_table(part)
             rows += batch.num_rows
