@@ -320,27 +320,27 @@ class ChurnModel:
         both the score and its contributions."""
         return self.blend.linear_contributions(trees_input) if self.blend is not None else None
 
-    def _raw(self, trees_input: np.ndarray, linear: np.ndarray | None) -> np.ndarray:
+    def _tree_outputs(self, trees_input: np.ndarray, explain: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """The trees' raw log-odds (LightGBM's `raw_score`, bit for bit) and, when `explain`, each input column's
+        TreeSHAP share of them: from the contribution tables in one pass, else from LightGBM."""
+        n, width = trees_input.shape
+        if self._contribution_tables is not None:
+            return self._contribution_tables.evaluate(trees_input, explain)
+        if self._trees is None:
+            return np.zeros(n), np.zeros((n, width)) if explain else None
+        raw = self._predict(trees_input, raw_score=True)
+        return raw, self._predict(trees_input, pred_contrib=True)[:, :-1] if explain else None
+
+    def _raw(self, trees_input: np.ndarray, linear: np.ndarray | None, trees: np.ndarray) -> np.ndarray:
         """The classifier's raw log-odds (what the calibrator reads): `LinearTreesBlend.decision_function`'s
-        arithmetic (the same booster call as its `tree_score`), or the trees' alone. `linear`: `_linear_terms`."""
-        trees = (
-            self._predict(trees_input, raw_score=True)
-            if self._trees is not None
-            else np.zeros(len(trees_input))
-        )
+        arithmetic on the trees' raw score (what its `tree_score` returns), or the trees' alone. `linear`:
+        `_linear_terms`."""
         if self.blend is None:
             return trees
         return self.blend.blend(self.blend.linear_score(trees_input, linear), trees)
 
-    def _raw_contributions(self, trees_input: np.ndarray, linear: np.ndarray | None) -> np.ndarray:
+    def _raw_contributions(self, linear: np.ndarray | None, trees: np.ndarray) -> np.ndarray:
         """Each input column's share of raw - `expected_raw` (exact: linear terms plus TreeSHAP)."""
-        n, width = trees_input.shape
-        if self._contribution_tables is not None:
-            trees = self._contribution_tables.contributions(trees_input)
-        elif self._trees is not None:
-            trees = self._predict(trees_input, pred_contrib=True)[:, :-1]
-        else:
-            trees = np.zeros((n, width))
         if self.blend is None:
             return trees
         return self.blend.blend(linear, trees)
@@ -362,10 +362,11 @@ class ChurnModel:
         """
         trees_input, values = self._trees_input(features)
         linear = self._linear_terms(trees_input)
-        proba = self._calibrate(self._raw(trees_input, linear))
+        trees, tree_shap = self._tree_outputs(trees_input, explain)
+        proba = self._calibrate(self._raw(trees_input, linear, trees))
         if not explain:
             return values, proba, None
-        shap = self._raw_contributions(trees_input, linear)
+        shap = self._raw_contributions(linear, tree_shap)
         raw = np.zeros((trees_input.shape[0], len(self.columns)))
         raw[:, self._used_columns] = shap[:, self._encoded_position]
         if self.calibration == "sigmoid":

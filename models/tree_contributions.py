@@ -7,6 +7,10 @@ the model loads, for every pattern's contributions (one synthetic row per patter
 `start_iteration`), and scoring then only finds each row's pattern and adds up the table rows: ~20x cheaper than
 `pred_contrib` on a million rows (measured in `benchmarks/batch.py`), and the values are LightGBM's own.
 
+The same patterns give the raw score: each pattern's leaf value, added tree by tree from 0.0 as LightGBM's
+`GBDT::PredictRaw` adds them, is LightGBM's `raw_score` bit for bit (checked at load), so scoring asks LightGBM
+for nothing.
+
 One truth: every row's contributions come from the same tables, summed tree by tree in tree order
 (`np.bincount`, one sequential sum per row and column) whatever the number of rows, so a customer scored alone,
 in a batch or on Spark gets the same bits. The sums agree with `pred_contrib` to rounding (~1e-15; tested).
@@ -165,6 +169,8 @@ class ContributionTables:
         slots = max(1, max(len({s.feature for s in t.splits}) for t in trees))
         self._slot_column = np.full((n_trees, slots), width, dtype=np.int64)
         self._table = np.zeros((n_trees, self._patterns, slots))
+        # Each pattern's leaf value (what the tree adds to the raw score); NaN where no row can take it.
+        self._leaf_value = np.full((n_trees, self._patterns), np.nan)
         self.expected = 0.0
         synthetic = []
         for t, tree in enumerate(trees):
@@ -188,6 +194,9 @@ class ContributionTables:
             block = np.vstack(rows)
             contrib = booster.predict(block, start_iteration=t, num_iteration=1, pred_contrib=True)
             leaves = booster.predict(block, start_iteration=t, num_iteration=1, pred_leaf=True)
+            self._leaf_value[t, feasible] = booster.predict(
+                block, start_iteration=t, num_iteration=1, raw_score=True
+            )
             expected_leaves = [tree.leaf(p) for p in feasible]
             if not np.array_equal(np.asarray(leaves).reshape(-1), np.asarray(expected_leaves)):
                 raise _Unsuitable(f"tree {t}: LightGBM sends a synthetic row to another leaf")
@@ -209,9 +218,14 @@ class ContributionTables:
         every = np.vstack([block for _, block, _ in synthetic])
         every = every[:: max(1, -(-len(every) // _CHECK_ROWS))]
         reference = booster.predict(every, pred_contrib=True, num_threads=1)[:, :-1]
-        error = np.abs(self.contributions(every) - reference).max()
+        raw, contributions = self.evaluate(every, explain=True)
+        error = np.abs(contributions - reference).max()
         if not error <= 1e-9 * (1.0 + np.abs(reference).max()):
             raise _Unsuitable(f"the tables are {error:.3g} away from pred_contrib")
+        # LightGBM's raw score is the leaf values added in tree order from 0.0 (`GBDT::PredictRaw`), as here:
+        # the same bits, or the tables say nothing about raw scores.
+        if not np.array_equal(raw, booster.predict(every, raw_score=True, num_threads=1)):
+            raise _Unsuitable("the leaf values do not add up to LightGBM's raw scores bit for bit")
 
     @classmethod
     def build(cls, booster: object) -> ContributionTables | None:
@@ -262,37 +276,64 @@ class ContributionTables:
         return patterns
 
     def contributions(self, X: np.ndarray) -> np.ndarray:
-        """TreeSHAP contributions (rows, columns) of float64 input `X` (the booster's input columns).
+        """TreeSHAP contributions (rows, columns) of float64 input `X` (the booster's input columns)."""
+        return self.evaluate(X, explain=True)[1]
 
-        Each row and column is one sequential sum over the trees in tree order (adding 0.0 first), whichever
-        of the two ways below computes it: `np.bincount` for a few rows, a loop over the trees for many. The
-        same additions in the same order give the same bits, so no row's result depends on its neighbours."""
+    def raw_score(self, X: np.ndarray) -> np.ndarray:
+        """LightGBM's raw score (`predict(raw_score=True)`) of each row of `X`, bit for bit."""
+        return self.evaluate(X, explain=False)[0]
+
+    def evaluate(self, X: np.ndarray, explain: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """(raw scores, TreeSHAP contributions or None) of float64 input `X`, from one pass over the patterns.
+
+        A row's raw score is its leaf values added in tree order from 0.0, as LightGBM adds them; each row and
+        column of the contributions is one sequential sum over the trees in tree order (adding 0.0 first).
+        Whichever of the two ways below computes them (`np.cumsum` / `np.bincount` for a few rows, a loop over
+        the trees for many), the same additions in the same order give the same bits, so no row's result
+        depends on its neighbours."""
         X = np.asarray(X, dtype=np.float64)
-        if len(X) <= _FEW_ROWS:
-            rows = len(X)
-            values = self._flat_table[self.patterns(X) + self._tree_offset]  # (rows, trees, slots)
-            index = (np.arange(rows)[:, None, None] * (self.width + 1) + self._slot_column).reshape(-1)
-            summed = np.bincount(index, weights=values.reshape(-1), minlength=rows * (self.width + 1))
-            out = summed.reshape(rows, self.width + 1)[:, : self.width]
+        rows = len(X)
+        out = np.empty((rows, self.width)) if explain else None
+        if rows <= _FEW_ROWS:
+            at = self.patterns(X) + self._tree_offset  # (rows, trees)
+            leaves = np.zeros((rows, at.shape[1] + 1))
+            leaves[:, 1:] = self._leaf_value.reshape(-1)[at]
+            raw = np.cumsum(leaves, axis=1)[:, -1]
+            if explain:
+                values = self._flat_table[at]  # (rows, trees, slots)
+                index = (np.arange(rows)[:, None, None] * (self.width + 1) + self._slot_column).reshape(-1)
+                summed = np.bincount(index, weights=values.reshape(-1), minlength=rows * (self.width + 1))
+                out[:] = summed.reshape(rows, self.width + 1)[:, : self.width]
         else:
-            out = np.empty((len(X), self.width))
+            raw = np.empty(rows)
+            leaf_values = self._leaf_value.reshape(-1)
             slot_tables = [np.ascontiguousarray(self._flat_table[:, s]) for s in range(self._table.shape[2])]
-            for start in range(0, len(X), _CHUNK_ROWS):
+            for start in range(0, rows, _CHUNK_ROWS):
                 columns = np.ascontiguousarray(_as_read(X[start : start + _CHUNK_ROWS]).T)
+                n = columns.shape[1]
                 patterns = self._patterns_by_tree(columns) + self._tree_offset[:, None]
-                summed = np.zeros((self.width + 1, columns.shape[1]))
-                looked_up = np.empty(columns.shape[1])
-                for t in range(self._table.shape[0]):
+                total = np.zeros(n)
+                looked_up = np.empty(n)
+                for t in range(patterns.shape[0]):
+                    np.take(leaf_values, patterns[t], out=looked_up, mode="clip")
+                    np.add(total, looked_up, out=total)
+                raw[start : start + n] = total
+                if not explain:
+                    continue
+                summed = np.zeros((self.width + 1, n))
+                for t in range(patterns.shape[0]):
                     for s, column in enumerate(self._slot_column[t]):
                         if column < self.width:
                             np.take(slot_tables[s], patterns[t], out=looked_up, mode="clip")
                             np.add(summed[column], looked_up, out=summed[column])
-                out[start : start + columns.shape[1]] = summed[: self.width].T
-        unknown = np.flatnonzero(np.isnan(out).any(axis=1))
+                out[start : start + n] = summed[: self.width].T
+        unknown = np.flatnonzero(np.isnan(raw) | (np.isnan(out).any(axis=1) if explain else False))
         if len(unknown):  # not expected (every pattern a row can take has a synthetic row): LightGBM decides
             logger.warning("contribution tables: %d rows took an unforeseen branch pattern", len(unknown))
-            out[unknown] = self._booster.predict(X[unknown], pred_contrib=True, num_threads=1)[:, :-1]
-        return out
+            raw[unknown] = self._booster.predict(X[unknown], raw_score=True, num_threads=1)
+            if explain:
+                out[unknown] = self._booster.predict(X[unknown], pred_contrib=True, num_threads=1)[:, :-1]
+        return raw, out
 
 
 def _as_read(X: np.ndarray) -> np.ndarray:

@@ -96,6 +96,12 @@ def test_tables_give_lightgbms_contributions(leaves: int, params: dict) -> None:
     assert tables.expected == pytest.approx(expected[0, -1], abs=1e-12)
     # A wrong branch would be off by a whole leaf's share, not by rounding.
     assert np.abs(got - expected[:, :-1]).max() < 1e-13
+    # The raw score is LightGBM's bit for bit (the same leaf values added in the same order), in both ways
+    # of computing it (few rows at once, and many tree by tree).
+    for rows in (X[:200], X):
+        raw, _ = tables.evaluate(rows, explain=True)
+        assert np.array_equal(raw, booster.predict(rows, raw_score=True))
+        assert np.array_equal(tables.raw_score(rows), raw)
 
 
 def test_missing_types_none_zero_and_nan_all_occur() -> None:
@@ -124,6 +130,8 @@ def test_a_row_gets_the_same_bits_alone_in_a_batch_and_across_chunks(monkeypatch
     chunked = tables.contributions(X)
     for other in (alone, few, chunked):
         assert np.array_equal(whole, other)
+    raw_alone = np.concatenate([tables.raw_score(X[i : i + 1]) for i in range(len(X))])
+    assert np.array_equal(tables.raw_score(X), raw_alone)
 
 
 def test_large_trees_are_left_to_pred_contrib() -> None:
@@ -135,8 +143,12 @@ def test_a_pattern_without_a_table_row_is_computed_by_lightgbm(caplog) -> None:
     tables = ContributionTables.build(booster)
     X = _hostile_rows(booster, n=300)
     patterns = tables.patterns(X[:1])[0]
-    tables._table[0, patterns[0], 0] = np.nan  # as if no synthetic row had taken the first row's pattern
-    got = tables.contributions(X)
+    # As if no synthetic row had taken the first row's pattern (its table row and leaf value unknown).
+    tables._table[0, patterns[0], 0] = np.nan
+    tables._leaf_value[0, patterns[0]] = np.nan
+    raw, got = tables.evaluate(X, explain=True)
     expected = booster.predict(X, pred_contrib=True)[:, :-1]
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+    assert np.array_equal(raw, booster.predict(X, raw_score=True))
+    assert np.array_equal(tables.raw_score(X[:5]), booster.predict(X[:5], raw_score=True))
     assert "unforeseen branch pattern" in caplog.text
