@@ -210,6 +210,9 @@ class ContributionTables:
         self._booster = booster
         self._category_trees = np.asarray([t for t, _ in self._category_at], dtype=np.int64)
         self._category_splits = np.asarray([i for _, i in self._category_at], dtype=np.int64)
+        self._category_row = {at: k for k, at in enumerate(self._category_at)}  # (tree, split) -> lookup row
+        # One contiguous table per slot, for the tree-by-tree loop of `evaluate` (rows of `_flat_table`).
+        self._slot_tables = [np.ascontiguousarray(self._flat_table[:, s]) for s in range(slots)]
         for t, block, feasible in synthetic:
             if not np.array_equal(self.patterns(block)[:, t], np.asarray(feasible)):
                 raise _Unsuitable(f"tree {t}: a synthetic row does not take its pattern here")
@@ -260,7 +263,7 @@ class ContributionTables:
         (trees, rows). The same decisions as `patterns`, through the same two functions."""
         n_trees, splits = self._feature.shape
         patterns = np.zeros((n_trees, columns.shape[1]), dtype=np.int64)
-        category = {at: k for k, at in enumerate(self._category_at)}
+        category = self._category_row
         for t in range(n_trees):
             for i in range(splits):
                 values = columns[self._feature[t, i]]
@@ -307,7 +310,6 @@ class ContributionTables:
         else:
             raw = np.empty(rows)
             leaf_values = self._leaf_value.reshape(-1)
-            slot_tables = [np.ascontiguousarray(self._flat_table[:, s]) for s in range(self._table.shape[2])]
             for start in range(0, rows, _CHUNK_ROWS):
                 columns = np.ascontiguousarray(_as_read(X[start : start + _CHUNK_ROWS]).T)
                 n = columns.shape[1]
@@ -324,7 +326,7 @@ class ContributionTables:
                 for t in range(patterns.shape[0]):
                     for s, column in enumerate(self._slot_column[t]):
                         if column < self.width:
-                            np.take(slot_tables[s], patterns[t], out=looked_up, mode="clip")
+                            np.take(self._slot_tables[s], patterns[t], out=looked_up, mode="clip")
                             np.add(summed[column], looked_up, out=summed[column])
                 out[start : start + n] = summed[: self.width].T
         unknown = np.flatnonzero(np.isnan(raw) | (np.isnan(out).any(axis=1) if explain else False))
