@@ -307,7 +307,12 @@ def _score_bucket(plan: BatchPlan, customers_file: Path | None, events_file: Pat
     # Only customers at `as_of` are scored (the others keep their row, without a score): their features
     # were built with everyone's, but their contributions (TreeSHAP, most of a bucket's time) are not needed.
     features = features if eligible.all() else features[eligible]
-    scored = model.score(features, top_k=plan.top_k)
+    # Reasons as columns, straight into Arrow; as dicts only when the evidence finder adds to them.
+    scored, columns = (
+        (model.score(features, top_k=plan.top_k), None)
+        if plan.evidence
+        else model.score_columns(features, top_k=plan.top_k)
+    )
     if plan.evidence:
         reasons = dict(zip(pd.Index(scored.index).astype(str), scored["reasons"], strict=True))
         EvidenceFinder(model.schema).attach(data.events, plan.as_of, reasons)
@@ -322,7 +327,7 @@ def _score_bucket(plan: BatchPlan, customers_file: Path | None, events_file: Pat
             annotate_aspects(quoted, aspect_model(plan.aspect_model, plan.tracking_uri))
     survival = survival_model(plan)
     times = survival.summary(features) if survival is not None else None
-    table = result_table(ids, scored, plan, eligible, why_not, times, plan.survival_version)
+    table = result_table(ids, scored, plan, eligible, why_not, times, plan.survival_version, columns)
     return BucketResult(table, rejects, rows_in)
 
 

@@ -8,7 +8,7 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -19,6 +19,9 @@ from batch.plan import CUSTOMERS, EVENTS, BatchPlan
 from features.columns import AS_OF
 from features.io import REJECT_COLUMNS
 from models.survival import ANSWER_COLUMNS
+
+if TYPE_CHECKING:
+    from models.churn import ReasonColumns
 
 logger = logging.getLogger(__name__)
 
@@ -76,11 +79,12 @@ def result_table(
     why_not: np.ndarray,
     times: pd.DataFrame | None = None,
     survival_version: str | None = None,
+    reason_columns: ReasonColumns | None = None,
 ) -> pa.Table:
     """One row per customer of `ids` with `RESULT_SCHEMA`. `scored`: `ChurnModel.score` output for the eligible
-    customers (`ids[eligible]`, in that order); the others keep their row (the engines drop or flag them) with
-    no risk or band and empty reasons. `times`: `SurvivalModel.summary` of the same rows as `scored`, by
-    `survival_version`, or None."""
+    customers (`ids[eligible]`, in that order), or `ChurnModel.score_columns`' frame with its reasons in
+    `reason_columns`; the others keep their row (the engines drop or flag them) with no risk or band and empty
+    reasons. `times`: `SurvivalModel.summary` of the same rows as `scored`, by `survival_version`, or None."""
     n = len(ids)
     if len(scored) != int(eligible.sum()):
         raise ValueError(f"{len(scored)} scored rows for {int(eligible.sum())} eligible customers")
@@ -91,15 +95,19 @@ def result_table(
         full[eligible] = values
         return pa.array(full, kind, mask=~eligible)
 
-    reasons: list[Any] = [[]] * n
-    for row, found in zip(np.flatnonzero(eligible).tolist(), scored["reasons"], strict=True):
-        reasons[row] = found
+    if reason_columns is not None:
+        reasons = reason_columns_array(reason_columns, eligible)
+    else:
+        listed: list[Any] = [[]] * n
+        for row, found in zip(np.flatnonzero(eligible).tolist(), scored["reasons"], strict=True):
+            listed[row] = found
+        reasons = reasons_array(listed)
     return pa.table(
         {
             "customer_id": pa.array(ids.to_numpy(dtype=object), pa.string()),
             "churn_risk": scored_only(scored["churn_risk"].to_numpy(dtype="float64"), pa.float64()),
             "risk_band": scored_only(scored["risk_band"].astype(str).to_numpy(dtype=object), pa.string()),
-            "reasons": reasons_array(reasons),
+            "reasons": reasons,
             "base_value": scored_only(scored["base_value"].to_numpy(dtype="float64"), pa.float64()),
             "other_contribution": scored_only(
                 scored["other_contribution"].to_numpy(dtype="float64"), pa.float64()
@@ -164,6 +172,29 @@ def reasons_array(reasons: Sequence[Any]) -> pa.Array:
             pa.array(texts, pa.string()),
             pa.array(contributions),
             pa.array(evidence, pa.string()),
+        ],
+        fields=list(REASON_TYPE),
+    )
+    return pa.ListArray.from_arrays(pa.array(offsets), structs, type=pa.list_(REASON_TYPE))
+
+
+def reason_columns_array(reasons: ReasonColumns, eligible: np.ndarray) -> pa.Array:
+    """`reasons_array` of the same reasons given as columns (the eligible rows' `ReasonColumns`; the other rows
+    get none): the same Arrow array, without a dict per reason."""
+    k = reasons.feature.shape[1]
+    offsets = np.zeros(len(eligible) + 1, dtype=np.int32)
+    np.cumsum(np.where(eligible, k, 0), out=offsets[1:])
+    names = pa.array(list(reasons.names), pa.string())
+    # The values `reasons_array` would write for them: floats in `repr`, text as it is, None for missing.
+    texts = [
+        value if value is None or type(value) is str else reason_value_text(value) for value in reasons.value
+    ]
+    structs = pa.StructArray.from_arrays(
+        [
+            names.take(pa.array(reasons.feature.reshape(-1))),
+            pa.array(texts, pa.string()),
+            pa.array(np.ascontiguousarray(reasons.contribution, dtype=np.float64).reshape(-1)),
+            pa.nulls(len(texts), pa.string()),
         ],
         fields=list(REASON_TYPE),
     )

@@ -316,6 +316,36 @@ def test_reasons_reconcile_with_the_risk(sigmoid_model, isotonic_model, top_k):
             )
 
 
+@pytest.mark.parametrize("top_k", [0, 1, 5, 1000])
+def test_reasons_as_columns_give_the_batch_output_of_reasons_as_dicts(sigmoid_model, isotonic_model, top_k):
+    """`score_columns` (the batch job's path) writes the very reasons column `score`'s dicts write: unseen,
+    missing and blank categories, NaN and huge numbers, ineligible rows between, more reasons asked than there
+    are features, and none."""
+    import datetime as dt
+    from types import SimpleNamespace
+
+    from batch.output import result_table
+
+    plan = SimpleNamespace(sentiment=None, as_of=dt.date(2024, 11, 1), model_version="3", aspect_model=None)
+    for model, features in (sigmoid_model, isotonic_model):
+        odd = features.iloc[:40].copy()
+        odd.iloc[:4, odd.columns.get_loc("plan")] = ["platinum", None, "basic", "  "]
+        odd.iloc[:4, odd.columns.get_loc("monthly_charges")] = [np.nan, 1e300, -5.0, 0.1 + 0.2]
+        eligible = np.arange(len(odd) * 3 // 2) % 3 != 1  # 40 of 60 customers
+        ids = pd.Index([f"c{i}" for i in range(len(eligible))], name="customer_id")
+        odd.index = ids[eligible]
+        why_not = np.where(eligible, None, "not a customer").astype(object)
+        dicts = model.score(odd, top_k=top_k)
+        frame, columns = model.score_columns(odd, top_k=top_k)
+        pd.testing.assert_frame_equal(frame, dicts.drop(columns="reasons"))
+        expected = result_table(ids, dicts, plan, eligible, why_not)
+        got = result_table(ids, frame, plan, eligible, why_not, reason_columns=columns)
+        assert got.schema == expected.schema
+        assert got.column("reasons").to_pylist() == expected.column("reasons").to_pylist()
+        assert got.equals(expected)
+        assert columns.feature.shape == (len(odd), min(top_k, len(model.columns)))
+
+
 def test_no_rows_score_to_an_empty_answer(sigmoid_model):
     """A bucket or request with no customer to score gets an empty frame (LightGBM alone fails on 0 rows)."""
     model, features = sigmoid_model
