@@ -27,7 +27,7 @@ from features.columns import (
     TEXT,
     TIMESTAMP,
 )
-from features.parquet_read import read_parquet
+from features.parquet_read import read_parquet, read_parquet_parts
 from features.raw import (
     ROW_PROBLEM,
     DataLoadError,
@@ -95,15 +95,23 @@ def read_table(
     Returns:
         The files' rows concatenated in file order.
     """
-    frames = []
-    for file in resolve_files(spec, table):
-        present = available_columns_of(file, table)
+    files = resolve_files(spec, table)
+    present_in = {}
+    for file in files:
+        present_in[file] = present = available_columns_of(file, table)
         if columns is not None:
             missing = [c for c in columns if c not in present]
             if missing:
                 raise DataLoadError(
                     f"{file}: column(s) {', '.join(map(repr, missing))} not found (has: {', '.join(present[:30])})"
                 )
+    if len(files) > 1 and all(is_parquet(file) for file in files):  # e.g. a batch bucket's parts
+        together = read_parquet_parts(files, columns, dictionary_columns)
+        if together is not None:
+            return together
+    frames = []
+    for file in files:
+        present = present_in[file]
         if is_parquet(file):
             frames.append(read_parquet(file, columns, dictionary_columns))
         else:

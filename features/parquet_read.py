@@ -48,15 +48,38 @@ def read_parquet(file: Path, columns: list[str] | None, dictionary_columns: tupl
     return frame
 
 
-def _read_row_groups(
-    file: Path, columns: list[str], dictionary_columns: tuple[str, ...]
+def read_parquet_parts(
+    files: list[Path], columns: list[str] | None, dictionary_columns: tuple[str, ...]
 ) -> pd.DataFrame | None:
-    """The file's `columns` read one row group at a time into their final arrays, when every column is one
-    this path takes (ids and types as text, float64 values, times without a time zone); None otherwise.
+    """Several Parquet files of one schema (a batch bucket's parts) as one frame, their rows in file order, read
+    as one file's row groups are: one id dictionary for all of them (`categorical_of`), not a frame per file
+    joined by `pd.concat`, which turns categoricals of different categories into text and back. None when the
+    files differ in schema or a column does not suit the row-group path (the caller reads them one by one)."""
+    try:
+        schemas = [parquet_file(file).schema_arrow for file in files]
+        if any(not schema.equals(schemas[0]) for schema in schemas[1:]):
+            return None
+        names = list(schemas[0].names) if columns is None else list(columns)
+        if ROW_PROBLEM in schemas[0].names and columns is not None:
+            names.append(ROW_PROBLEM)
+        if len(set(names)) != len(names) or any(name not in schemas[0].names for name in names):
+            return None
+        return _read_row_groups(files, names, dictionary_columns)
+    except (OSError, pa.ArrowInvalid) as error:
+        raise DataLoadError(f"{', '.join(map(str, files[:3]))}: cannot read Parquet ({error})") from None
+
+
+def _read_row_groups(
+    files: Path | list[Path], columns: list[str], dictionary_columns: tuple[str, ...]
+) -> pd.DataFrame | None:
+    """The files' `columns` read one row group at a time into their final arrays (the files' row groups one
+    after the other), when every column is one this path takes (ids and types as text, float64 values, times
+    without a time zone); None otherwise.
 
     The whole-table read holds the file twice at its peak (Arrow's chunks and pandas' copy) and converts the
     times in a second pass; this holds one row group, converts as it copies, and gives identical frames."""
-    schema = pq.ParquetFile(file).schema_arrow
+    files = [files] if isinstance(files, Path | str) else list(files)
+    schema = pq.ParquetFile(files[0]).schema_arrow
     coded, numeric = [], {}
     for name in columns:
         kind = schema.field(name).type
@@ -68,17 +91,24 @@ def _read_row_groups(
             numeric[name] = (np.dtype("datetime64[ns]"), pa.timestamp("ns"))
         else:
             return None
-    handle = pq.ParquetFile(file, read_dictionary=coded)
-    sizes = [handle.metadata.row_group(g).num_rows for g in range(handle.num_row_groups)]
+    groups = []  # (file, row group) in reading order
+    sizes = []
+    for file in files:
+        meta = pq.ParquetFile(file).metadata
+        for group in range(meta.num_row_groups):
+            groups.append((file, group))
+            sizes.append(meta.row_group(group).num_rows)
     starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     arrays = {name: np.empty(int(starts[-1]), dtype=dtype) for name, (dtype, _) in numeric.items()}
-    own = threading.local()  # one open file per thread: a ParquetFile is not to be shared between threads
+    own = threading.local()  # open files per thread: a ParquetFile is not to be shared between threads
 
-    def load(group: int) -> dict[str, list[pa.Array]] | None:
-        if not hasattr(own, "handle"):
-            own.handle = pq.ParquetFile(file, read_dictionary=coded)
-        part = own.handle.read_row_group(group, columns=columns)
-        at = int(starts[group])
+    def load(at_group: int) -> dict[str, list[pa.Array]] | None:
+        file, group = groups[at_group]
+        handles = own.__dict__.setdefault("handles", {})
+        if file not in handles:
+            handles[file] = pq.ParquetFile(file, read_dictionary=coded)
+        part = handles[file].read_row_group(group, columns=columns)
+        at = int(starts[at_group])
         for name, (_, arrow_type) in numeric.items():
             try:
                 values = part.column(name).cast(arrow_type).to_numpy()
@@ -89,7 +119,7 @@ def _read_row_groups(
 
     # Row groups in threads (Arrow's CPU count: one in a batch worker), each into its own rows of the arrays.
     with cf.ThreadPoolExecutor(max(1, pa.cpu_count()), thread_name_prefix="parquet") as pool:
-        loaded = list(pool.map(load, range(len(sizes))))
+        loaded = list(pool.map(load, range(len(groups))))
     if any(part is None for part in loaded):
         return None
     chunks = {name: [chunk for part in loaded for chunk in part[name]] for name in coded}

@@ -141,6 +141,70 @@ def _write_events(path: Path, frame: pd.DataFrame) -> None:
         frame.to_csv(path, index=False)
 
 
+def test_a_folder_of_parquet_parts_reads_as_the_parts_one_by_one(tmp_path, monkeypatch):
+    """A batch bucket is a folder of parts, each with its own id and type dictionaries: read as one file's row
+    groups, it gives the rows, values, missing ids and rejects that reading the parts one by one and joining them
+    gives (categories may come in another order: everything reads them by name). Parts whose schemas differ are
+    read one by one."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from features import io
+
+    rng = np.random.default_rng(2)
+    folder = tmp_path / "events"
+    folder.mkdir()
+    parts = [["b", "a", None, "é", "a"], ["z", " b", "Z", "b", "0"], [None] * 4, ["a", "b"] * 2, ["q"]]
+    for part, ids in enumerate(parts):
+        n = len(ids)
+        amount = rng.normal(size=n)
+        amount[0] = np.nan
+        table = pa.table(
+            {
+                "cid": pa.array(ids, pa.string()),
+                "at": pa.array(pd.date_range("2024-01-01", periods=n, freq="h").astype("datetime64[us]")),
+                "kind": pa.array(rng.choice(["login", "view", "pay"][: part % 3 + 1], n)),
+                "amount": pa.array(amount),
+            }
+        )
+        pq.write_table(table, folder / f"part-{part}.parquet", use_dictionary=["cid", "kind"])
+    spec = load_spec(
+        _spec(
+            tmp_path, f"events:\n  path: {folder}\n  id: cid\n  time: at\n  type: kind\n  values: [amount]\n"
+        )
+    )
+
+    def one_by_one() -> object:
+        with monkeypatch.context() as patched:
+            patched.setattr(io, "read_parquet_parts", lambda *_: None)
+            return load_events(spec)
+
+    def plain(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame.astype({CUSTOMER_ID: object, EVENT_TYPE: object})
+
+    together_calls = []
+    real = io.read_parquet_parts
+    monkeypatch.setattr(io, "read_parquet_parts", lambda *a: together_calls.append(a) or real(*a))
+    got, reference = load_events(spec), one_by_one()
+    assert len(together_calls) == 1 and real(*together_calls[0]) is not None  # the one-read path was taken
+    assert len(got.frame) == 19 - 1 - 4  # the rows without an id are rejected, in both
+    pd.testing.assert_frame_equal(plain(got.frame), plain(reference.frame))
+    pd.testing.assert_frame_equal(got.rejects, reference.rejects)
+    for name in (CUSTOMER_ID, EVENT_TYPE):
+        assert isinstance(got.frame[name].dtype, pd.CategoricalDtype)
+        assert set(got.frame[name].cat.categories) == set(reference.frame[name].cat.categories)
+    # A part whose values are integers: another schema, so the parts are read one by one (and still agree).
+    pq.write_table(
+        pa.table(
+            {"cid": ["x"], "at": pa.array([pd.Timestamp("2024-03-01")]), "kind": ["pay"], "amount": [3]}
+        ),
+        folder / "part-9.parquet",
+    )
+    assert real(sorted(folder.iterdir()), ["cid", "at", "kind", "amount"], ("cid", "kind")) is None
+    pd.testing.assert_frame_equal(plain(load_events(spec).frame), plain(one_by_one().frame))
+
+
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
 def test_load_events_strips_ids_and_rejects_blank_ones(tmp_path, suffix):
     raw = pd.DataFrame(
