@@ -21,7 +21,7 @@ from features.io import REJECT_COLUMNS
 from models.survival import ANSWER_COLUMNS
 
 if TYPE_CHECKING:
-    from models.churn import ReasonColumns
+    from models.reasons import ReasonColumns
 
 logger = logging.getLogger(__name__)
 
