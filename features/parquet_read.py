@@ -54,7 +54,8 @@ def read_parquet_parts(
     """Several Parquet files of one schema (a batch bucket's parts) as one frame, their rows in file order, read
     as one file's row groups are: one id dictionary for all of them (`categorical_of`), not a frame per file
     joined by `pd.concat`, which turns categoricals of different categories into text and back. None when the
-    files differ in schema or a column does not suit the row-group path (the caller reads them one by one)."""
+    files differ in schema, a column does not suit the row-group path or a file cannot be read (the caller reads them
+    one by one)."""
     try:
         schemas = [parquet_file(file).schema_arrow for file in files]
         if any(not schema.equals(schemas[0]) for schema in schemas[1:]):
@@ -65,8 +66,8 @@ def read_parquet_parts(
         if len(set(names)) != len(names) or any(name not in schemas[0].names for name in names):
             return None
         return _read_row_groups(files, names, dictionary_columns)
-    except (OSError, pa.ArrowInvalid) as error:
-        raise DataLoadError(f"{', '.join(map(str, files[:3]))}: cannot read Parquet ({error})") from None
+    except (OSError, pa.ArrowInvalid):  # read one by one, the error names the file it is in
+        return None
 
 
 def _read_row_groups(

@@ -203,6 +203,14 @@ def test_a_folder_of_parquet_parts_reads_as_the_parts_one_by_one(tmp_path, monke
     )
     assert real(sorted(folder.iterdir()), ["cid", "at", "kind", "amount"], ("cid", "kind")) is None
     pd.testing.assert_frame_equal(plain(load_events(spec).frame), plain(one_by_one().frame))
+    # A part whose data pages are damaged (its footer intact): the error names that part.
+    (folder / "part-9.parquet").unlink()
+    damaged = folder / "part-3.parquet"
+    data = bytearray(damaged.read_bytes())
+    data[4:200] = bytes(196)
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(DataLoadError, match="part-3.parquet"):
+        load_events(spec)
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
