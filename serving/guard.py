@@ -8,12 +8,16 @@ door, as 4xx with a JSON body naming the problem:
 - 413 when the body is larger than `max_body_bytes`: at once from `Content-Length`, or while reading a chunked
   body (never more than the cap is held in memory).
 
+It counts the requests inside the service per guarded path (`inside`): the churn batcher waits a millisecond
+for company only when another churn request is on its way (`serving.batching.MicroBatcher`'s `settle_if`).
+
 It also documents those answers in the OpenAPI spec BentoML serves at /docs.json, with the 400 of bad input, whose
 body BentoML's spec gets wrong (`detail` is a list of field errors, not a string): `serving.schemas.ErrorResponse`.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 from collections.abc import Awaitable, Callable, Collection, MutableMapping
@@ -35,6 +39,14 @@ ANSWERS = {
 
 
 NOT_FOUND = "A customer the event store does not hold (`error` names it)"
+
+# Requests between the door and their answer, per guarded path, in this worker process (one event loop).
+INSIDE: collections.Counter[str] = collections.Counter()
+
+
+def inside(*paths: str) -> int:
+    """How many requests to `paths` this worker has let in and not yet answered."""
+    return sum(INSIDE[path] for path in paths)
 
 
 class RequestGuard:
@@ -68,6 +80,14 @@ class RequestGuard:
         if scope["type"] != "http" or scope.get("method") != "POST" or scope.get("path") not in self.paths:
             await self.app(scope, receive, send)
             return
+        path = scope["path"]
+        INSIDE[path] += 1
+        try:
+            await self._guarded(scope, receive, send)
+        finally:
+            INSIDE[path] -= 1
+
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         media_type = headers.get("content-type", "").split(";")[0].strip().lower()
         if media_type != "application/json":

@@ -38,7 +38,7 @@ from serving.answers import ChurnRiskBatchResponse, ChurnRiskResponse
 from serving.batching import MicroBatcher
 from serving.connections import BalanceConnections
 from serving.event_store import EventStore
-from serving.guard import RequestGuard
+from serving.guard import RequestGuard, inside
 from serving.loading import load_served, paired
 from serving.metrics import ServiceMetrics
 from serving.schemas import (
@@ -142,9 +142,11 @@ class ChurnSense:
             max_latency_s=self.settings.churn_max_latency_ms / 1000,
             overloaded=_overloaded,
             # pandas and scikit-learn hold the GIL: on the loop, with a 1 ms pause to gather the requests
-            # that arrived meanwhile, batches grow ~3x under load (benchmarks/serving.py).
+            # that arrived meanwhile, batches grow ~3x under load (benchmarks/serving.py). A lone request (no
+            # other churn request inside the worker) does not wait.
             in_thread=False,
             settle_s=0.001,
+            settle_if=lambda: inside("/churn_risk", "/churn_risk_batch") > 1,
         )
         self._text_batcher = MicroBatcher(
             self._classify_chunks,

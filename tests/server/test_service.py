@@ -170,7 +170,7 @@ def test_micro_batcher_on_the_loop_settles_so_late_arrivals_share_the_batch():
 
     from serving.batching import MicroBatcher
 
-    def run(settle_s: float) -> list[int]:
+    def run(settle_s: float, settle_if=lambda: True) -> list[int]:
         calls: list[list[int]] = []
 
         def compute(items: list[int]) -> list[int]:
@@ -178,7 +178,7 @@ def test_micro_batcher_on_the_loop_settles_so_late_arrivals_share_the_batch():
             time.sleep(0.02)  # on the loop: nothing else runs meanwhile
             return [item * 2 for item in items]
 
-        batcher = MicroBatcher(compute, max_batch=64, in_thread=False, settle_s=settle_s)
+        batcher = MicroBatcher(compute, max_batch=64, in_thread=False, settle_s=settle_s, settle_if=settle_if)
 
         async def request(i: int) -> int:
             for _ in range(3):  # a request takes a few loop turns (body, middlewares) before it submits
@@ -195,6 +195,67 @@ def test_micro_batcher_on_the_loop_settles_so_late_arrivals_share_the_batch():
 
     assert run(settle_s=0.0) == [1, 10]  # the batch starts before the others got through the loop
     assert run(settle_s=0.001) == [11]  # a millisecond's settling lets them join it
+    # Told that no one else is on the way (a lone client), the batcher does not wait: the batch starts at once.
+    assert run(settle_s=0.001, settle_if=lambda: False) == [1, 10]
+    assert run(settle_s=0.001, settle_if=lambda: True) == [11]
+
+
+def test_the_guard_counts_the_requests_inside_so_a_lone_request_skips_the_settle():
+    """`serving.guard.inside` is what the churn batcher asks before it settles: it must count a request from the
+    door to its answer, on every way out (an answer, a refusal, an error), and only the paths asked about."""
+    import asyncio
+
+    from serving.guard import RequestGuard, inside
+
+    seen: list[int] = []
+
+    async def app(scope, receive, send):
+        seen.append(inside("/churn_risk"))
+        if scope["path"] == "/churn_risk" and scope.get("boom"):
+            raise RuntimeError("boom")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    guard = RequestGuard(app, paths=("/churn_risk", "/events"), max_body_bytes=100)
+
+    async def call(path: str, content_type: str = "application/json", body: bytes = b"{}", **extra):
+        async def receive():
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message):
+            pass
+
+        headers = [(b"content-type", content_type.encode())]
+        scope = {"type": "http", "method": "POST", "path": path, "headers": headers, **extra}
+        await guard(scope, receive, send)
+
+    async def main():
+        await call("/churn_risk")
+        await call("/events")  # another path: not counted as churn company
+        await call("/churn_risk", content_type="text/plain")  # refused at the door (415)
+        await call("/churn_risk", body=b"x" * 200)  # refused while reading (413)
+        with pytest.raises(RuntimeError, match="boom"):  # the app's error goes through the guard untouched
+            await call("/churn_risk", boom=True)
+
+        # Two at once: each sees the other inside.
+        gate = asyncio.Event()
+
+        async def slow(scope, receive, send):
+            seen.append(inside("/churn_risk"))
+            await gate.wait()
+
+        guard.app = slow
+        both = asyncio.gather(call("/churn_risk"), call("/churn_risk"))
+        await asyncio.sleep(0.01)
+        during = inside("/churn_risk")
+        gate.set()
+        await both
+        return during
+
+    during = asyncio.run(main())
+    assert seen == [1, 0, 1, 1, 2]  # refused requests never reach the app; the second of two sees the first
+    assert during == 2
+    assert inside("/churn_risk", "/events") == 0  # every way out let the count down
 
 
 def test_micro_batcher_counts_units_and_sheds_items_that_waited_too_long():
