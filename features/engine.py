@@ -288,7 +288,7 @@ def build_customer_features(
     as_of_ns = to_timestamp_ns(as_of)
     customer_codes = None  # each event's row in `ids`, when finding `ids` gives it for free
     if customers is not None:
-        ids = pd.Index(customers[CUSTOMER_ID].astype(str), name=CUSTOMER_ID)
+        ids = pd.Index(_as_text(customers[CUSTOMER_ID]), name=CUSTOMER_ID)
     elif events is not None:
         ids, customer_codes = _customers_of_events(events, as_of_ns)
     else:
@@ -310,6 +310,14 @@ def build_customer_features(
             signup = customers[SIGNUP_DATE].to_numpy("datetime64[ns]").view("int64")
         columns.update(event_block(events, as_of_ns, schema, ids, signup, customer_codes))
     return _feature_frame(columns, ids, schema)
+
+
+_TEXT = pd.StringDtype(na_value=np.nan)  # what `astype(str)` gives: pandas' default `str`, in Arrow
+
+
+def _as_text(values: pd.Series) -> pd.Series:
+    """`values.astype(str)`, without its cost (~45 us, a request's customers frame) when they are `str` already."""
+    return values if values.dtype == _TEXT else values.astype(str)
 
 
 def _customers_of_events(events: pd.DataFrame, as_of_ns: int) -> tuple[pd.Index, np.ndarray | None]:

@@ -176,7 +176,12 @@ class EvidenceFinder:
         types = _as_text(events[EVENT_TYPE], np.nan)
         texts = None
         if TEXT in events.columns:
-            texts = events[TEXT].astype(object).to_numpy()
+            column = events[TEXT]
+            # Missing as None: `_one` reads None and NaN alike. astype(object) cost a fifth of a request's evidence.
+            if isinstance(column.dtype, pd.StringDtype):
+                texts = column.to_numpy(dtype=object, na_value=None)
+            else:
+                texts = column.astype(object).to_numpy()
         return _Events(
             times=times,
             types=types,

@@ -36,7 +36,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -136,6 +136,16 @@ def prepare_features(features: pd.DataFrame, schema: FeatureSchema) -> pd.DataFr
     for name in categorical:
         frame[name] = frame[name].astype(object)  # keep object dtype: pandas 3 would infer `str`
     return frame
+
+
+class ScoredRows(NamedTuple):
+    """`ChurnModel.score`'s columns, one entry per row."""
+
+    churn_risk: np.ndarray
+    risk_band: np.ndarray  # band names (object)
+    base_value: np.ndarray
+    other_contribution: np.ndarray
+    reasons: list[list[dict]]
 
 
 class ChurnModel:
@@ -397,18 +407,26 @@ class ChurnModel:
         the listed contributions plus `other_contribution` (the features not listed) equals
         logit(churn_risk), to float rounding.
         """
-        columns, reasons = self._score(features, top_k, as_columns=False)
+        rows = self.score_rows(features, top_k)
         column = np.empty(len(features), dtype=object)  # one list per row (a list of lists would become 2-D)
-        for i, row in enumerate(reasons):
+        for i, row in enumerate(rows.reasons):
             column[i] = row
         # In one call: adding a column afterwards costs a quarter of a millisecond.
+        columns = {**rows._asdict(), "risk_band": pd.array(rows.risk_band, dtype="str")}
         return pd.DataFrame({**columns, "reasons": column}, index=features.index)
+
+    def score_rows(self, features: pd.DataFrame, top_k: int = 5) -> ScoredRows:
+        """`score`'s columns as arrays, rows in the order of `features`: what the service answers from (building
+        the frame cost a fifth of scoring one customer)."""
+        columns, reasons = self._score(features, top_k, as_columns=False)
+        return ScoredRows(**columns, reasons=reasons)
 
     def score_columns(self, features: pd.DataFrame, top_k: int = 5) -> tuple[pd.DataFrame, ReasonColumns]:
         """`score` with the reasons as columns (`ReasonColumns`: every row has min(top_k, features) of them)
         instead of a list of dicts per row: the same numbers, for the batch job's Arrow output (a million
         customers' dicts cost more than building their features)."""
         columns, reasons = self._score(features, top_k, as_columns=True)
+        columns["risk_band"] = pd.array(columns["risk_band"], dtype="str")
         return pd.DataFrame(columns, index=features.index), reasons
 
     def _score(self, features: pd.DataFrame, top_k: int, as_columns: bool) -> tuple[dict[str, Any], Any]:
@@ -432,7 +450,7 @@ class ChurnModel:
         total = logit(np.clip(proba, _LOGIT_EPS, 1 - _LOGIT_EPS)) - self.base_logit
         columns = {
             "churn_risk": proba,
-            "risk_band": pd.array(risk_band(proba, self.cutoffs), dtype="str"),
+            "risk_band": risk_band(proba, self.cutoffs),
             "base_value": np.full(n, float(self.base_logit)),
             "other_contribution": total - listed,
         }

@@ -136,6 +136,10 @@ class SurvivalModel:
     def summary(self, features: pd.DataFrame) -> pd.DataFrame:
         """Per customer (the index of `features`): `ANSWER_COLUMNS`. A customer the model cannot answer for (a
         missing or negative tenure, or one past the follow-up) gets missing values, not a guess."""
+        return pd.DataFrame(self.answers(features), index=features.index, columns=list(ANSWER_COLUMNS))
+
+    def answers(self, features: pd.DataFrame) -> np.ndarray:
+        """`summary` as a float64 matrix (rows of `features`, columns `ANSWER_COLUMNS`): what the service reads."""
         n = len(features)
         out = np.full((n, len(ANSWER_COLUMNS)), np.nan)
         if n:
@@ -143,7 +147,7 @@ class SurvivalModel:
             functions = self._functions(features)
             for i, function in enumerate(functions):
                 out[i] = self._answer(function, start[i])
-        return pd.DataFrame(out, index=features.index, columns=list(ANSWER_COLUMNS))
+        return out
 
     def _functions(self, features: pd.DataFrame) -> Any:
         """Each row's survival step function."""

@@ -19,25 +19,27 @@ import numpy as np
 import pandas as pd
 from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
-from features.columns import CUSTOMER_ID, EVENT_TYPE, SIGNUP_DATE, TEXT, TIMESTAMP
+from features.columns import ASPECT, CUSTOMER_ID, EVENT_TYPE, SENTIMENT, SIGNUP_DATE, TEXT, TIMESTAMP
 from features.engine import FeatureSchema, build_customer_features
 from features.evidence import EvidenceFinder
 from features.io import not_a_number_text
-from features.pipeline import add_aspects, add_sentiment
+from features.pipeline import add_aspects, add_sentiment, textless_columns
 from features.text import normalise_texts
+from models.survival import ANSWER_COLUMNS
 from serving.answers import ChurnRiskResponse, ModelVersions, Reason, SentimentSummary, TimeToChurn
 from serving.schemas import ChurnRiskRequest, Event, TextSentiment
 
-# What the churn model offers the service: `score(features, top_k)` -> churn_risk, risk_band, reasons.
-ChurnScorer = Callable[[pd.DataFrame], pd.DataFrame]
-# What the survival model offers: features -> one row per customer of `models.survival.ANSWER_COLUMNS`.
-SurvivalScorer = Callable[[pd.DataFrame], pd.DataFrame]
+# What the churn model offers the service: features -> `models.churn.ScoredRows` (`ChurnModel.score_rows`).
+ChurnScorer = Callable[[pd.DataFrame], Any]
+# What the survival model offers: features -> a matrix, one row per customer of `models.survival.ANSWER_COLUMNS`
+# (`SurvivalModel.answers`).
+SurvivalScorer = Callable[[pd.DataFrame], np.ndarray]
 
 
-def time_to_churn(answers: pd.DataFrame) -> list[TimeToChurn]:
-    """`SurvivalModel.summary` rows as answers (NaN -> null)."""
-    names = [str(name) for name in answers.columns]
-    values = answers.to_numpy(dtype=np.float64).tolist()  # Python floats; to_dict costs ~10x more per row
+def time_to_churn(answers: np.ndarray) -> list[TimeToChurn]:
+    """`SurvivalModel.answers` rows as answers (NaN -> null)."""
+    names = list(ANSWER_COLUMNS)
+    values = np.asarray(answers, dtype=np.float64).tolist()  # Python floats
     return [
         TimeToChurn(**{k: None if v != v else v for k, v in zip(names, row, strict=True)}) for row in values
     ]
@@ -105,7 +107,7 @@ def customers_frame(
     request's row keyed by `keys` (one distinct key per request) in place of its customer id."""
     profiles = [r.customer.model_extra or {} for r in requests]
     columns: dict[str, Any] = {
-        CUSTOMER_ID: pd.array(keys, dtype="string"),
+        CUSTOMER_ID: pd.array(keys, dtype="str"),  # the engine's id type: no conversion there
         SIGNUP_DATE: _naive_utc_ns([r.customer.signup_date for r in requests]),
     }
     for name in (*schema.profile_numeric, *schema.profile_categorical):
@@ -132,7 +134,10 @@ def events_frame(
     for name in schema.value_columns:
         # None (null or absent) -> NaN; values were checked to be numbers.
         columns[name] = np.array([extra.get(name) for extra in extras], dtype="float64")
-    columns[TEXT] = pd.array([e.text for e in events], dtype="string")
+    texts = [e.text for e in events]
+    columns[TEXT] = pd.array(texts, dtype="string")
+    if all(text is None for text in texts):  # what add_sentiment and add_aspects would add, without a copy
+        columns.update(textless_columns(len(events), schema.use_sentiment, bool(schema.aspects)))
     return pd.DataFrame(columns)
 
 
@@ -182,7 +187,8 @@ def score_requests(
 
     Args:
         schema: the churn model's feature schema.
-        score: features (one row per request, in order) -> `churn_risk`, `risk_band`, `reasons` per row.
+        score: features (one row per request, in order) -> `ScoredRows` (`churn_risk`, `risk_band`, `reasons`,
+            `base_value`, `other_contribution` per row).
         scored_texts: the sentiment of every (stripped) event text in the requests.
         versions: stamped on every answer.
         now: the as_of of requests without one (default: the current time). Requests sharing an as_of are
@@ -192,7 +198,7 @@ def score_requests(
             when not given: the service keeps one).
         aspects: what every (normalised) event text is about, by the churn model's aspect model; needed when
             `schema.aspects` is not empty.
-        survival: the same features -> time to churn (`models.survival.SurvivalModel.summary`), when the service
+        survival: the same features -> time to churn (`models.survival.SurvivalModel.answers`), when the service
             has a survival model.
     """
     if check:
@@ -215,23 +221,23 @@ def score_requests(
         # and the engine gives one row per key. With `customers` given, its rows come out in this order.
         keys = [str(k) for k in range(len(group))]
         events = events_frame(group, schema, keys)
-        if schema.use_sentiment:
+        if schema.use_sentiment and SENTIMENT not in events.columns:
             events = add_sentiment(events, polarity)
-        if schema.aspects:
+        if schema.aspects and ASPECT not in events.columns:
             events = add_aspects(events, lambda texts: [aspects[text] for text in texts])
         features = build_customer_features(
             events, as_of, schema, customers=customers_frame(group, schema, keys)
         )
         scored = score(features)
-        risks = scored["churn_risk"].to_numpy(dtype="float64")
-        bands = scored["risk_band"].astype(str).tolist()
-        reasons = scored["reasons"].tolist()
+        risks = np.asarray(scored.churn_risk, dtype="float64")
+        bands = [str(band) for band in scored.risk_band]
+        reasons = list(scored.reasons)
         wanted = {key: reasons[row] for row, key in enumerate(keys) if group[row].evidence}
         if wanted:
             evidence.attach(events, as_of, wanted)
         times = time_to_churn(survival(features)) if survival is not None else [None] * len(group)
-        base = scored["base_value"].to_numpy(dtype="float64")
-        other = scored["other_contribution"].to_numpy(dtype="float64")
+        base = np.asarray(scored.base_value, dtype="float64")
+        other = np.asarray(scored.other_contribution, dtype="float64")
         for row, (i, request) in enumerate(zip(positions, group, strict=True)):
             answers[i] = ChurnRiskResponse(
                 customer_id=request.customer.customer_id,

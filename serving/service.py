@@ -409,13 +409,13 @@ class ChurnSense:
         return score_requests(
             [request for request, _, _ in items],
             self.churn_model.schema,
-            lambda features: self.churn_model.score(features, top_k=self.settings.top_reasons),
+            lambda features: self.churn_model.score_rows(features, top_k=self.settings.top_reasons),
             scored,
             self.versions,
             check=False,  # `_score` checked these requests before their texts were scored
             evidence=self.evidence,
             aspects=about,
-            survival=self.survival.summary if self.survival is not None else None,
+            survival=self.survival.answers if self.survival is not None else None,
         )
 
     def _warm_up(self) -> None:

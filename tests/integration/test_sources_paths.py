@@ -178,7 +178,7 @@ def test_the_service_scores_payload_events_typed_as_their_sources_like_the_batch
         body = {"customer": profile, "events": events, "as_of": cutoff.isoformat()}
         requests.append(ChurnRiskRequest.model_validate(body))
     versions = ModelVersions(churn="1", sentiment="1", sentiment_scoring_id="none")
-    answers = score_requests(requests, churn.schema, churn.score, {}, versions)
+    answers = score_requests(requests, churn.schema, churn.score_rows, {}, versions)
     expected = batch.set_index("customer_id")["churn_risk"]
     assert len(answers) >= 5
     for answer in answers:

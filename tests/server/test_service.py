@@ -383,7 +383,7 @@ def test_online_scoring_in_process_equalsoffline_score(models, canonical):
         (answer,) = score_requests(
             [request],
             churn.schema,
-            churn.score,
+            churn.score_rows,
             own,
             ModelVersions(churn="1", sentiment="1", sentiment_scoring_id="test"),
             aspects=about,
@@ -392,17 +392,23 @@ def test_online_scoring_in_process_equalsoffline_score(models, canonical):
         assert math.isclose(answer.churn_risk, float(offline["churn_risk"]), rel_tol=0, abs_tol=1e-9)
         assert answer.risk_band == offline["risk_band"]
     versions = ModelVersions(churn="1", sentiment="1", sentiment_scoring_id="test")
-    together = score_requests(requests, churn.schema, churn.score, scored, versions, aspects=about)
+    together = score_requests(requests, churn.schema, churn.score_rows, scored, versions, aspects=about)
     assert [a.customer_id for a in together] == ids
     # Concurrent requests about the same customer, and one without as_of (scored as of `now`), in one batch.
     now = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
     undated = requests[1].model_copy(update={"as_of": None})
     mixed = score_requests(
-        [requests[0], requests[0], undated], churn.schema, churn.score, scored, versions, now, aspects=about
+        [requests[0], requests[0], undated],
+        churn.schema,
+        churn.score_rows,
+        scored,
+        versions,
+        now,
+        aspects=about,
     )
     assert mixed[0] == mixed[1] == together[0]
     dated = requests[1].model_copy(update={"as_of": now})
-    (alone,) = score_requests([dated], churn.schema, churn.score, scored, versions, aspects=about)
+    (alone,) = score_requests([dated], churn.schema, churn.score_rows, scored, versions, aspects=about)
     assert mixed[2] == alone and alone.as_of == now
 
 

@@ -290,6 +290,17 @@ def test_one_row_and_many_rows_are_bit_identical(sigmoid_model, isotonic_model):
             one = model.score(features.iloc[[i]], top_k=5)
             assert one["base_value"].iloc[0] == many["base_value"].iloc[i]
             assert one["other_contribution"].iloc[0] == many["other_contribution"].iloc[i]
+            # The service's path: the same row as arrays, no frame.
+            rows = model.score_rows(features.iloc[[i]], top_k=5)
+            assert rows.churn_risk[0] == many["churn_risk"].iloc[i]
+            assert (
+                rows.risk_band[0] == many["risk_band"].iloc[i] and rows.reasons[0] == many["reasons"].iloc[i]
+            )
+            assert rows.base_value[0] == many["base_value"].iloc[i]
+            assert rows.other_contribution[0] == many["other_contribution"].iloc[i]
+        assert (
+            many["risk_band"].dtype == "str" and model.score_columns(features)[0]["risk_band"].dtype == "str"
+        )
 
 
 @pytest.mark.parametrize("top_k", [0, 1, 5])
