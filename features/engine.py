@@ -11,6 +11,7 @@ the model) and by `FEATURE_VERSION` (bumped whenever the meaning of a feature ch
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -128,8 +129,7 @@ class FeatureSchema:
 
     def feature_names(self) -> list[str]:
         """All feature columns in order: profile numeric, profile categorical, tenure, event features."""
-        tenure = ["tenure_days"] if self.use_events else []
-        return [*self.profile_numeric, *self.profile_categorical, *tenure, *self.event_feature_names()]
+        return list(_feature_names(self))
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -199,6 +199,13 @@ def infer_schema(
         lifetime=lifetime,
         aspects=tuple(aspects) if SENTIMENT in events.columns else (),
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _feature_names(schema: FeatureSchema) -> tuple[str, ...]:
+    """`FeatureSchema.feature_names`, built once per schema (a schema is frozen; ~17 us a request otherwise)."""
+    tenure = ["tenure_days"] if schema.use_events else []
+    return (*schema.profile_numeric, *schema.profile_categorical, *tenure, *schema.event_feature_names())
 
 
 def to_timestamp_ns(as_of: dt.date | dt.datetime | str | pd.Timestamp) -> int:
@@ -362,7 +369,8 @@ def _feature_frame(columns: dict[str, Any], ids: pd.Index, schema: FeatureSchema
     parts = []
     for run in runs:
         if run[0] in categorical:
-            parts.append(pd.DataFrame({n: pd.array(columns[n], dtype="str") for n in run}, index=ids))
+            # One conversion for the run (texts and None -> `str`): column by column cost a third more.
+            parts.append(pd.DataFrame({n: columns[n] for n in run}, index=ids, dtype="str"))
         else:
             block = np.empty((len(ids), len(run)), dtype=np.float64, order="F")  # column writes: contiguous
             for j, name in enumerate(run):
