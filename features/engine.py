@@ -208,8 +208,21 @@ def _feature_names(schema: FeatureSchema) -> tuple[str, ...]:
     return (*schema.profile_numeric, *schema.profile_categorical, *tenure, *schema.event_feature_names())
 
 
+_EPOCH_NAIVE = dt.datetime(1970, 1, 1)
+_EPOCH_UTC = _EPOCH_NAIVE.replace(tzinfo=dt.UTC)
+_MICROSECOND = dt.timedelta(microseconds=1)
+_NS_RANGE = range(-(2**63) + 1, 2**63)  # what pandas' nanosecond Timestamps can hold (the lowest is NaT)
+
+
 def to_timestamp_ns(as_of: dt.date | dt.datetime | str | pd.Timestamp) -> int:
     """`as_of` as int nanoseconds (naive UTC). A date means midnight at its start."""
+    if (
+        type(as_of) is dt.datetime
+    ):  # a request's as_of: exact integer arithmetic, what pandas gives, ~10x faster
+        since = as_of - (_EPOCH_UTC if as_of.tzinfo is not None else _EPOCH_NAIVE)
+        ns = since // _MICROSECOND * 1000
+        if ns in _NS_RANGE:
+            return ns
     stamp = pd.Timestamp(as_of)
     if stamp.tzinfo is not None:
         stamp = stamp.tz_convert("UTC").tz_localize(None)

@@ -8,6 +8,7 @@ splits the customers between threads (`feature_threads`, Arrow's CPU count: one 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -49,8 +50,7 @@ def event_block(
     times = events[TIMESTAMP].to_numpy("datetime64[ns]").view("int64")
     customer = _codes(events[CUSTOMER_ID], ids) if customer_codes is None else customer_codes
     # One lookup gives both the counted type and whether the type is excluded (e.g. the churn event).
-    kinds = pd.Index([*schema.event_types, *schema.excluded_event_types])
-    kind_code = _codes(events[EVENT_TYPE], kinds)
+    kind_code = _codes(events[EVENT_TYPE], _kinds(schema.event_types, schema.excluded_event_types))
     keep = times < as_of_ns
     keep &= customer >= 0
     keep &= kind_code < len(
@@ -82,6 +82,13 @@ def event_block(
     else:
         out["tenure_days"] = out["days_since_first_event"]
     return out
+
+
+@functools.lru_cache(maxsize=64)
+def _kinds(counted: tuple[str, ...], excluded: tuple[str, ...]) -> pd.Index:
+    """The counted types, then the excluded ones (one lookup tells both), once per schema (an Index is
+    immutable)."""
+    return pd.Index([*counted, *excluded])
 
 
 def _kept_block(

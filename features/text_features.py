@@ -6,6 +6,7 @@ customer; each returns whole columns, one value per customer, so they are as bat
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 
@@ -24,6 +25,12 @@ def aspect_feature_names(aspect: str, window: int) -> tuple[str, str]:
     `late_flight`, "Frühstück" -> `fruhstuck`)."""
     if not isinstance(aspect, str):
         raise ValueError(f"aspect {aspect!r}: aspect names are text")
+    return _aspect_feature_names(aspect, window)
+
+
+@functools.lru_cache(maxsize=1024)
+def _aspect_feature_names(aspect: str, window: int) -> tuple[str, str]:
+    """`aspect_feature_names` for a text, once per (aspect, window): each request asks for every aspect's."""
     ascii_name = unicodedata.normalize("NFKD", aspect).encode("ascii", "ignore").decode()
     slug = re.sub(r"[^0-9a-z]+", "_", ascii_name.lower()).strip("_")
     if not slug:

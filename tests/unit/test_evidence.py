@@ -182,3 +182,16 @@ def test_the_agent_view_quotes_the_evidence():
     assert 'waited and **the refund never came**"' in view and '"...ited waited' in view
     assert "... and 2 more" in view and "a profile value" in view
     assert "2024-09-20 09:30  complaint [duration_s 570]" in view
+
+
+def test_event_times_are_written_as_pandas_writes_them():
+    """Evidence names each event by its time; the fast text for whole microseconds must be pandas' own."""
+    import random
+
+    from features.evidence import _iso
+
+    rng = random.Random(3)
+    stamps = [rng.randrange(-(2**63) + 1, 2**63) for _ in range(3000)]
+    stamps += [s // 1000 * 1000 for s in stamps] + [0, 1_000, 1_714_521_600_000_000_000]
+    for ns in stamps:
+        assert _iso(ns) == pd.Timestamp(ns, unit="ns").isoformat() + "Z", ns

@@ -592,3 +592,41 @@ def test_gap_features_equal_the_two_key_sort_reference_bit_for_bit():
     ):
         np.testing.assert_array_equal(fast, slow)
     assert np.isnan(got["gap_mean_days"][-20:]).all()
+
+
+def test_as_of_in_nanoseconds_is_what_pandas_reads_for_every_kind_of_datetime():
+    """`to_timestamp_ns` reads a plain datetime by integer arithmetic (the service's as_of): it must give
+    pandas' nanoseconds for naive, UTC and other-offset times, microseconds included, and refuse what pandas
+    refuses (years it cannot hold) the same way."""
+    import datetime as dt
+    import random
+
+    from features.engine import to_timestamp_ns
+
+    def by_pandas(value):
+        stamp = pd.Timestamp(value)
+        if stamp.tzinfo is not None:
+            stamp = stamp.tz_convert("UTC").tz_localize(None)
+        return int(stamp.as_unit("ns").value)
+
+    rng = random.Random(7)
+    zones = [
+        None,
+        dt.UTC,
+        dt.timezone(dt.timedelta(hours=5, minutes=30)),
+        dt.timezone(-dt.timedelta(hours=11)),
+    ]
+    for _ in range(2000):
+        base = dt.datetime(1678, 1, 1) + dt.timedelta(
+            microseconds=rng.randrange(0, 584 * 365 * 86_400 * 10**6)
+        )
+        value = base.replace(tzinfo=rng.choice(zones))
+        assert to_timestamp_ns(value) == by_pandas(value), value
+    for edge in (dt.datetime(1, 1, 1), dt.datetime(9999, 12, 31, tzinfo=dt.UTC), dt.datetime(2262, 4, 12)):
+        with pytest.raises(ValueError):  # pandas' OutOfBoundsDatetime is a ValueError
+            by_pandas(edge)
+        with pytest.raises(ValueError):
+            to_timestamp_ns(edge)
+    assert to_timestamp_ns(dt.date(2024, 5, 1)) == by_pandas(
+        dt.date(2024, 5, 1)
+    )  # a date: midnight at its start
