@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -39,9 +40,14 @@ def free_port(host: str = DEFAULT_HOST) -> int:
         return int(sock.getsockname()[1])
 
 
-def serve_command(target: str, host: str, port: int, working_dir: Path | None = None) -> list[str]:
-    """The `bentoml serve` command line for a Bento tag, or a `module:Class` importable from `working_dir`."""
-    command = [sys.executable, "-m", "bentoml", "serve", target, "--host", host, "--port", str(port)]
+def serve_command(
+    target: str, host: str, port: int, working_dir: Path | None = None, metrics_dir: Path | None = None
+) -> list[str]:
+    """The `bentoml serve` command line for a Bento tag, or a `module:Class` importable from `working_dir`;
+    with `metrics_dir`, the server counts its Prometheus series there (`serving.launch`), not in the store's
+    shared directory that the next server to start would empty."""
+    launcher = ["serving.launch", str(metrics_dir)] if metrics_dir is not None else ["bentoml"]
+    command = [sys.executable, "-m", *launcher, "serve", target, "--host", host, "--port", str(port)]
     if working_dir is None and target == SOURCE_TARGET:
         working_dir = REPO_ROOT
     if working_dir is not None:
@@ -81,6 +87,7 @@ class ServerProcess:
         self.env = dict(env or {})
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
+        self.metrics_dir: Path | None = None  # this server's own Prometheus directory, removed by `stop`
 
     @property
     def url(self) -> str:
@@ -96,7 +103,8 @@ class ServerProcess:
             os.close(handle)
             self.log_path = Path(name)
         log = open(self.log_path, "wb")  # noqa: SIM115 - the child writes to it for its whole life
-        command = serve_command(self.target, self.host, self.port, self.working_dir)
+        self.metrics_dir = Path(tempfile.mkdtemp(prefix="churnsense-metrics-"))
+        command = serve_command(self.target, self.host, self.port, self.working_dir, self.metrics_dir)
         logger.info("starting %s (log: %s)", " ".join(command), self.log_path)
         self.process = subprocess.Popen(
             command, env=server_env(self.env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -120,16 +128,21 @@ class ServerProcess:
 
     def stop(self, timeout_s: float = 20.0) -> None:
         """SIGTERM to the server's process group (it and its workers), SIGKILL if it lingers."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
         try:
-            self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
+            if self.process is None or self.process.poll() is not None:
+                return
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=timeout_s)
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=timeout_s)
+        finally:
+            if self.metrics_dir is not None:
+                shutil.rmtree(self.metrics_dir, ignore_errors=True)
+                self.metrics_dir = None
 
     def __enter__(self) -> ServerProcess:
         return self.start()
@@ -163,7 +176,16 @@ def serve_foreground(target: str | None, host: str, port: int) -> int:
     (parent-death signal). Returns the server's exit code.
     """
     target = target or latest_bento_tag()
-    command = serve_command(target, host, port)
+    metrics_dir = Path(tempfile.mkdtemp(prefix="churnsense-metrics-"))
+    try:
+        return _serve_until_stopped(
+            serve_command(target, host, port, metrics_dir=metrics_dir), target, host, port
+        )
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _serve_until_stopped(command: list[str], target: str, host: str, port: int) -> int:
     logger.info("serving %s on http://%s:%d (docs at /, health at /readyz)", target, host, port)
     child = subprocess.Popen(command, env=server_env(), start_new_session=True, preexec_fn=_die_with_parent)
     stopping: list[int] = []

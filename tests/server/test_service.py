@@ -22,7 +22,7 @@ import pytest
 from pydantic import ValidationError
 
 from serving.settings import current_settings
-from tests.served_models import SERVER_LIMITS, offline_score, pick_customers, request_for
+from tests.served_models import NO_TRACKING_STORE, SERVER_LIMITS, offline_score, pick_customers, request_for
 
 SECRET = "my-secret-complaint-text-7f3a"
 
@@ -816,3 +816,30 @@ def test_metrics_count_answers_per_band_texts_per_label_and_missing_fields(
     assert (
         _series(after, "churnsense_model_info", churn=versions["churn"], survival=versions["survival"]) == 1
     )
+
+
+def test_a_second_server_on_the_same_store_leaves_the_first_ones_metrics_counting(
+    postgres_backed_server, bento_tag
+):
+    """`bentoml serve` empties the store's Prometheus directory as it starts. A second server on the same
+    BENTOML_HOME (this suite's servers, a blue/green pair) wiped the files the first one's worker counts in, and
+    the first server's /metrics silently stopped moving. Each server keeps its own directory (`serving.launch`)."""
+    import httpx
+
+    from serving.server import ServerProcess
+
+    http = httpx.Client(base_url=postgres_backed_server.url, timeout=60)
+
+    def counted() -> float:
+        return _series(http.get("/metrics").text, "churnsense_texts_total", endpoint="sentiment")
+
+    assert http.post("/sentiment", json={"texts": ["warm up the series"]}).status_code == 200
+    before = counted()
+    env = {**SERVER_LIMITS, **NO_TRACKING_STORE, "CHURNSENSE_WORKERS": "1"}
+    with ServerProcess(bento_tag, env=env) as second:
+        assert httpx.get(f"{second.url}/readyz", timeout=10).status_code == 200
+        assert second.metrics_dir is not None and second.metrics_dir.is_dir()
+        own = second.metrics_dir
+    assert not own.exists()  # removed with its server
+    assert http.post("/sentiment", json={"texts": ["late again", "thanks, fixed"]}).status_code == 200
+    assert counted() - before == 2
