@@ -40,14 +40,29 @@ def free_port(host: str = DEFAULT_HOST) -> int:
         return int(sock.getsockname()[1])
 
 
+# `bentoml serve ...` with a Prometheus directory of its own (the first argument). `bentoml serve` empties
+# `$BENTOML_HOME/prometheus_multiproc_dir` as it starts and its workers count there, so a second server on the
+# same store (this suite's servers, a blue/green pair) wiped the files the first one's workers counted in: the
+# first server's /metrics stopped moving, silently. The directory is set as BentoML's own pytest plugin sets it.
+# Run with -c, importing nothing of churnsense: the server imports the Bento's own `serving` package, which a
+# launcher module of this one would shadow (an older Bento then ran with this checkout's `serving`).
+_LAUNCH = (
+    "import sys\n"
+    "from bentoml._internal.configuration.containers import BentoMLContainer\n"
+    "from bentoml_cli.cli import cli\n"
+    "BentoMLContainer.prometheus_multiproc_dir.set(sys.argv[1])\n"
+    "cli(args=sys.argv[2:], prog_name='bentoml')\n"
+)
+
+
 def serve_command(
     target: str, host: str, port: int, working_dir: Path | None = None, metrics_dir: Path | None = None
 ) -> list[str]:
     """The `bentoml serve` command line for a Bento tag, or a `module:Class` importable from `working_dir`;
-    with `metrics_dir`, the server counts its Prometheus series there (`serving.launch`), not in the store's
-    shared directory that the next server to start would empty."""
-    launcher = ["serving.launch", str(metrics_dir)] if metrics_dir is not None else ["bentoml"]
-    command = [sys.executable, "-m", *launcher, "serve", target, "--host", host, "--port", str(port)]
+    with `metrics_dir`, the server counts its Prometheus series there, not in the store's shared directory that
+    the next server to start would empty."""
+    launcher = ["-c", _LAUNCH, str(metrics_dir)] if metrics_dir is not None else ["-m", "bentoml"]
+    command = [sys.executable, *launcher, "serve", target, "--host", host, "--port", str(port)]
     if working_dir is None and target == SOURCE_TARGET:
         working_dir = REPO_ROOT
     if working_dir is not None:
@@ -105,7 +120,7 @@ class ServerProcess:
         log = open(self.log_path, "wb")  # noqa: SIM115 - the child writes to it for its whole life
         self.metrics_dir = Path(tempfile.mkdtemp(prefix="churnsense-metrics-"))
         command = serve_command(self.target, self.host, self.port, self.working_dir, self.metrics_dir)
-        logger.info("starting %s (log: %s)", " ".join(command), self.log_path)
+        logger.info("starting bentoml serve %s on %s (log: %s)", self.target, self.url, self.log_path)
         self.process = subprocess.Popen(
             command, env=server_env(self.env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )

@@ -823,7 +823,7 @@ def test_a_second_server_on_the_same_store_leaves_the_first_ones_metrics_countin
 ):
     """`bentoml serve` empties the store's Prometheus directory as it starts. A second server on the same
     BENTOML_HOME (this suite's servers, a blue/green pair) wiped the files the first one's worker counts in, and
-    the first server's /metrics silently stopped moving. Each server keeps its own directory (`serving.launch`)."""
+    the first server's /metrics silently stopped moving. Each server keeps its own directory (`serving.server`)."""
     import httpx
 
     from serving.server import ServerProcess
@@ -843,3 +843,24 @@ def test_a_second_server_on_the_same_store_leaves_the_first_ones_metrics_countin
     assert not own.exists()  # removed with its server
     assert http.post("/sentiment", json={"texts": ["late again", "thanks, fixed"]}).status_code == 200
     assert counted() - before == 2
+
+
+def test_the_server_imports_the_served_code_not_this_checkouts(tmp_path):
+    """The process that starts `bentoml serve` must import nothing of churnsense: a Bento carries its own
+    `serving` package, and one already imported from this checkout would be served in its place (an older
+    Bento then ran with today's `serving`). Here a different `serving.service` is served from a working
+    directory while this checkout's `serving` is importable too: the served one must answer."""
+    import httpx
+
+    from serving.server import ServerProcess
+
+    package = tmp_path / "serving"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "service.py").write_text(
+        "import bentoml\n\n\n@bentoml.service\nclass Probe:\n    @bentoml.api\n"
+        "    def echo(self, text: str) -> str:\n        return 'probe: ' + text\n"
+    )
+    with ServerProcess("serving.service:Probe", working_dir=tmp_path) as server:
+        answer = httpx.post(f"{server.url}/echo", json={"text": "hi"}, timeout=30)
+    assert answer.status_code == 200 and answer.text == "probe: hi"
