@@ -50,7 +50,9 @@ def event_block(
     times = events[TIMESTAMP].to_numpy("datetime64[ns]").view("int64")
     customer = _codes(events[CUSTOMER_ID], ids) if customer_codes is None else customer_codes
     # One lookup gives both the counted type and whether the type is excluded (e.g. the churn event).
-    kind_code = _codes(events[EVENT_TYPE], _kinds(schema.event_types, schema.excluded_event_types))
+    kind_code = _codes(
+        events[EVENT_TYPE], _kinds(tuple(schema.event_types), tuple(schema.excluded_event_types))
+    )
     keep = times < as_of_ns
     keep &= customer >= 0
     keep &= kind_code < len(

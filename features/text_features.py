@@ -28,7 +28,7 @@ def aspect_feature_names(aspect: str, window: int) -> tuple[str, str]:
     return _aspect_feature_names(aspect, window)
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=1024, typed=True)  # typed: a window of 90.0 names "90.0d", not 90's "90d"
 def _aspect_feature_names(aspect: str, window: int) -> tuple[str, str]:
     """`aspect_feature_names` for a text, once per (aspect, window): each request asks for every aspect's."""
     ascii_name = unicodedata.normalize("NFKD", aspect).encode("ascii", "ignore").decode()
