@@ -9,9 +9,10 @@ gains from batching only without the hop.
 
 The policy is the simplest one that adapts to load: while a batch is being computed, new items queue; when it
 finishes, everything queued (up to `max_batch` units) becomes the next batch. A lone request is computed at
-once (churn waits `settle_s`, a millisecond, only when another request is on its way), and under load batches grow to arrival rate x compute time. An item that has
-waited longer than `max_latency_s` when its batch would start is answered 503, as BentoML's dispatcher does,
-so an overloaded worker sheds load instead of queueing without bound.
+once (churn waits `settle_s`, a millisecond, only when another request is on its way), and under load batches
+grow to arrival rate x compute time. An item that has waited longer than `max_latency_s` when its batch would
+start is answered 503, as BentoML's dispatcher does, so an overloaded worker sheds load instead of queueing
+without bound.
 """
 
 from __future__ import annotations
@@ -123,6 +124,8 @@ class MicroBatcher(Generic[T, R]):
             while self._queue:
                 if self.settle_s > 0 and self.settle_if():
                     await self._settle()
+                elif self.settle_s > 0:  # on the loop: still one turn between batches for other endpoints
+                    await asyncio.sleep(0)
                 batch = self._next_batch()
                 if not batch:
                     continue

@@ -45,14 +45,24 @@ def free_port(host: str = DEFAULT_HOST) -> int:
 # same store (this suite's servers, a blue/green pair) wiped the files the first one's workers counted in: the
 # first server's /metrics stopped moving, silently. The directory is set as BentoML's own pytest plugin sets it.
 # Run with -c, importing nothing of churnsense: the server imports the Bento's own `serving` package, which a
-# launcher module of this one would shadow (an older Bento then ran with this checkout's `serving`).
+# launcher module of this one would shadow (an older Bento then ran with this checkout's `serving`). The command
+# line still reads `... bentoml serve <target> ...` for whoever looks for it.
 _LAUNCH = (
     "import sys\n"
     "from bentoml._internal.configuration.containers import BentoMLContainer\n"
     "from bentoml_cli.cli import cli\n"
     "BentoMLContainer.prometheus_multiproc_dir.set(sys.argv[1])\n"
-    "cli(args=sys.argv[2:], prog_name='bentoml')\n"
+    "cli(args=sys.argv[3:], prog_name=sys.argv[2])\n"
 )
+
+
+def metrics_dir_for(env: Mapping[str, str]) -> Path:
+    """A new, empty Prometheus directory for one server, in its BentoML store beside BentoML's own (not in /tmp,
+    where cleaners would delete a long-running server's live files); its server removes it when it stops."""
+    home = Path(env.get("BENTOML_HOME") or Path.home() / "bentoml")
+    parent = home / "churnsense_metrics"
+    parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix="server-", dir=parent))
 
 
 def serve_command(
@@ -61,7 +71,7 @@ def serve_command(
     """The `bentoml serve` command line for a Bento tag, or a `module:Class` importable from `working_dir`;
     with `metrics_dir`, the server counts its Prometheus series there, not in the store's shared directory that
     the next server to start would empty."""
-    launcher = ["-c", _LAUNCH, str(metrics_dir)] if metrics_dir is not None else ["-m", "bentoml"]
+    launcher = ["-c", _LAUNCH, str(metrics_dir), "bentoml"] if metrics_dir is not None else ["-m", "bentoml"]
     command = [sys.executable, *launcher, "serve", target, "--host", host, "--port", str(port)]
     if working_dir is None and target == SOURCE_TARGET:
         working_dir = REPO_ROOT
@@ -117,24 +127,29 @@ class ServerProcess:
             handle, name = tempfile.mkstemp(prefix="churnsense-serve-", suffix=".log")
             os.close(handle)
             self.log_path = Path(name)
-        log = open(self.log_path, "wb")  # noqa: SIM115 - the child writes to it for its whole life
-        self.metrics_dir = Path(tempfile.mkdtemp(prefix="churnsense-metrics-"))
-        command = serve_command(self.target, self.host, self.port, self.working_dir, self.metrics_dir)
-        logger.info("starting bentoml serve %s on %s (log: %s)", self.target, self.url, self.log_path)
-        self.process = subprocess.Popen(
-            command, env=server_env(self.env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        log.close()
-        deadline = time.monotonic() + ready_timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise UserError(f"the server exited with code {self.process.returncode}:\n{self.log_tail()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/readyz", timeout=2.0).status_code == 200:
-                    return self
-            time.sleep(0.25)
-        self.stop()
-        raise UserError(f"the server was not ready after {ready_timeout_s:.0f}s:\n{self.log_tail()}")
+        env = server_env(self.env)
+        self.metrics_dir = metrics_dir_for(env)
+        try:  # a server that does not come up is stopped, and its metrics directory removed
+            command = serve_command(self.target, self.host, self.port, self.working_dir, self.metrics_dir)
+            logger.info("starting bentoml serve %s on %s (log: %s)", self.target, self.url, self.log_path)
+            with open(self.log_path, "wb") as log:  # the child keeps its own handle for its whole life
+                self.process = subprocess.Popen(
+                    command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                )
+            deadline = time.monotonic() + ready_timeout_s
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise UserError(
+                        f"the server exited with code {self.process.returncode}:\n{self.log_tail()}"
+                    )
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"{self.url}/readyz", timeout=2.0).status_code == 200:
+                        return self
+                time.sleep(0.25)
+            raise UserError(f"the server was not ready after {ready_timeout_s:.0f}s:\n{self.log_tail()}")
+        except BaseException:
+            self.stop()
+            raise
 
     def log_tail(self, lines: int = 40) -> str:
         if self.log_path is None or not self.log_path.exists():
@@ -191,18 +206,18 @@ def serve_foreground(target: str | None, host: str, port: int) -> int:
     (parent-death signal). Returns the server's exit code.
     """
     target = target or latest_bento_tag()
-    metrics_dir = Path(tempfile.mkdtemp(prefix="churnsense-metrics-"))
+    env = server_env()
+    metrics_dir = metrics_dir_for(env)
     try:
-        return _serve_until_stopped(
-            serve_command(target, host, port, metrics_dir=metrics_dir), target, host, port
-        )
+        command = serve_command(target, host, port, metrics_dir=metrics_dir)
+        return _serve_until_stopped(command, env, target, host, port)
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def _serve_until_stopped(command: list[str], target: str, host: str, port: int) -> int:
+def _serve_until_stopped(command: list[str], env: dict[str, str], target: str, host: str, port: int) -> int:
     logger.info("serving %s on http://%s:%d (docs at /, health at /readyz)", target, host, port)
-    child = subprocess.Popen(command, env=server_env(), start_new_session=True, preexec_fn=_die_with_parent)
+    child = subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=_die_with_parent)
     stopping: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:

@@ -200,6 +200,35 @@ def test_micro_batcher_on_the_loop_settles_so_late_arrivals_share_the_batch():
     assert run(settle_s=0.001, settle_if=lambda: True) == [11]
 
 
+def test_micro_batcher_on_the_loop_lets_other_work_run_between_batches_when_it_does_not_settle():
+    """A lone /churn_risk_batch of many customers is several batches computed on the event loop: between two
+    of them the loop must get a turn (health checks, other endpoints), settling or not."""
+    import asyncio
+
+    from serving.batching import MicroBatcher
+
+    log: list[str] = []
+
+    def compute(items: list[int]) -> list[int]:
+        log.append("batch")
+        return items
+
+    async def main():
+        batcher = MicroBatcher(compute, max_batch=2, in_thread=False, settle_s=0.001, settle_if=lambda: False)
+
+        async def other():
+            for _ in range(20):
+                log.append("other")
+                await asyncio.sleep(0)
+
+        return await asyncio.gather(*(batcher.submit(i) for i in range(6)), other())
+
+    assert asyncio.run(main())[:6] == list(range(6))
+    batches = [i for i, entry in enumerate(log) if entry == "batch"]
+    assert len(batches) == 3
+    assert all("other" in log[a + 1 : b] for a, b in zip(batches, batches[1:], strict=False))
+
+
 def test_the_guard_counts_the_requests_inside_so_a_lone_request_skips_the_settle():
     """`serving.guard.inside` is what the churn batcher asks before it settles: it must count a request from the
     door to its answer, on every way out (an answer, a refusal, an error), and only the paths asked about."""
@@ -826,6 +855,7 @@ def test_a_second_server_on_the_same_store_leaves_the_first_ones_metrics_countin
     the first server's /metrics silently stopped moving. Each server keeps its own directory (`serving.server`)."""
     import httpx
 
+    from churnsense.errors import UserError
     from serving.server import ServerProcess
 
     http = httpx.Client(base_url=postgres_backed_server.url, timeout=60)
@@ -841,6 +871,11 @@ def test_a_second_server_on_the_same_store_leaves_the_first_ones_metrics_countin
         assert second.metrics_dir is not None and second.metrics_dir.is_dir()
         own = second.metrics_dir
     assert not own.exists()  # removed with its server
+    # A server that never comes up leaves no directory behind either.
+    before_dirs = set(own.parent.iterdir())
+    with pytest.raises(UserError, match="exited"):
+        ServerProcess("churnsense:no-such-bento", env=env).start(ready_timeout_s=120)
+    assert set(own.parent.iterdir()) == before_dirs
     assert http.post("/sentiment", json={"texts": ["late again", "thanks, fixed"]}).status_code == 200
     assert counted() - before == 2
 
